@@ -1,0 +1,73 @@
+"""Plain records shared by the data pipeline, the reranker's prompt encoder and the trainer.
+
+Data never imports models; models read these records by attribute only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+# Task families and MRB's modality grouping of them (decomp.metrics.MRB_MODALITY is the same).
+TASK_MODALITY = {
+    "t2t": "single",
+    "i2i": "single",
+    "t2i": "cross",
+    "i2t": "cross",
+    "t2vd": "cross",
+    "it2it": "fused",
+}
+TASKS = tuple(TASK_MODALITY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """A query or a document: text, an image, or both (fused-modal)."""
+
+  text: str | None = None
+  image: np.ndarray | None = None  # [H, W, 3] uint8, already loaded
+  image_path: str | None = None  # where the image came from (real data), for error messages
+
+  @property
+  def modality(self) -> str:
+    """'T', 'I' or 'IT' (text, image, image+text)."""
+    has_text = bool(self.text)
+    has_image = self.image is not None
+    if has_text and has_image:
+      return "IT"
+    if has_image:
+      return "I"
+    if has_text:
+      return "T"
+    raise ValueError("an Item needs text, an image, or both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One training/evaluation instance: a query with its candidate list.
+
+  ``labels[i]`` is 1 for a relevant document and 0 otherwise; ``doc_kinds[i]`` says how the
+  candidate was chosen ('positive', 'hard', 'random') so that update magnitudes can be split by
+  difficulty.
+  """
+
+  query_id: str
+  task: str  # e.g. 't2t', 't2i', 'i2t', 'i2i', 'it2it', 't2vd'
+  instruction: str
+  query: Item
+  docs: Sequence[Item]
+  labels: Sequence[int]
+  doc_ids: Sequence[str]
+  doc_kinds: Sequence[str]
+  modality: str = ""  # 'single', 'cross' or 'fused' (MRB's grouping)
+
+  def __post_init__(self):
+    n = len(self.docs)
+    if n == 0:
+      raise ValueError(f"group {self.query_id!r} has an empty candidate list")
+    for name in ("labels", "doc_ids", "doc_kinds"):
+      if len(getattr(self, name)) != n:
+        raise ValueError(
+            f"group {self.query_id!r}: {name} has {len(getattr(self, name))} entries for {n} docs")
