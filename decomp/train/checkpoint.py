@@ -1,0 +1,96 @@
+"""Orbax checkpoints of a training run: {train state pytree, step, data position}.
+
+The train state is a pytree of arrays (trainable and frozen model weights, optimiser state, RNG
+key data); ``meta`` is a small JSON dict (``step``, ``data_index``: the next training group to
+read, and anything else the loop needs to continue exactly). Orbax writes each step to a
+temporary directory and renames it when complete, so a run killed while saving leaves the
+previous checkpoints intact. In a multi-host run every process calls :meth:`save` and
+:meth:`restore`; Orbax writes each array shard and the metadata once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class Checkpoints:
+  """A thin wrapper around :class:`orbax.checkpoint.CheckpointManager` for one workdir.
+
+  Args:
+    workdir: the run's directory; checkpoints go to ``workdir/checkpoints/<step>/``.
+    keep: how many most recent checkpoints to keep.
+    async_save: write in a background thread (the device->host copy still happens in ``save``,
+      so the saved buffers may be donated right after it returns).
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        # A killed run can leave a half-written step directory behind; remove it on start.
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'meta'))
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Saves ``state`` (pytree of jax arrays) and ``meta`` (JSON-able dict) as ``step``."""
+    meta = dict(meta, step=int(step))
+    self._manager.save(
+        int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True)
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores ``(state, meta)`` of ``step`` (default: the latest).
+
+    Args:
+      abstract_state: pytree of :class:`jax.ShapeDtypeStruct` with ``sharding`` set: the arrays
+        come back with those shardings (so a run may resume on another mesh).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise ValueError(
+          f'checkpoint {os.path.join(self.directory, str(step))} could not be restored into the '
+          f'current train state (corrupt, or written by a different config?): '
+          f'{type(e).__name__}: {e}') from e
+    return restored['state'], dict(restored['meta'])
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
+  return jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, 'sharding', None)),
+      tree)

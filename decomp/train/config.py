@@ -1,0 +1,408 @@
+"""Training configuration: one dataclass, named presets, files, ``key=value`` overrides, checks.
+
+A run is fully described by a :class:`TrainConfig`; ``train(config, workdir)`` writes it to
+``workdir/config.json`` so that a later command (resume, figures, evaluation) can read it back with
+:func:`from_file`.
+
+>>> cfg = get_config('playground_quick')
+>>> cfg = apply_overrides(cfg, ['steps=3', 'weight=cl', 'mesh.data=2'])
+>>> (cfg.steps, cfg.weight, cfg.mesh)
+(3, 'cl', {'data': 2, 'model': 1})
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import typing
+from typing import Any, Callable, Mapping, Sequence
+
+WEIGHT_NAMES = ('sft', 'cl', 'constant', 'tau_mask', 'one_plus_sft', 'cl_rescaled')
+DIRECTION_NAMES = ('sft', 'cl', 'cl_logprob', 'projection')
+LAYOUTS = ('data', 'fsdp', 'tensor')
+FINETUNE_MODES = ('lora', 'full', 'head')
+DTYPES = ('float32', 'bfloat16', 'float16')
+EVAL_SCORES = ('auto', 'sft', 'cl')
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Every knob of a training run (one field per knob).
+
+  Objective fields (``weight``, ``direction``) take a registered name or a callable with the math
+  core's signature; a callable cannot be written to ``config.json`` and is recorded by its
+  qualified name.
+  """
+
+  name: str = 'custom'  # preset this config came from (informational)
+
+  # --- model -------------------------------------------------------------------------------------
+  model: str = 'playground'  # 'playground' (cached pretrained base), 'random' or an HF-layout dir
+  tokenizer: str = ''  # tokenizer dir; '' = the model dir, or the playground tokenizer
+  hidden_size: int = 128  # decoder width ('playground'/'random' models only)
+  num_layers: int = 4  # decoder layers
+  num_heads: int = 4  # attention heads
+  num_kv_heads: int = 2  # key/value heads (grouped-query attention)
+  intermediate_size: int = 384  # MLP width
+  vision: bool = True  # include a ViT + projector so image items are read
+  vision_hidden_size: int = 64  # ViT width
+  vision_layers: int = 2  # ViT layers
+  vision_heads: int = 4  # ViT heads
+  image_size: int = 32  # images are resized to image_size x image_size
+  patch_size: int = 8  # ViT patch size; image_tokens = (image_size / patch_size) ** 2
+  pretrain_steps: int = 300  # steps of the base-checkpoint recipe ('playground' model)
+  pretrain_learning_rate: float = 3e-3  # peak learning rate of the base-checkpoint recipe
+  pretrain_batch_size: int = 32  # sequences per pre-training step
+  label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
+
+  # --- what is trained -----------------------------------------------------------------------------
+  finetune: str = 'lora'  # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only)
+  lora_rank: int = 16  # LoRA rank
+  lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / rank)
+  lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj')  # adapted projections
+  train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
+
+  # --- objective -----------------------------------------------------------------------------------
+  weight: Any = 'sft'  # weight W: name in WEIGHT_NAMES or callable
+  direction: Any = 'sft'  # direction D: name in DIRECTION_NAMES or callable
+  weight_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {'tau': 0.1} for tau_mask
+  direction_kwargs: dict = dataclasses.field(default_factory=dict)  # extra direction arguments
+  temperature: float = 1.0  # InfoNCE temperature for the CL weight / score
+
+  # --- data ----------------------------------------------------------------------------------------
+  data: str = 'playground'  # 'playground' or a directory of MRB-style JSONL
+  playground: dict = dataclasses.field(default_factory=dict)  # PlaygroundConfig overrides
+  negatives: int = 4  # negatives per training group (list size = 1 + negatives)
+  batch_size: int = 16  # groups per step (global, over all hosts)
+  max_length: int = 32  # tokens per (query, document) prompt
+  eval_groups: int = 64  # validation groups per periodic evaluation (0 = the whole split)
+  test_groups: int = 128  # test groups of the final evaluation (0 = the whole split)
+  eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
+  eval_batch_size: int = 16  # groups per evaluation forward pass
+
+  # --- optimiser -----------------------------------------------------------------------------------
+  steps: int = 200  # optimiser steps
+  learning_rate: float = 1e-3  # peak learning rate (AdamW)
+  warmup_steps: int = 10  # linear warm-up steps
+  end_learning_rate_factor: float = 0.1  # cosine decays to peak * this factor
+  weight_decay: float = 0.0  # AdamW decoupled weight decay
+  b1: float = 0.9  # AdamW beta1
+  b2: float = 0.999  # AdamW beta2
+  clip_norm: float = 1.0  # global gradient-norm clip (0 = off)
+
+  # --- numerics and parallelism --------------------------------------------------------------------
+  dtype: str = 'float32'  # activation dtype
+  param_dtype: str = 'float32'  # parameter dtype
+  mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'model': 1})  # axis -> size
+  layout: str = 'data'  # 'data' (replicated params), 'fsdp' (params sharded over 'data'), 'tensor'
+  seed: int = 0  # everything (init, data order, dropout) derives from it
+
+  # --- logging, evaluation, checkpoints ------------------------------------------------------------
+  log_every: int = 1  # steps between lines of steps.jsonl
+  example_log_every: int = 10  # steps between per-example log rows (0 = off)
+  example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
+  eval_every: int = 100  # steps between validation evaluations (0 = only the final test)
+  eval_score: str = 'auto'  # ranking score at evaluation: 'sft' (P(yes)), 'cl' (z_y) or 'auto'
+  checkpoint_every: int = 50  # steps between checkpoints (0 = only the last step)
+  keep_checkpoints: int = 2  # checkpoints kept on disk
+  quiet: bool = False  # no progress bar (CI)
+
+  @property
+  def list_size(self) -> int:
+    """Documents per training group: one positive and ``negatives`` negatives."""
+    return 1 + self.negatives
+
+
+def playground() -> TrainConfig:
+  """The built-in CPU config: a small pretrained playground reranker, LoRA, SFT objective."""
+  return TrainConfig(name='playground')
+
+
+def playground_quick() -> TrainConfig:
+  """A shrunk playground run for tests and smoke runs: seconds per hundred steps on CPU."""
+  return TrainConfig(
+      name='playground_quick', model='random', hidden_size=32, num_layers=2, num_heads=2,
+      num_kv_heads=1, intermediate_size=64, vision_hidden_size=32, vision_layers=1,
+      vision_heads=2, image_size=16, patch_size=8, pretrain_steps=50, finetune='full',
+      negatives=3, batch_size=8, max_length=24, eval_groups=16, test_groups=16, eval_batch_size=8,
+      steps=20, learning_rate=3e-3, warmup_steps=2, log_every=1, example_log_every=5,
+      eval_every=10, checkpoint_every=10)
+
+
+NAMED_CONFIGS: dict[str, Callable[[], TrainConfig]] = {
+    'playground': playground,
+    'playground_quick': playground_quick,
+}
+
+
+def from_file(path: str) -> TrainConfig:
+  """Reads a config from a ``.json`` (e.g. a workdir's ``config.json``) or a ``.py`` file.
+
+  A ``.py`` file must define ``get_config()`` returning a :class:`TrainConfig` (or a dict of
+  fields).
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path!r} does not exist')
+  if path.endswith('.json'):
+    with open(path) as f:
+      try:
+        data = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'config file {path!r} is not valid JSON: {e}') from None
+    return from_dict(data, source=path)
+  if path.endswith('.py'):
+    spec = importlib.util.spec_from_file_location('_decomp_user_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ValueError(f'config file {path!r} defines no get_config()')
+    cfg = module.get_config()
+    if isinstance(cfg, Mapping):
+      cfg = from_dict(cfg, source=path)
+    if not isinstance(cfg, TrainConfig):
+      raise TypeError(f'{path}: get_config() returned {type(cfg).__name__}, not a TrainConfig')
+    return cfg
+  raise ValueError(f'config file {path!r}: expected a .json or .py file')
+
+
+def get_config(name_or_file: str = 'playground') -> TrainConfig:
+  """A named preset (``playground``, ``playground_quick``) or a config file."""
+  if name_or_file in NAMED_CONFIGS:
+    return NAMED_CONFIGS[name_or_file]()
+  if name_or_file.endswith(('.py', '.json')):
+    return from_file(name_or_file)
+  raise ValueError(
+      f'unknown config {name_or_file!r}: expected one of {sorted(NAMED_CONFIGS)} or a .py/.json '
+      'file')
+
+
+def _field_types() -> dict[str, Any]:
+  return typing.get_type_hints(TrainConfig)
+
+
+def _unknown_key_error(key: str, source: str) -> KeyError:
+  names = [f.name for f in dataclasses.fields(TrainConfig)]
+  close = difflib.get_close_matches(key, names, n=3)
+  hint = f'; did you mean {", ".join(close)}?' if close else ''
+  return KeyError(f'{source}: unknown config key {key!r}{hint}')
+
+
+def from_dict(data: Mapping[str, Any], *, source: str = 'config') -> TrainConfig:
+  """Builds a config from a mapping (as written to ``config.json``); unknown keys are errors."""
+  types = _field_types()
+  kwargs = {}
+  for key, value in data.items():
+    if key not in types:
+      raise _unknown_key_error(key, source)
+    if isinstance(value, list):
+      value = tuple(value)
+    kwargs[key] = value
+  return TrainConfig(**kwargs)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+  """JSON-able dict of the config; callables are recorded by their qualified name."""
+  out = {}
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if callable(value):
+      value = f'{getattr(value, "__module__", "?")}.{getattr(value, "__qualname__", repr(value))}'
+    elif isinstance(value, tuple):
+      value = list(value)
+    out[f.name] = value
+  return out
+
+
+def config_hash(data: Mapping[str, Any]) -> str:
+  """Short stable hash of a JSON-able mapping (cache keys)."""
+  blob = json.dumps(data, sort_keys=True, default=str).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _coerce(key: str, text: str, current: Any, annotation: Any) -> Any:
+  """Parses ``text`` into the type of the field (or of its current value)."""
+  def bad(kind):
+    return ValueError(f'config key {key!r}: cannot read {text!r} as {kind}')
+  if isinstance(current, bool) or annotation is bool:
+    lowered = text.strip().lower()
+    if lowered in ('1', 'true', 'yes', 'on'):
+      return True
+    if lowered in ('0', 'false', 'no', 'off'):
+      return False
+    raise bad('a boolean')
+  if isinstance(current, int) or annotation is int:
+    try:
+      return int(text)
+    except ValueError:
+      raise bad('an integer') from None
+  if isinstance(current, float) or annotation is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise bad('a number') from None
+  if isinstance(current, (tuple, list)):
+    text = text.strip()
+    if text.startswith(('[', '(')):
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        raise bad('a list') from None
+      return tuple(value)
+    return tuple(part.strip() for part in text.split(',') if part.strip())
+  if isinstance(current, dict):
+    try:
+      value = json.loads(text)
+    except json.JSONDecodeError:
+      raise bad('a JSON object') from None
+    if not isinstance(value, dict):
+      raise bad('a JSON object')
+    return value
+  return text  # str fields and objective names
+
+
+def _literal(text: str) -> Any:
+  """Value inside a dict field (``mesh.data=4``): a Python/JSON literal, else the raw string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    lowered = text.lower()
+    if lowered in ('true', 'false'):
+      return lowered == 'true'
+    return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+  """Returns a copy of ``cfg`` with ``key=value`` overrides applied.
+
+  Values are parsed to the field's type; dict fields take JSON (``mesh={"data": 4}``) or a dotted
+  key (``mesh.data=4``, ``weight_kwargs.tau=0.1``); tuple fields take ``a,b`` or a list literal.
+  """
+  types = _field_types()
+  changes: dict[str, Any] = {}
+  for item in overrides:
+    if '=' not in item:
+      raise ValueError(f'override {item!r} is not of the form key=value')
+    key, text = item.split('=', 1)
+    key = key.strip()
+    field_name, _, sub = key.partition('.')
+    if field_name not in types:
+      raise _unknown_key_error(field_name, 'override')
+    current = changes.get(field_name, getattr(cfg, field_name))
+    if sub:
+      if not isinstance(current, dict):
+        raise ValueError(f'override {item!r}: {field_name!r} is not a dict field')
+      value = dict(current)
+      value[sub] = _literal(text)
+    else:
+      value = _coerce(field_name, text, current, types[field_name])
+    changes[field_name] = value
+  return dataclasses.replace(cfg, **changes)
+
+
+def _objective_kwargs(fn: Callable, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """The subset of ``kwargs`` that ``fn`` accepts (``temperature`` only reaches CL weights)."""
+  import inspect
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return dict(kwargs)
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return dict(kwargs)
+  return {k: v for k, v in kwargs.items() if k in params}
+
+
+def objective_fns(cfg: TrainConfig) -> tuple[Callable, Callable]:
+  """The (weight, direction) functions of a config, with their parameters bound.
+
+  ``temperature`` is passed to the weight when it takes one (``cl``, ``cl_rescaled``); explicit
+  ``weight_kwargs`` / ``direction_kwargs`` must all be accepted.
+  """
+  from decomp import url  # the math core: jax/numpy only
+  weight = url.resolve_weight(cfg.weight)
+  direction = url.resolve_direction(cfg.direction)
+  for kind, fn, given in (('weight', weight, cfg.weight_kwargs),
+                          ('direction', direction, cfg.direction_kwargs)):
+    accepted = _objective_kwargs(fn, given)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+      raise ValueError(f'{kind}_kwargs {unknown} are not parameters of the {kind} '
+                       f'{getattr(fn, "__name__", fn)!r}')
+  weight_kwargs = _objective_kwargs(weight, {'temperature': cfg.temperature})
+  weight_kwargs.update(cfg.weight_kwargs)
+  return (url.resolve_weight(cfg.weight, **weight_kwargs),
+          url.resolve_direction(cfg.direction, **cfg.direction_kwargs))
+
+
+def validate(cfg: TrainConfig, *, num_devices: int | None = None,
+             max_negatives: int | None = None, num_processes: int = 1) -> None:
+  """Checks a config before any compute; raises ValueError naming the bad key.
+
+  Args:
+    num_devices: global device count (checks the mesh and the batch split).
+    max_negatives: negatives the data offers per training group (checks ``negatives``).
+    num_processes: processes of a multi-host run (the batch must split over them).
+  """
+  def bad(key, message):
+    raise ValueError(f'config {key}={getattr(cfg, key)!r}: {message}')
+
+  for key in ('weight', 'direction'):
+    value = getattr(cfg, key)
+    if not (isinstance(value, str) or callable(value)):
+      bad(key, 'must be a name or a callable')
+  try:
+    objective_fns(cfg)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'config objective (weight={cfg.weight!r}, direction={cfg.direction!r}): '
+                     f'{e}') from None
+  for key in ('steps', 'batch_size', 'max_length', 'eval_batch_size', 'keep_checkpoints'):
+    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+      bad(key, 'must be a positive integer')
+  for key in ('log_every', 'example_log_every', 'eval_every', 'checkpoint_every', 'warmup_steps',
+              'eval_groups', 'test_groups', 'eval_list_size', 'pretrain_steps'):
+    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+      bad(key, 'must be a non-negative integer')
+  if not isinstance(cfg.negatives, int) or cfg.negatives < 1:
+    bad('negatives', 'needs at least one negative per group')
+  if max_negatives is not None and cfg.negatives > max_negatives:
+    bad('negatives', f'the data offers only {max_negatives} negatives per group')
+  if cfg.learning_rate <= 0:
+    bad('learning_rate', 'must be positive')
+  if cfg.temperature <= 0:
+    bad('temperature', 'must be positive')
+  if cfg.clip_norm < 0:
+    bad('clip_norm', 'must be >= 0 (0 = no clipping)')
+  if cfg.finetune not in FINETUNE_MODES:
+    bad('finetune', f'expected one of {FINETUNE_MODES}')
+  if cfg.finetune == 'lora' and cfg.lora_rank < 1:
+    bad('lora_rank', 'must be >= 1')
+  if cfg.layout not in LAYOUTS:
+    bad('layout', f'expected one of {LAYOUTS}')
+  for key in ('dtype', 'param_dtype'):
+    if getattr(cfg, key) not in DTYPES:
+      bad(key, f'expected one of {DTYPES}')
+  if cfg.eval_score not in EVAL_SCORES:
+    bad('eval_score', f'expected one of {EVAL_SCORES}')
+  if len(cfg.label_words) < 2:
+    bad('label_words', 'needs at least the yes and the no word')
+  if cfg.vision and cfg.image_size % cfg.patch_size:
+    bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
+  if num_devices is not None:
+    from decomp.train import mesh as mesh_lib
+    try:
+      sizes = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices)
+    except ValueError as e:
+      raise ValueError(f'config mesh={cfg.mesh!r}: {e}') from None
+    split = 1
+    for axis in mesh_lib.BATCH_AXES:
+      split *= sizes.get(axis, 1)
+    split = max(split, num_processes)
+    for key in ('batch_size', 'eval_batch_size'):
+      if getattr(cfg, key) % split:
+        bad(key, f'must be divisible by the {split} data-parallel shards of mesh {sizes}')
+  elif num_processes > 1 and cfg.batch_size % num_processes:
+    bad('batch_size', f'must be divisible by the {num_processes} processes')
