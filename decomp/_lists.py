@@ -1,0 +1,126 @@
+"""Shared rules for lists of documents: input checks, which lists take part, safe reduction.
+
+One rule for every loss, weight and direction in decomp, so their reductions agree and the
+weight x direction surrogate has exactly the gradient of the loss it decomposes:
+
+* a document takes part iff ``where`` is True for it (``where=None`` means all do);
+* a list takes part iff it has at least one valid positive (``labels > 0``). A list without a
+  positive is not a reranking instance (there is nothing to rank above the negatives): it
+  contributes 0 to every loss and is left out of the mean over lists. The data pipeline rejects
+  such lists eagerly (``check_has_positive``); inside ``jit`` they are masked out explicitly,
+  never turned into NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any
+ReduceFn = Callable[..., Array]
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_inputs(fn: str, labels, where, **arrays) -> None:
+  """Raises a clear error for mismatched shapes, a non-boolean mask or labels outside {0, 1}.
+
+  Shape and dtype checks are static and run under ``jit`` too; the label-value check needs
+  concrete values and runs only eagerly.
+  """
+  labels_shape = jnp.shape(labels)
+  if len(labels_shape) < 1:
+    raise ValueError(f"{fn}: labels must be shaped [..., list_size], got a scalar")
+  for name, value in arrays.items():
+    if value is None:
+      continue
+    if jnp.shape(value) != labels_shape:
+      raise ValueError(
+          f"{fn}: {name} has shape {tuple(jnp.shape(value))} but labels has shape "
+          f"{tuple(labels_shape)}; every per-document array must be [..., list_size]")
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+      raise TypeError(f"{fn}: {name} must be floating point, got {jnp.result_type(value)}")
+  if where is not None:
+    if jnp.shape(where) != labels_shape:
+      raise ValueError(
+          f"{fn}: where has shape {tuple(jnp.shape(where))} but labels has shape "
+          f"{tuple(labels_shape)}")
+    if jnp.result_type(where) != jnp.bool_:
+      raise TypeError(f"{fn}: where must be a boolean mask, got dtype {jnp.result_type(where)}")
+  if _is_concrete(labels):
+    values = np.unique(np.asarray(labels))
+    bad = values[(values != 0) & (values != 1)]
+    if bad.size:
+      raise ValueError(
+          f"{fn}: labels must be 0 (negative) or 1 (positive); found {bad.tolist()[:5]}")
+
+
+def check_has_positive(labels, where=None, *, context: str = "") -> None:
+  """Eager check used by data pipelines: every list has at least one valid positive."""
+  labels = np.asarray(labels)
+  valid = np.ones(labels.shape, bool) if where is None else np.asarray(where, bool)
+  has_pos = np.any(valid & (labels > 0), axis=-1)
+  if not np.all(has_pos):
+    first = tuple(int(i) for i in np.argwhere(~has_pos)[0])
+    raise ValueError(f"{context}group {first} has no positive document (a reranking group "
+                     "needs at least one)")
+
+
+def doc_mask(labels, where) -> Array:
+  """``[..., n]`` True for the documents that take part (valid, in a list with a positive)."""
+  valid = jnp.ones(jnp.shape(labels), bool) if where is None else where
+  return valid & list_mask(labels, where)[..., None]
+
+
+def list_mask(labels, where) -> Array:
+  """``[...]`` True for lists that take part: at least one valid positive."""
+  valid = jnp.ones(jnp.shape(labels), bool) if where is None else where
+  return jnp.any(valid & (labels > 0), axis=-1)
+
+
+def positives(labels, mask) -> Array:
+  return mask & (labels > 0)
+
+
+def negatives(labels, mask) -> Array:
+  return mask & (labels <= 0)
+
+
+def masked(x, mask, fill=0.0) -> Array:
+  """``x`` where ``mask``, else ``fill``; keeps padded entries (even NaN/inf) out of the math."""
+  return jnp.where(mask, x, jnp.asarray(fill, dtype=jnp.result_type(x)))
+
+
+def masked_logsumexp(x, mask, axis: int = -1) -> tuple[Array, Array]:
+  """log-sum-exp over ``mask``ed entries with finite values and gradients everywhere.
+
+  Returns ``(lse, any)`` with ``keepdims``; where no entry is valid, ``lse`` is 0 and ``any`` is
+  False (callers gate on ``any``: an empty sum is handled explicitly, not through -inf).
+  """
+  any_valid = jnp.any(mask, axis=axis, keepdims=True)
+  x = masked(x, mask)
+  shift = jax.lax.stop_gradient(jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True))
+  shift = jnp.where(any_valid, shift, 0.0)
+  total = jnp.sum(jnp.where(mask, jnp.exp(x - shift), 0.0), axis=axis, keepdims=True)
+  lse = jnp.log(jnp.where(any_valid, total, 1.0)) + shift
+  return jnp.where(any_valid, lse, 0.0), any_valid
+
+
+def reduce_lists(per_list, list_valid, reduce_fn: ReduceFn | None) -> Array:
+  """Reduces per-list values over all leading axes, counting only the lists that take part.
+
+  ``jnp.mean`` is the mean over valid lists (0 when none is valid, with zero gradients rather
+  than 0/0); any other ``reduce_fn`` must accept ``where=`` like the jnp reductions.
+  """
+  per_list = masked(per_list, list_valid)
+  if reduce_fn is None:
+    return per_list
+  if reduce_fn is jnp.mean:
+    count = jnp.sum(list_valid)
+    return jnp.sum(per_list) / jnp.maximum(count, 1).astype(per_list.dtype)
+  return reduce_fn(per_list, where=list_valid)
