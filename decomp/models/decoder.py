@@ -1,0 +1,263 @@
+"""A compact Flax NNX decoder-only LM for the Qwen2/Qwen2.5 and Llama/Llama-3.x families.
+
+Matches transformers' PyTorch `Qwen2ForCausalLM` / `LlamaForCausalLM` (RMSNorm, RoPE with
+default/linear/llama3 scaling, grouped-query attention, SwiGLU MLP, q/k/v biases, tied or untied
+LM head). Parameter layout: linear kernels are [in, out] (HF stores [out, in]); the token
+embedding and the untied LM head are both [V, d] as in HF. Every parameter carries logical
+sharding names (see decomp.models.sharding) in its Variable metadata.
+
+Padding: positions are `cumsum(attention_mask) - 1`, and attention is causal over the valid
+keys, so a left- or right-padded sequence gives, at its valid positions, the same outputs as the
+same sequence unpadded. Outputs at padded positions are finite but meaningless.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from decomp.models.config import DecoderConfig, rope_inv_freq
+from decomp.models.sharding import METADATA_KEY
+
+# A large finite negative instead of -inf: a fully padded query row (e.g. a left pad, which has no
+# valid key at or before it) then softmaxes to a uniform row instead of NaN.
+_MASKED = -1e30
+_INIT = nnx.initializers.normal(0.02)
+
+
+def _param(rngs: nnx.Rngs | None, shape: Sequence[int], names: Sequence[str | None], param_dtype,
+           init=_INIT, **metadata) -> nnx.Param:
+  """An nnx.Param with logical sharding names; never sharded eagerly (names are logical)."""
+  value = init(rngs.params(), tuple(shape), param_dtype)
+  return nnx.Param(value, eager_sharding=False, **{METADATA_KEY: tuple(names)}, **metadata)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias); kernel [in, out] with logical names (in_name, out_name)."""
+
+  def __init__(self, in_features: int, out_features: int, *, names: tuple[str | None, str | None],
+               use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    self.in_features = in_features
+    self.out_features = out_features
+    self.names = tuple(names)
+    self.dtype = dtype
+    self.kernel = _param(rngs, (in_features, out_features), names, param_dtype)
+    self.bias = (_param(rngs, (out_features,), names[1:], param_dtype, nnx.initializers.zeros)
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [..., in] -> [..., out] in the compute dtype."""
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """HF's RMSNorm: normalise in float32, cast back, then scale."""
+
+  def __init__(self, size: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = _param(rngs, (size,), ('norm',), param_dtype, nnx.initializers.ones)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
+  half = x.shape[-1] // 2
+  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rope_cos_sin(config: DecoderConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, T, head_dim] for integer positions [B, T] (computed in float32, then cast)."""
+  inv_freq = jnp.asarray(rope_inv_freq(config))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, heads, hd]; cos/sin [B, T, hd]."""
+  return x * cos[:, :, None, :] + _rotate_half(x) * sin[:, :, None, :]
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE; plain masked softmax in float32."""
+
+  def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    c = config
+    self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+    self.dtype = dtype
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, names=('embed', 'heads'),
+                         use_bias=c.attention_bias, **kw)
+    self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, names=('embed', 'kv_heads'),
+                         use_bias=c.attention_bias, **kw)
+    self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, names=('embed', 'kv_heads'),
+                         use_bias=c.attention_bias, **kw)
+    self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, names=('heads', 'embed'),
+                         use_bias=c.attention_out_bias, **kw)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, T, d]; cos/sin [B, T, hd]; mask [B, T(query), T(key)] bool -> [B, T, d]."""
+    b, t, _ = x.shape
+    groups = self.num_heads // self.num_kv_heads
+    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+    # Query head h reads kv head h // groups (HF's repeat_kv order).
+    q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+    scores = jnp.einsum('btkgh,bskh->bkgts', q, k, preferred_element_type=jnp.float32)
+    scores = scores * (self.head_dim ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum('bkgts,bskh->btkgh', probs, v)
+    return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(use_bias=config.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    d, i = config.hidden_size, config.intermediate_size
+    self.gate_proj = Linear(d, i, names=('embed', 'mlp'), **kw)
+    self.up_proj = Linear(d, i, names=('embed', 'mlp'), **kw)
+    self.down_proj = Linear(i, d, names=('mlp', 'embed'), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+  def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **kw)
+    self.self_attn = Attention(config, **kw)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **kw)
+    self.mlp = MLP(config, **kw)
+
+  def __call__(self, x, cos, sin, mask):
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _run_layer(layer: DecoderLayer, x, cos, sin, mask):
+  return layer(x, cos, sin, mask)
+
+
+_run_layer_remat = nnx.remat(_run_layer)
+
+
+class Decoder(nnx.Module):
+  """Decoder-only LM. Params: embed_tokens [V, d], layers[i].*, norm, lm_head [V, d] or None (tied).
+
+  Args:
+    config: the model shape.
+    dtype: compute dtype of activations (float32 or bfloat16); softmax, RMSNorm statistics,
+      RoPE tables and `log_normalizer` stay float32.
+    param_dtype: storage dtype of the parameters.
+    remat: rematerialise each layer in the backward pass (`nnx.remat`).
+    rngs: initialisation randomness (normal(0.02), like HF).
+
+  The LM-head parameter (the embedding when tied) carries Variable metadata `lm_head=True`; the
+  LoRA trainable filter uses it.
+  """
+
+  def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: bool = False, rngs: nnx.Rngs):
+    if not isinstance(config, DecoderConfig):
+      raise TypeError(f'config must be a DecoderConfig, got {type(config).__name__}')
+    self.config = config
+    self.dtype = dtype
+    self.remat = remat
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.embed_tokens = _param(rngs, (config.vocab_size, config.hidden_size), ('vocab', 'embed'),
+                               param_dtype, lm_head=config.tie_word_embeddings)
+    self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **kw)
+    self.lm_head = (None if config.tie_word_embeddings else
+                    _param(rngs, (config.vocab_size, config.hidden_size), ('vocab', 'embed'),
+                           param_dtype, lm_head=True))
+
+  def _lm_head_matrix(self) -> jax.Array:
+    """[V, d] LM-head weights (the embedding when tied)."""
+    return (self.embed_tokens if self.lm_head is None else self.lm_head)[...]
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    """Token embeddings: input_ids [B, T] int -> [B, T, d] in the compute dtype."""
+    input_ids = jnp.asarray(input_ids)
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+      raise ValueError(f'input_ids must be integers, got dtype {input_ids.dtype}')
+    return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+
+  def hidden_states(self, input_ids: jax.Array | None = None,
+                    attention_mask: jax.Array | None = None, *,
+                    inputs_embeds: jax.Array | None = None) -> jax.Array:
+    """Final RMS-normed hidden states [B, T, d] (compute dtype).
+
+    Args:
+      input_ids: [B, T] int token ids (ignored when inputs_embeds is given).
+      attention_mask: [B, T], 1/True for real tokens, 0/False for padding (left or right);
+        None means no padding.
+      inputs_embeds: [B, T, d] embeddings that replace the lookup (e.g. image features spliced
+        into token embeddings).
+    """
+    if inputs_embeds is not None:
+      x = jnp.asarray(inputs_embeds)
+      if x.ndim != 3 or x.shape[-1] != self.config.hidden_size:
+        raise ValueError(f'inputs_embeds must be [B, T, {self.config.hidden_size}], got {x.shape}')
+      x = x.astype(self.dtype)
+    elif input_ids is not None:
+      if jnp.ndim(input_ids) != 2:
+        raise ValueError(f'input_ids must be [B, T], got shape {jnp.shape(input_ids)}')
+      x = self.embed(input_ids)
+    else:
+      raise ValueError('hidden_states needs input_ids or inputs_embeds')
+    b, t, _ = x.shape
+    if attention_mask is None:
+      valid = jnp.ones((b, t), bool)
+    else:
+      if jnp.shape(attention_mask) != (b, t):
+        raise ValueError(f'attention_mask shape {jnp.shape(attention_mask)} does not match the '
+                         f'inputs [B, T] = {(b, t)}')
+      valid = jnp.asarray(attention_mask).astype(bool)
+    positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+    cos, sin = rope_cos_sin(self.config, positions, self.dtype)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & valid[:, None, :]
+    run = _run_layer_remat if self.remat else _run_layer
+    for layer in self.layers:
+      x = run(layer, x, cos, sin, mask)
+    return self.norm(x)
+
+  def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None, *,
+               inputs_embeds: jax.Array | None = None) -> jax.Array:
+    """Full-vocabulary logits [B, T, V] in the compute dtype."""
+    h = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+    return jnp.einsum('btd,vd->btv', h, self._lm_head_matrix().astype(self.dtype))
+
+  def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
+    """LM-head rows [K, d] (compute dtype) for token_ids [K]; logits of those tokens = h @ rows.T."""
+    token_ids = jnp.asarray(token_ids)
+    if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
+      raise ValueError(f'token_ids must be a 1-D int array, got shape {token_ids.shape} '
+                       f'dtype {token_ids.dtype}')
+    return jnp.take(self._lm_head_matrix(), token_ids, axis=0).astype(self.dtype)
+
+  def log_normalizer(self, h: jax.Array) -> jax.Array:
+    """logsumexp over the full vocabulary of h @ W_head.T: h [..., d] -> [...] float32."""
+    logits = jnp.einsum('...d,vd->...v', h.astype(self.dtype),
+                        self._lm_head_matrix().astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    return jax.nn.logsumexp(logits, axis=-1)

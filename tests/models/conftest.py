@@ -1,0 +1,114 @@
+"""Tiny random Hugging Face checkpoints (saved by transformers + torch) shared by model tests.
+
+Each fixture is session-scoped and returns a `TinyCheckpoint(path, torch_model)`: `path` is a
+directory written by `save_pretrained` (transformers 5.x layout, float32 safetensors) and
+`torch_model` the PyTorch reference in eval mode. torch is imported lazily so test modules that
+do not use these fixtures do not pay for it.
+
+- qwen2_checkpoint: Qwen2 (q/k/v bias), GQA 4/2 heads, rope_theta 1e6, untied LM head.
+- llama3_checkpoint: Llama-3.1 style, rope_theta 500000 + llama3 rope scaling (with a short
+  original context so the scaling changes frequencies seen at positions < 32), tied embeddings.
+- llama_linear_checkpoint: Llama with linear rope scaling, attention and MLP biases and a head_dim
+  that is not hidden_size / num_heads, untied.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+VOCAB = 128
+PAD_ID = 0
+
+
+class TinyCheckpoint(NamedTuple):
+  path: str
+  torch_model: Any
+
+
+def _common(**overrides):
+  kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            rms_norm_eps=1e-6,
+            # Larger than HF's 0.02 so activations (and any mismatch) are not vanishingly small.
+            initializer_range=0.1)
+  kw.update(overrides)
+  return kw
+
+
+def _save(tmp_path_factory, name, model_cls, config, seed):
+  import torch
+  torch.manual_seed(seed)
+  model = model_cls(config).eval()
+  # HF zero-initialises biases; give them values so a dropped bias cannot go unnoticed.
+  with torch.no_grad():
+    for param_name, param in model.named_parameters():
+      if param_name.endswith('bias'):
+        param.normal_(0.0, 0.1)
+  path = str(tmp_path_factory.mktemp(name))
+  model.save_pretrained(path)
+  return TinyCheckpoint(path, model)
+
+
+@pytest.fixture(scope='session')
+def qwen2_checkpoint(tmp_path_factory) -> TinyCheckpoint:
+  from transformers import Qwen2Config, Qwen2ForCausalLM
+  config = Qwen2Config(**_common(rope_theta=1e6, tie_word_embeddings=False))
+  return _save(tmp_path_factory, 'qwen2', Qwen2ForCausalLM, config, seed=0)
+
+
+@pytest.fixture(scope='session')
+def llama3_checkpoint(tmp_path_factory) -> TinyCheckpoint:
+  from transformers import LlamaConfig, LlamaForCausalLM
+  config = LlamaConfig(**_common(
+      rope_theta=500000.0, tie_word_embeddings=True,
+      rope_scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
+                    'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}))
+  return _save(tmp_path_factory, 'llama3', LlamaForCausalLM, config, seed=1)
+
+
+@pytest.fixture(scope='session')
+def llama_linear_checkpoint(tmp_path_factory) -> TinyCheckpoint:
+  from transformers import LlamaConfig, LlamaForCausalLM
+  config = LlamaConfig(**_common(
+      rope_theta=10000.0, tie_word_embeddings=False, head_dim=32, attention_bias=True,
+      mlp_bias=True, rope_scaling={'rope_type': 'linear', 'factor': 2.0}))
+  return _save(tmp_path_factory, 'llama_linear', LlamaForCausalLM, config, seed=2)
+
+
+@pytest.fixture(scope='session')
+def padded_batches():
+  """(sequences, left-padded (ids, mask), right-padded (ids, mask)) of lengths 9..13, T=16."""
+  rng = np.random.default_rng(0)
+  lengths = [13, 9, 11]
+  sequences = [rng.integers(1, VOCAB, size=n) for n in lengths]
+  t = 16
+  left = np.full((len(lengths), t), PAD_ID, np.int32), np.zeros((len(lengths), t), np.int32)
+  right = np.full((len(lengths), t), PAD_ID, np.int32), np.zeros((len(lengths), t), np.int32)
+  for i, seq in enumerate(sequences):
+    n = len(seq)
+    left[0][i, t - n:], left[1][i, t - n:] = seq, 1
+    right[0][i, :n], right[1][i, :n] = seq, 1
+  return sequences, left, right
+
+
+def torch_reference(torch_model, sequence):
+  """(logits [L, V], final normed hidden [L, d]) of one unpadded sequence, float64-free numpy."""
+  import torch
+  with torch.no_grad():
+    ids = torch.as_tensor(np.asarray(sequence)[None], dtype=torch.long)
+    hidden = torch_model.model(input_ids=ids).last_hidden_state
+    logits = torch_model.lm_head(hidden)
+  return logits[0].numpy(), hidden[0].numpy()
+
+
+@pytest.fixture(scope='session')
+def torch_reference_fn():
+  return torch_reference
+
+
+def checkpoint_files(path: str) -> list[str]:
+  return sorted(os.listdir(path))
