@@ -79,7 +79,7 @@ class TrainConfig:
   playground: dict = dataclasses.field(default_factory=dict)  # PlaygroundConfig overrides
   negatives: int = 4  # negatives per training group (list size = 1 + negatives)
   batch_size: int = 16  # groups per step (global, over all hosts)
-  max_length: int = 32  # tokens per (query, document) prompt
+  max_length: int = 96  # tokens per prompt (image placeholders included); fixed batch shape
   eval_groups: int = 64  # validation groups per periodic evaluation (0 = the whole split)
   test_groups: int = 128  # test groups of the final evaluation (0 = the whole split)
   eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
@@ -129,7 +129,7 @@ def playground_quick() -> TrainConfig:
       name='playground_quick', model='random', hidden_size=32, num_layers=2, num_heads=2,
       num_kv_heads=1, intermediate_size=64, vision_hidden_size=32, vision_layers=1,
       vision_heads=2, image_size=16, patch_size=8, pretrain_steps=50, finetune='full',
-      negatives=3, batch_size=8, max_length=24, eval_groups=16, test_groups=16, eval_batch_size=8,
+      negatives=3, batch_size=8, max_length=64, eval_groups=16, test_groups=16, eval_batch_size=8,
       steps=20, learning_rate=3e-3, warmup_steps=2, log_every=1, example_log_every=5,
       eval_every=10, checkpoint_every=10)
 

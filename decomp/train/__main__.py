@@ -1,0 +1,61 @@
+"""CLI: ``python -m decomp.train --workdir DIR [--config NAME_OR_FILE] [--set key=value ...]``.
+
+Runs (or resumes) ``decomp.train.train``. Multi-host: start one process per host with
+``--coordinator HOST:PORT --num-processes N --process-id I`` (``jax.distributed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m decomp.train', description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='run directory (created; resumed if it '
+                      'holds checkpoints)')
+  parser.add_argument('--config', default='playground',
+                      help='preset name (playground, playground_quick) or a .py/.json file')
+  parser.add_argument('--set', dest='overrides', action='append', default=[], nargs='+',
+                      metavar='KEY=VALUE', help='override config keys, e.g. --set steps=100 '
+                      'weight=cl mesh.data=4')
+  parser.add_argument('--quiet', action='store_true', help='no progress bar')
+  parser.add_argument('--coordinator', help='jax.distributed coordinator address HOST:PORT')
+  parser.add_argument('--num-processes', type=int, help='jax.distributed process count')
+  parser.add_argument('--process-id', type=int, help='jax.distributed process id')
+  parser.add_argument('--cpu-collectives', default=None,
+                      help='CPU collectives implementation for multi-process CPU runs (gloo)')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import jax
+  if args.coordinator:
+    if args.cpu_collectives:
+      jax.config.update('jax_cpu_collectives_implementation', args.cpu_collectives)
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  from decomp.train import config as config_lib
+  from decomp.train.loop import train
+  overrides = [item for group in args.overrides for item in group]
+  if args.quiet:
+    overrides.append('quiet=true')
+  try:
+    cfg = config_lib.apply_overrides(config_lib.get_config(args.config), overrides)
+  except (KeyError, ValueError, FileNotFoundError, TypeError) as e:
+    print(f'error: {e.args[0] if e.args else e}', file=sys.stderr)
+    return 2
+  results = train(cfg, args.workdir)
+  if jax.process_index() == 0:
+    summary = {'workdir': os.path.abspath(args.workdir), 'steps': results['steps'],
+               'final_loss': results['final'].get('loss'),
+               'test_ndcg@10': results['test'].get('ndcg@10')}
+    print(json.dumps(summary))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,100 @@
+"""Ranking evaluation on the validation / test split with ``decomp.metrics``.
+
+Scores: ``'sft'`` ranks by ``z_y - z_n`` (the logit of P(yes), which it orders identically),
+``'cl'`` by ``z_y``. Metrics per query (NDCG@10, MRR@10, Recall@1, AP) are aggregated overall,
+per task and per modality (``decomp.metrics.aggregate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from decomp import metrics as metrics_lib
+from decomp.train import config as config_lib
+from decomp.train import mesh as mesh_lib
+from decomp.train import step as step_lib
+
+METRICS = {
+    'ndcg@10': lambda s, l, w: metrics_lib.ndcg(s, l, where=w, topn=10, reduce_fn=None),
+    'mrr@10': lambda s, l, w: metrics_lib.mrr(s, l, where=w, topn=10, reduce_fn=None),
+    'recall@1': lambda s, l, w: metrics_lib.recall(s, l, where=w, topn=1, reduce_fn=None),
+    'ap': lambda s, l, w: metrics_lib.ap(s, l, where=w, reduce_fn=None),
+}
+
+
+def primary_score(cfg: config_lib.TrainConfig) -> str:
+  """The score a config is judged by: its ``eval_score``, or for 'auto' the weight's family."""
+  if cfg.eval_score != 'auto':
+    return cfg.eval_score
+  return 'cl' if cfg.weight in step_lib.CL_WEIGHTS and cfg.direction in ('cl', 'cl_logprob') \
+      else 'sft'
+
+
+class Evaluator:
+  """Scores the first ``count`` groups of a split and aggregates ranking metrics.
+
+  Every process encodes its share of each evaluation batch; the scores come back to every host.
+  """
+
+  def __init__(self, cfg: config_lib.TrainConfig, run, data, mesh):
+    self.cfg, self.data, self.mesh = cfg, data, mesh
+    shardings = (run.params_shardings, run.frozen_shardings)
+    self._eval = jax.jit(step_lib.make_eval_step(run.graphdef, readout=run.readout),
+                         in_shardings=(*shardings, None))
+    self._groups: dict[tuple[str, int], list] = {}
+
+  def _groups_of(self, split: str, count: int):
+    key = (split, count)
+    if key not in self._groups:
+      self._groups[key] = self.data.eval_groups(split, count)
+    return self._groups[key]
+
+  def scores(self, split: str, params, frozen, count: int) -> dict[str, Any]:
+    """``{'sft': [Q, n], 'cl': [Q, n], 'labels', 'where', 'tasks', 'modalities'}``."""
+    groups = self._groups_of(split, count)
+    size = self.cfg.eval_batch_size
+    procs, rank = jax.process_count(), jax.process_index()
+    n = self.data.eval_list_size
+    out = {'sft': [], 'cl': [], 'labels': [], 'where': []}
+    for start in range(0, len(groups), size):
+      chunk = list(groups[start:start + size])
+      real = len(chunk)
+      chunk += [chunk[-1]] * (size - real)  # pad the last batch to the compiled shape
+      local = size // procs
+      mine = chunk[rank * local:(rank + 1) * local]
+      arrays = self.data.encode(mine, n)
+      batch = {k: jax.make_array_from_process_local_data(
+          mesh_lib.batch_sharding(self.mesh, v.ndim), v) for k, v in arrays.items()}
+      scores = self._eval(params, frozen, batch)
+      if procs > 1:
+        scores = multihost_utils.process_allgather(scores, tiled=True)
+        labels = multihost_utils.process_allgather(batch['labels'], tiled=True)
+        where = multihost_utils.process_allgather(batch['where'], tiled=True)
+      else:
+        labels, where = batch['labels'], batch['where']
+      scores, labels, where = jax.device_get((scores, labels, where))
+      for k in ('sft', 'cl'):
+        out[k].append(np.asarray(scores[k])[:real])
+      out['labels'].append(np.asarray(labels)[:real])
+      out['where'].append(np.asarray(where)[:real])
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    result['tasks'] = [g.task for g in groups]
+    result['modalities'] = [g.modality for g in groups]
+    return result
+
+  def run(self, split: str, params, frozen, count: int) -> dict[str, Any]:
+    """Metrics of both scores; top-level keys are those of the config's primary score."""
+    s = self.scores(split, params, frozen, count)
+    results: dict[str, Any] = {'split': split, 'num_queries': len(s['tasks']),
+                               'score': primary_score(self.cfg)}
+    for score in ('sft', 'cl'):
+      per_query = {name: np.asarray(fn(s[score], s['labels'], s['where']))
+                   for name, fn in METRICS.items()}
+      results[score] = metrics_lib.aggregate(per_query, s['tasks'], s['modalities'])
+    primary = results[results['score']]
+    results.update(primary['queries'])
+    return results

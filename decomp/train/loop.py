@@ -1,0 +1,244 @@
+"""``train(config, workdir)``: the training loop, with logs, evaluation, checkpoints and resume.
+
+Order of work (as in big_vision / the flax examples):
+
+1. read and check the config (names, negatives, mesh against the devices) before any compute;
+2. build the mesh, derive parameter shardings from the models' logical names (``jax.eval_shape``
+   of the model: nothing is allocated), then create the state directly sharded with
+   ``jit(init, out_shardings=...)``;
+3. restore the latest checkpoint of the workdir if there is one (exact resume), else start;
+4. a donated, jitted update step per batch; the previous step's metrics are fetched after the
+   next step is dispatched, so logging never stalls the device.
+
+Multi-host: call ``jax.distributed.initialize`` first (the CLI does, from ``--coordinator`` etc.).
+Every process reads only its share of each batch; process 0 writes the logs and results; Orbax
+writes checkpoints cooperatively.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from decomp.train import checkpoint as ckpt_lib
+from decomp.train import config as config_lib
+from decomp.train import evaluate as evaluate_lib
+from decomp.train import logs
+from decomp.train import mesh as mesh_lib
+from decomp.train import setup as setup_lib
+from decomp.train import step as step_lib
+
+# Config keys that may differ between a run and its resumption (they change no computed value).
+RESUMABLE_CHANGES = ('quiet', 'steps', 'eval_every', 'log_every', 'example_log_every',
+                     'checkpoint_every', 'keep_checkpoints', 'test_groups', 'eval_groups',
+                     'name')
+
+
+def _check_resumable(workdir: str, cfg: config_lib.TrainConfig) -> None:
+  """A workdir's config.json must agree with ``cfg`` on everything that shapes the run."""
+  path = os.path.join(workdir, logs.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  old = logs.read_json(path)
+  new = config_lib.to_dict(cfg)
+  diff = sorted(k for k in set(old) | set(new)
+                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+  if diff:
+    details = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)
+    raise ValueError(f'{workdir} holds a run with a different config ({details}); use a new '
+                     'workdir or the same config')
+
+
+def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays split over the data axes."""
+  return {k: jax.make_array_from_process_local_data(mesh_lib.batch_sharding(mesh, v.ndim), v)
+          for k, v in arrays.items()}
+
+
+class _Progress:
+  """tqdm bar with loss, examples/s and ETA (a no-op in quiet mode / non-primary processes)."""
+
+  def __init__(self, enabled: bool, total: int, initial: int):
+    self._bar = None
+    if enabled:
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=total, initial=initial, desc='train', dynamic_ncols=True)
+
+  def update(self, record: Mapping[str, Any]) -> None:
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f'{record["loss"]:.4f}',
+                            ex_s=f'{record.get("examples_per_s", 0.0):.0f}', refresh=False)
+      self._bar.update(1)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
+                         meta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flattens ``[B, n]`` device results and the batch's ids into one row per document."""
+  b, n = meta['doc_id'].shape
+  cols = {'step': np.full(b * n, step, np.int64),
+          'query_id': np.repeat(meta['query_id'], n),
+          'doc_id': meta['doc_id'].reshape(-1),
+          'position': np.tile(np.arange(n, dtype=np.int32), b),
+          'label': meta['label'].reshape(-1).astype(np.int32),
+          'doc_kind': meta['doc_kind'].reshape(-1),
+          'task': np.repeat(meta['task'], n),
+          'modality': np.repeat(meta['modality'], n)}
+  valid = meta['where'].reshape(-1)
+  for key, value in per_doc.items():
+    cols[key] = np.asarray(value, np.float32).reshape(-1)
+  return {k: v[valid] for k, v in cols.items()}
+
+
+def train(config: config_lib.TrainConfig | str, workdir: str, *,
+          overrides: tuple[str, ...] = ()) -> dict:
+  """Trains a reranker as ``config`` says; writes and resumes ``workdir``; returns the results.
+
+  Args:
+    config: a :class:`TrainConfig`, a preset name or a config file.
+    workdir: the run's directory (created). If it holds checkpoints of the same config, training
+      continues from the latest one and reaches exactly the parameters of an uninterrupted run.
+    overrides: ``key=value`` strings applied to ``config``.
+
+  Returns:
+    The dict written to ``workdir/results.json``: ``steps``, ``final`` (last step's log record),
+    ``validation`` (last validation metrics), ``test`` (test metrics).
+  """
+  cfg = config_lib.get_config(config) if isinstance(config, str) else config
+  cfg = config_lib.apply_overrides(cfg, overrides)
+  primary = jax.process_index() == 0
+  data = setup_lib.make_data(cfg)
+  config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
+                      num_processes=jax.process_count())
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _check_resumable(workdir, cfg)
+  if primary:
+    logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
+
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  run = setup_lib.build_model_state(cfg, mesh, data)
+  weight_fn, direction_fn = config_lib.objective_fns(cfg)
+  objective = step_lib.Objective(
+      weight=weight_fn, direction=direction_fn,
+      loss_kind='cl' if cfg.weight in step_lib.CL_WEIGHTS else 'sft',
+      temperature=cfg.temperature, log_normalizer=run.needs_log_normalizer(cfg.direction))
+  tx, schedule = step_lib.make_optimizer(
+      peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+      end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
+      b2=cfg.b2, clip_norm=cfg.clip_norm)
+
+  # State shardings: params/frozen from the logical names, optimizer state mirrors params.
+  opt_shardings = setup_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
+  replicated = mesh_lib.replicated(mesh)
+  init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
+  state = {'params': run.params, 'frozen': run.frozen, 'opt_state': init_opt(run.params),
+           'rng': jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), replicated)}
+
+  checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
+  start = 0
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, meta = checkpoints.restore(ckpt_lib.abstract_like(state), latest)
+    start = int(meta['step'])
+    if meta.get('data_index') != start * cfg.batch_size:
+      raise ValueError(f'checkpoint {latest} of {workdir}: data_index {meta.get("data_index")} '
+                       f'does not match step {start} x batch {cfg.batch_size}')
+  if primary:  # drop what a killed run logged after its last checkpoint
+    logs.truncate_jsonl(os.path.join(workdir, logs.STEPS_FILE), start)
+    logs.truncate_jsonl(os.path.join(workdir, logs.EVAL_FILE), start)
+    logs.truncate_examples(workdir, start)
+
+  state_shardings = jax.tree.map(lambda a: a.sharding, state)
+  train_step = jax.jit(
+      step_lib.make_train_step(
+          run.graphdef, tx, schedule, objective, readout=run.readout, label_rows=run.label_rows,
+          readout_from_hidden=run.readout_from_hidden,
+          example_grad_norms=cfg.example_grad_norms),
+      in_shardings=(state_shardings['params'], state_shardings['frozen'],
+                    state_shardings['opt_state'], replicated, None),
+      out_shardings=(state_shardings['params'], state_shardings['opt_state'], None),
+      donate_argnums=(0, 2))
+  evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh)
+
+  step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
+  eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
+  example_log = logs.ExampleLogger(workdir, enabled=primary)
+  progress = _Progress(primary and not cfg.quiet, cfg.steps, start)
+  params, frozen, opt_state = state['params'], state['frozen'], state['opt_state']
+  last_record: dict = {}
+  validation: dict = {}
+  pending = None  # (step, device metrics, host meta, tokens) of the step before the current one
+  last_time = time.perf_counter()
+
+  def finish(item):
+    """Fetches one step's metrics (blocks until that step is done) and writes its logs."""
+    nonlocal last_time, last_record
+    step, metrics, meta, tokens = item
+    scalars, per_doc = jax.device_get((metrics['scalars'], metrics['per_doc']))
+    now = time.perf_counter()
+    elapsed, last_time = now - last_time, now
+    record = {'step': step, **{k: float(v) for k, v in scalars.items()},
+              'examples_per_s': meta['doc_id'].size * jax.process_count() / elapsed,
+              'tokens_per_s': tokens * jax.process_count() / elapsed, 'step_time_s': elapsed}
+    last_record = record
+    if step % cfg.log_every == 0 or step == cfg.steps:
+      step_log.log(record)
+    if cfg.example_log_every and (step % cfg.example_log_every == 0 or step == cfg.steps):
+      example_log.write(step, _per_example_columns(step, per_doc, meta))
+    progress.update(record)
+
+  try:
+    for step in range(start + 1, cfg.steps + 1):
+      arrays, meta = data.train_batch((step - 1) * cfg.batch_size, cfg.batch_size,
+                                      jax.process_index(), jax.process_count())
+      batch = _shard_batch(arrays, mesh)
+      params, opt_state, metrics = train_step(params, frozen, opt_state,
+                                              jnp.asarray(step - 1, jnp.int32), batch)
+      if pending is not None:
+        finish(pending)
+      pending = (step, metrics, meta, int(arrays['attention_mask'].sum()))
+      if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+        finish(pending)
+        pending = None
+        validation = {'step': step, **evaluator.run('val', params, frozen, cfg.eval_groups)}
+        eval_log.log(validation)
+      if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+        if pending is not None:
+          finish(pending)
+          pending = None
+        checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state,
+                                'rng': state['rng']},
+                         {'data_index': step * cfg.batch_size})
+    if pending is not None:
+      finish(pending)
+    progress.close()
+    checkpoints.wait()
+    if cfg.eval_every:
+      validation = {'step': cfg.steps, **evaluator.run('val', params, frozen, cfg.eval_groups)}
+      if start < cfg.steps or not logs.read_evals(workdir) or primary is False:
+        eval_log.log(validation)
+    test = evaluator.run('test', params, frozen, cfg.test_groups)
+    if not last_record and primary:
+      records = logs.read_steps(workdir)
+      last_record = records[-1] if records else {}
+    results = {'steps': cfg.steps, 'final': last_record, 'validation': validation, 'test': test,
+               'config': cfg.name}
+    if primary:
+      logs.write_json_atomic(os.path.join(workdir, logs.RESULTS_FILE), results)
+    return results
+  finally:
+    progress.close()
+    step_log.close()
+    eval_log.close()
+    checkpoints.close()

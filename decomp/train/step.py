@@ -1,0 +1,191 @@
+"""The jitted pieces of training: optimiser, update step, evaluation forward pass.
+
+State is functional: an NNX model is split once into ``graphdef`` (static), ``params`` (the
+trainable Variables, an ``nnx.State``) and ``frozen`` (everything else); the update step merges
+them back inside ``jit``, computes the reranker's readout once, and uses it for the objective's
+surrogate (whose gradient is the objective's), the diagnostics and the logged losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from decomp import diagnostics as diagnostics_lib
+from decomp import losses as losses_lib
+from decomp import url as url_lib
+from decomp.readout import Readout
+
+Array = Any
+Batch = Mapping[str, Array]
+
+# Weights whose own loss is InfoNCE: the step's ``loss`` is cl_loss for these, sft_loss otherwise.
+CL_WEIGHTS = ('cl', 'cl_rescaled')
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def learning_rate_schedule(*, peak: float, steps: int, warmup_steps: int,
+                           end_factor: float) -> optax.Schedule:
+  """Linear warm-up from 0 to ``peak``, then cosine decay to ``peak * end_factor`` at ``steps``."""
+  warmup_steps = min(warmup_steps, max(steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=max(steps, warmup_steps + 1), end_value=peak * end_factor)
+
+
+def make_optimizer(*, peak: float, steps: int, warmup_steps: int, end_factor: float,
+                   weight_decay: float, b1: float, b2: float,
+                   clip_norm: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with warm-up + cosine schedule, after global-norm clipping (``clip_norm=0``: none)."""
+  schedule = learning_rate_schedule(peak=peak, steps=steps, warmup_steps=warmup_steps,
+                                    end_factor=end_factor)
+  parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+  return optax.chain(*parts), schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the update step optimises and logs.
+
+  Attributes:
+    weight: weight function ``(readout, labels, *, where) -> [B, n]`` (parameters bound).
+    direction: direction function ``(readout) -> [B, n]``.
+    loss_kind: 'sft' or 'cl': which plain loss is logged as ``loss``.
+    temperature: InfoNCE temperature of the logged ``cl_loss``.
+    log_normalizer: whether the readout must carry the vocabulary log-normaliser.
+  """
+  weight: Callable
+  direction: Callable
+  loss_kind: str = 'sft'
+  temperature: float = 1.0
+  log_normalizer: bool = False
+
+
+def _masked_stats(values: Array, mask: Array, prefix: str) -> dict[str, Array]:
+  """Mean and quantiles of ``values`` where ``mask`` (NaN when the mask is empty)."""
+  values = values.astype(jnp.float32)
+  selected = jnp.where(mask, values, jnp.nan)
+  count = jnp.sum(mask)
+  out = {f'{prefix}_mean': jnp.where(count > 0, jnp.sum(jnp.where(mask, values, 0)) /
+                                     jnp.maximum(count, 1), jnp.nan)}
+  qs = jnp.nanquantile(selected.reshape(-1), jnp.asarray(QUANTILES))
+  for q, v in zip(QUANTILES, qs):
+    out[f'{prefix}_q{int(round(q * 100))}'] = v
+  return out
+
+
+def objective_terms(readout: Readout, labels: Array, where: Array, objective: Objective,
+                    *, label_rows: Array, readout_fn: Callable | None) -> dict[str, Array]:
+  """Logged scalars and per-document arrays of one readout (no gradient flows through them)."""
+  readout = jax.lax.stop_gradient(readout)
+  yes = readout.yes.astype(jnp.float32)
+  no = readout.no.astype(jnp.float32)
+  sft = losses_lib.sft_loss(yes, no, labels, where=where)
+  cl = losses_lib.cl_loss(yes, labels, where=where, temperature=objective.temperature)
+  diag = diagnostics_lib.diagnostics(
+      readout, labels, weight=objective.weight, direction=objective.direction,
+      label_rows=label_rows, readout_fn=readout_fn, where=where)
+  docs = where & (labels >= 0)
+  pos, neg = docs & (labels > 0), docs & (labels <= 0)
+  scalars = {'loss': cl if objective.loss_kind == 'cl' else sft, 'sft_loss': sft, 'cl_loss': cl}
+  scalars.update(_masked_stats(diag['weight'], pos, 'w_pos'))
+  scalars.update(_masked_stats(diag['weight'], neg, 'w_neg'))
+  per_doc = {
+      'sft_score': jax.nn.sigmoid(yes - no),
+      'cl_score': yes,
+      'weight': diag['weight'],
+      'direction_norm': diag['direction_norm'],
+      'update': diag['update'],
+  }
+  return {'scalars': scalars, 'per_doc': per_doc}
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, objective: Objective, *,
+                    readout: Callable[[nnx.Module, Batch, bool], Readout],
+                    label_rows: Callable[[nnx.Module], Array],
+                    readout_from_hidden: Callable[[nnx.Module], Callable] | None = None,
+                    example_grad_norms: bool = False):
+  """The update step ``(params, frozen, opt_state, step, batch) -> (params, opt_state, metrics)``.
+
+  Args:
+    graphdef: the model's static graph (``nnx.split(model, trainable, ...)[0]``).
+    tx: the optimiser; its state mirrors ``params``.
+    schedule: learning rate as a function of the step (logged).
+    objective: weight/direction and what to log.
+    readout: ``(model, batch, log_normalizer) -> Readout [B, n]`` (with ``hidden``).
+    label_rows: ``model -> [K, d]`` LM-head rows of the label tokens (yes, no, ...).
+    readout_from_hidden: optional ``model -> (h -> Readout)``, the readout as a function of the
+      hidden state, for directions that read more than the label logits (diagnostics).
+    example_grad_norms: also return exact per-document parameter-gradient norms
+      ``||sg(W_i) grad_theta f_D(x_i)||`` (one backward pass per document; small models only).
+
+  ``batch`` holds ``labels`` and ``where`` ``[B, n]`` plus whatever ``readout`` reads. The
+  returned ``metrics`` are device arrays: ``scalars`` (step log) and ``per_doc`` ``[B, n]``.
+  """
+
+  def surrogate(params, frozen, batch):
+    model = nnx.merge(graphdef, params, frozen)
+    out = readout(model, batch, objective.log_normalizer)
+    value = url_lib.url_surrogate(out, batch['labels'], weight=objective.weight,
+                                  direction=objective.direction, where=batch['where'])
+    return value, (out, model)
+
+  def per_doc_grad_norms(params, frozen, batch, signed_weight):
+    """``||W_i grad_theta f_D(x_i)||`` for every document, vmapped over the flattened list."""
+    b, n = batch['labels'].shape
+
+    def one(doc, w):
+      doc = jax.tree.map(lambda x: x[None, None], doc)
+
+      def f(p):
+        model = nnx.merge(graphdef, p, frozen)
+        return jnp.sum(objective.direction(readout(model, doc, objective.log_normalizer)))
+
+      g = jax.grad(f)(params)
+      return jnp.abs(w) * optax.global_norm(g)
+
+    docs = {k: v.reshape((b * n,) + v.shape[2:]) for k, v in batch.items()
+            if k not in ('labels', 'where')}
+    norms = jax.lax.map(lambda args: one(*args), (docs, signed_weight.reshape(-1)), batch_size=n)
+    return norms.reshape(b, n)
+
+  def step_fn(params, frozen, opt_state, step, batch):
+    (value, (out, model)), grads = jax.value_and_grad(surrogate, has_aux=True)(
+        params, frozen, batch)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    from_hidden = readout_from_hidden(model) if readout_from_hidden is not None else None
+    terms = objective_terms(out, batch['labels'], batch['where'], objective,
+                            label_rows=label_rows(model), readout_fn=from_hidden)
+    scalars = dict(terms['scalars'])
+    scalars.update(
+        objective=value, learning_rate=schedule(step), grad_norm=optax.global_norm(grads),
+        update_norm=optax.global_norm(updates), param_norm=optax.global_norm(new_params))
+    per_doc = dict(terms['per_doc'])
+    if example_grad_norms:
+      per_doc['grad_norm'] = per_doc_grad_norms(params, frozen, batch, per_doc['weight'])
+    return new_params, new_opt_state, {'scalars': scalars, 'per_doc': per_doc}
+
+  return step_fn
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, readout: Callable[[nnx.Module, Batch, bool], Readout]):
+  """``(params, frozen, batch) -> {'sft': z_y - z_n, 'cl': z_y}`` ranking scores ``[B, n]``.
+
+  The SFT score P(yes) = sigmoid(z_y - z_n) ranks like its logit, which does not saturate.
+  """
+
+  def eval_fn(params, frozen, batch):
+    model = nnx.merge(graphdef, params, frozen)
+    out = readout(model, batch, False)
+    yes, no = out.yes.astype(jnp.float32), out.no.astype(jnp.float32)
+    return {'sft': yes - no, 'cl': yes}
+
+  return eval_fn
