@@ -17,13 +17,13 @@ from decomp.data.playground import world
 _POSITION_XY = np.array(
     [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7), (0.5, 0.5), (0.5, 0.27), (0.5, 0.73),
      (0.27, 0.5), (0.73, 0.5)], dtype=np.float32)
-_SIZE_RADIUS = np.array([0.1, 0.15, 0.21], dtype=np.float32)
+_SIZE_RADIUS = np.array([0.11, 0.155, 0.2], dtype=np.float32)
 # Offsets of the copies, in units of one copy's radius, for count 1, 2, 3 (padded to 3 slots).
 _COPY_OFFSETS = np.array(
     [[(0.0, 0.0), (0.0, 0.0), (0.0, 0.0)],
-     [(-1.15, 0.0), (1.15, 0.0), (0.0, 0.0)],
-     [(-1.15, 0.7), (1.15, 0.7), (0.0, -1.05)]], dtype=np.float32)
-_COPY_SCALE = np.array([1.0, 0.72, 0.62], dtype=np.float32)
+     [(-1.3, 0.0), (1.3, 0.0), (0.0, 0.0)],
+     [(-1.4, 0.8), (1.4, 0.8), (0.0, -1.4)]], dtype=np.float32)
+_COPY_SCALE = np.array([1.0, 0.8, 0.7], dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +92,14 @@ def render_scenes(scenes: np.ndarray, rng: np.random.Generator,
   v = (y - centres[:, :, 1, None, None]) / r
   u, v = np.broadcast_arrays(u, v)
   inside = _shape_masks(shape, u, v) & valid[:, :, None, None]  # [N, 3, S, S]
-  # Outlined objects keep only a rim: inside minus a shrunken copy of the shape.
+  # Outlined objects keep a one-pixel rim: the pixels with a 4-neighbour outside the shape.
   outlined = texture == world.TEXTURES.index("outlined")
   if outlined.any():
-    inner = _shape_masks(shape[outlined], u[outlined] / 0.55, v[outlined] / 0.55)
-    inside[outlined] &= ~inner
+    m = inside[outlined]
+    padded = np.pad(m, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    interior = (padded[..., :-2, 1:-1] & padded[..., 2:, 1:-1] & padded[..., 1:-1, :-2]
+                & padded[..., 1:-1, 2:])
+    inside[outlined] = m & ~interior
   mask = inside.any(axis=1)  # [N, S, S]
 
   rgb = world.COLOUR_RGB[colour] + style.colour_jitter * rng.standard_normal((n, 3))

@@ -179,5 +179,6 @@ def vocabulary() -> list[str]:
   for text in texts:
     vocab.update(w for w in words(re.sub(r"\{\w+\}", " ", text)))
   vocab.update(str(i) for i in range(10))
+  vocab.update(chr(c) for c in range(ord("a"), ord("z") + 1))
   vocab.update(list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"))
   return sorted(vocab)

@@ -1,0 +1,253 @@
+"""MRB-style reranking data on local disk: a streaming JSONL reader and a writer.
+
+Schema: one JSON object per line (blank lines are allowed and counted)::
+
+  {"query_id": "coco-17",                      # str, required, unique per file is advisable
+   "task": "t2i",                              # str, required (t2t, t2i, i2t, i2i, it2it, t2vd
+                                               #   or any dataset name)
+   "instruction": "Find the image ...",        # str, required (may be "")
+   "query": {"text": "...", "image": "q.png"}, # at least one of text / image
+   "positives": [{"id": "d1", "text": "...", "image": "img/d1.png", "label": 1}, ...],
+   "negatives": [{"id": "d9", "image": "img/d9.png", "kind": "hard"}, ...],
+   "modality": "cross"}                        # optional: single / cross / fused
+
+* ``positives`` and ``negatives`` must be non-empty lists of documents; a document needs text,
+  an image or both; ``id`` defaults to ``<query_id>-p<i>`` / ``<query_id>-n<i>``; ``label``
+  defaults to 1 for positives (must be >= 1) and 0 for negatives (must be 0); ``kind`` defaults
+  to ``"positive"`` / ``"negative"`` (the playground writes ``"hard"`` / ``"random"``).
+* Image paths are relative to the JSONL file's folder (absolute paths are kept). Images are read
+  with PIL, converted to RGB ``uint8 [H, W, 3]`` and resized to ``image_size`` (``None``: keep).
+* ``modality`` defaults to MRB's grouping of known task names (``TASK_MODALITY``), else ``""``.
+
+Documents come out positives first, then negatives, in file order; pass ``shuffle_seed`` to
+permute them per row (deterministically) -- metrics break score ties by position, so a
+constant-score model would otherwise look perfect.
+
+Errors: with ``errors="raise"`` (default) any malformed row raises
+``ValueError("<file>:<line>: <what is wrong>")``. With ``errors="skip"`` the row is skipped and
+counted in :class:`LoadStats` (per reason, with the first messages kept) and a warning is logged
+at the end; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from decomp.data.types import TASK_MODALITY, Group, Item
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoadStats:
+  """What a read did: every non-blank line is either loaded or skipped (with its reason)."""
+
+  path: str = ""
+  lines: int = 0  # non-blank lines seen
+  blank_lines: int = 0
+  loaded: int = 0
+  skipped: int = 0
+  reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  messages: list = dataclasses.field(default_factory=list)  # the first few error messages
+
+  def summary(self) -> str:
+    text = f"{self.path}: {self.loaded} groups loaded, {self.skipped} rows skipped"
+    if self.reasons:
+      text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) + ")"
+    return text
+
+
+class RowError(ValueError):
+  """A malformed row; ``reason`` is a short category used for counting skips."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+def load_image(path: str, image_size: int | None = None) -> np.ndarray:
+  """Reads an image file into RGB ``uint8 [H, W, 3]``, resized to ``image_size`` if given."""
+  from PIL import Image
+
+  with Image.open(path) as im:
+    im = im.convert("RGB")
+    if image_size is not None and im.size != (image_size, image_size):
+      im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _item(obj, where: str, folder: str, image_size, load_images) -> Item:
+  if not isinstance(obj, dict):
+    raise RowError(f"{where} must be an object with 'text' and/or 'image', got {obj!r:.80}",
+                   "bad item")
+  text = obj.get("text")
+  image_rel = obj.get("image")
+  if text is not None and not isinstance(text, str):
+    raise RowError(f"{where}.text must be a string", "bad item")
+  if image_rel is not None and not isinstance(image_rel, str):
+    raise RowError(f"{where}.image must be a path string", "bad item")
+  if not text and not image_rel:
+    raise RowError(f"{where} has neither text nor image", "empty item")
+  image, image_path = None, None
+  if image_rel:
+    image_path = image_rel if os.path.isabs(image_rel) else os.path.join(folder, image_rel)
+    if not os.path.isfile(image_path):
+      raise RowError(f"{where}: image {image_rel!r} not found (looked for {image_path})",
+                     "missing image")
+    if load_images:
+      try:
+        image = load_image(image_path, image_size)
+      except Exception as e:  # PIL raises several types for broken files
+        raise RowError(f"{where}: image {image_rel!r} cannot be read: {e}", "bad image") from e
+  return Item(text=text or None, image=image, image_path=image_path)
+
+
+def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: bool = True,
+              shuffle: np.random.Generator | None = None) -> Group:
+  """One decoded JSON row -> :class:`Group`; raises :class:`RowError` (no file/line prefix)."""
+  if not isinstance(row, dict):
+    raise RowError(f"a row must be a JSON object, got {type(row).__name__}", "not an object")
+  for key in ("query_id", "task", "instruction", "query", "positives", "negatives"):
+    if key not in row:
+      raise RowError(f"missing field {key!r}", "missing field")
+  query_id, task, instruction = row["query_id"], row["task"], row["instruction"]
+  for key in ("query_id", "task", "instruction"):
+    if not isinstance(row[key], str):
+      raise RowError(f"field {key!r} must be a string", "bad field")
+  query = _item(row["query"], "query", folder, image_size, load_images)
+  docs, labels, ids, kinds = [], [], [], []
+  for field, default_label, default_kind, prefix in (("positives", 1, "positive", "p"),
+                                                     ("negatives", 0, "negative", "n")):
+    values = row[field]
+    if not isinstance(values, list):
+      raise RowError(f"{field!r} must be a list", "bad field")
+    if not values:
+      raise RowError(f"{field!r} is empty", f"empty {field}")
+    for i, doc in enumerate(values):
+      where = f"{field}[{i}]"
+      docs.append(_item(doc, where, folder, image_size, load_images))
+      label = doc.get("label", default_label)
+      if not isinstance(label, int) or isinstance(label, bool):
+        raise RowError(f"{where}.label must be an integer, got {label!r}", "bad label")
+      if (label >= 1) != (field == "positives") or label < 0:
+        raise RowError(f"{where}.label={label} contradicts its list ({field})", "bad label")
+      labels.append(label)
+      ids.append(str(doc.get("id", f"{query_id}-{prefix}{i}")))
+      kinds.append(str(doc.get("kind", default_kind)))
+  if len(set(ids)) != len(ids):
+    dup = [k for k, v in collections.Counter(ids).items() if v > 1]
+    raise RowError(f"duplicate document ids {dup[:3]}", "duplicate id")
+  if shuffle is not None:
+    order = shuffle.permutation(len(docs))
+    docs, labels, ids, kinds = ([x[i] for i in order] for x in (docs, labels, ids, kinds))
+  modality = row.get("modality", TASK_MODALITY.get(task, ""))
+  return Group(query_id=query_id, task=task, instruction=instruction, query=query,
+               docs=tuple(docs), labels=tuple(labels), doc_ids=tuple(ids),
+               doc_kinds=tuple(kinds), modality=str(modality))
+
+
+def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
+               load_images: bool = True, shuffle_seed: int | None = None,
+               stats: LoadStats | None = None) -> Iterator[Group]:
+  """Streams the groups of an MRB-style JSONL file, one line at a time (constant memory).
+
+  Args:
+    path: the JSONL file; image paths in it are relative to its folder.
+    image_size: resize images to ``image_size x image_size`` (None keeps their size).
+    errors: ``"raise"`` (ValueError naming file and line) or ``"skip"`` (count in ``stats``).
+    load_images: False checks that image files exist but does not decode them.
+    shuffle_seed: if given, permute each row's documents with a generator seeded by
+      ``(shuffle_seed, line number)``.
+    stats: a :class:`LoadStats` to fill (read it after the generator is exhausted).
+  """
+  if errors not in ("raise", "skip"):
+    raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
+  stats = stats if stats is not None else LoadStats()
+  stats.path = path
+  folder = os.path.dirname(os.path.abspath(path))
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        stats.blank_lines += 1
+        continue
+      stats.lines += 1
+      try:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise RowError(f"malformed JSON: {e}", "malformed json") from e
+        shuffle = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, line_no])
+        group = parse_row(row, folder=folder, image_size=image_size, load_images=load_images,
+                          shuffle=shuffle)
+      except RowError as e:
+        message = f"{path}:{line_no}: {e}"
+        if errors == "raise":
+          raise ValueError(message) from e
+        stats.skipped += 1
+        stats.reasons[e.reason] += 1
+        if len(stats.messages) < 20:
+          stats.messages.append(message)
+        continue
+      stats.loaded += 1
+      yield group
+  if stats.skipped:
+    _log.warning("%s; first: %s", stats.summary(), stats.messages[0])
+
+
+def load_jsonl(path: str, **kwargs) -> tuple[list[Group], LoadStats]:
+  """Reads a whole file: ``(groups, stats)``; keyword arguments as :func:`read_jsonl`."""
+  stats = LoadStats()
+  groups = list(read_jsonl(path, stats=stats, **kwargs))
+  return groups, stats
+
+
+def _safe_name(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def write_jsonl(groups: Iterable[Group], path: str, *, image_dir: str | None = None) -> str:
+  """Writes groups in the schema above; images become PNG files next to the JSONL file.
+
+  Images go to ``image_dir`` (default ``<stem>_images/`` beside ``path``) and are referenced by
+  relative paths, so the folder can be moved as a whole. Returns ``path``.
+  """
+  from PIL import Image
+
+  path = os.path.abspath(path)
+  folder = os.path.dirname(path)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  image_dir = image_dir or os.path.join(folder, f"{stem}_images")
+  os.makedirs(image_dir, exist_ok=True)
+
+  def item_json(item: Item, name: str) -> dict:
+    out = {}
+    if item.text:
+      out["text"] = item.text
+    if item.image is not None:
+      file = os.path.join(image_dir, _safe_name(name) + ".png")
+      Image.fromarray(np.asarray(item.image, np.uint8)).save(file)
+      out["image"] = os.path.relpath(file, folder)
+    return out
+
+  with open(path, "w", encoding="utf-8") as f:
+    for group in groups:
+      row = {"query_id": group.query_id, "task": group.task, "instruction": group.instruction,
+             "query": item_json(group.query, f"{group.query_id}__query"),
+             "positives": [], "negatives": []}
+      for doc, label, doc_id, kind in zip(group.docs, group.labels, group.doc_ids,
+                                          group.doc_kinds):
+        entry = {"id": doc_id, **item_json(doc, f"{group.query_id}__{doc_id}"),
+                 "label": int(label), "kind": kind}
+        row["positives" if label >= 1 else "negatives"].append(entry)
+      if group.modality:
+        row["modality"] = group.modality
+      f.write(json.dumps(row) + "\n")
+  return path
