@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from decomp.models.sharding import Rules, shard_model
+
 Array = jax.Array
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
@@ -204,32 +206,64 @@ class _Dense(nnx.Module):
     return y
 
 
+class _HeadsIn(nnx.Module):
+  """q/k/v projection ``[..., d] -> [..., heads, head_dim]``; kernel ``[d, heads, head_dim]``.
+
+  Heads are an axis of the parameter (not a reshape of a ``[d, d]`` kernel) so that sharding on
+  'heads' never has to split a sharded activation dimension.
+  """
+
+  def __init__(self, d: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    init = jax.nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    self.kernel = _param(init, rngs.params(), (d, heads, d // heads),
+                         ("vision_embed", "heads", None), param_dtype)
+    self.bias = nnx.Param(jnp.zeros((heads, d // heads), param_dtype), out_sharding=("heads", None),
+                          eager_sharding=False)
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum("...d,dhc->...hc", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype)
+
+
+class _HeadsOut(nnx.Module):
+  """Attention output projection ``[..., heads, head_dim] -> [..., d]``."""
+
+  def __init__(self, d: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    init = jax.nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    self.kernel = _param(init, rngs.params(), (heads, d // heads, d),
+                         ("heads", None, "vision_embed"), param_dtype)
+    self.bias = nnx.Param(jnp.zeros((d,), param_dtype), out_sharding=("vision_embed",),
+                          eager_sharding=False)
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum("...hc,hcd->...d", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype)
+
+
 class _EncoderLayer(nnx.Module):
   """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)); bidirectional attention."""
 
   def __init__(self, config: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    d, f = config.hidden_size, config.intermediate_size
+    d, f, h = config.hidden_size, config.intermediate_size, config.num_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.num_heads = config.num_heads
+    self.head_dim = d // h
     self.act = config.hidden_act
     self.layer_norm1 = _LayerNorm(d, config.layer_norm_eps, param_dtype=param_dtype)
-    self.q_proj = _Dense(d, d, ("vision_embed", "heads"), **kw)
-    self.k_proj = _Dense(d, d, ("vision_embed", "heads"), **kw)
-    self.v_proj = _Dense(d, d, ("vision_embed", "heads"), **kw)
-    self.out_proj = _Dense(d, d, ("heads", "vision_embed"), **kw)
+    self.q_proj = _HeadsIn(d, h, **kw)
+    self.k_proj = _HeadsIn(d, h, **kw)
+    self.v_proj = _HeadsIn(d, h, **kw)
+    self.out_proj = _HeadsOut(d, h, **kw)
     self.layer_norm2 = _LayerNorm(d, config.layer_norm_eps, param_dtype=param_dtype)
     self.fc1 = _Dense(d, f, ("vision_embed", "mlp"), **kw)
     self.fc2 = _Dense(f, d, ("mlp", "vision_embed"), **kw)
 
   def _attention(self, x: Array) -> Array:
-    n, p, d = x.shape
-    h = self.num_heads
-    split = lambda t: t.reshape(n, p, h, d // h)
-    q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    logits = jnp.einsum("nqhc,nkhc->nhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("nhqk,nkhc->nqhc", probs, v).reshape(n, p, d)
-    return self.out_proj(out)
+    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [N, P, heads, head_dim]
+    logits = jnp.einsum("nqhc,nkhc->nhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits / math.sqrt(self.head_dim), axis=-1).astype(v.dtype)
+    return self.out_proj(jnp.einsum("nhqk,nkhc->nqhc", probs, v))
 
   def __call__(self, x: Array) -> Array:
     x = x + self._attention(self.layer_norm1(x))
@@ -395,7 +429,10 @@ def _find_prefix(tensors: dict[str, np.ndarray], path: str) -> str:
 def _hf_tensor_map(config: VisionConfig) -> dict[str, tuple[str, Any]]:
   """decomp parameter path -> (HF key without prefix, numpy transform into decomp's layout)."""
   p, c = config.patch_size, config.num_channels
+  h, hd = config.num_heads, config.hidden_size // config.num_heads
   t = lambda w: w.T  # torch Linear is [out, in]
+  heads_in = lambda w: w.T.reshape(w.shape[1], h, hd) if w.ndim == 2 else w.reshape(h, hd)
+  heads_out = lambda w: w.T.reshape(h, hd, w.shape[0])
   patch = lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * c, -1)  # [d, C, p, p] -> [(p,p,C), d]
   same = lambda w: w
   m = {
@@ -415,11 +452,14 @@ def _hf_tensor_map(config: VisionConfig) -> dict[str, tuple[str, Any]]:
     for ln in ("layer_norm1", "layer_norm2"):
       m[f"layers.{i}.{ln}.scale"] = (f"{src}{ln}.weight", same)
       m[f"layers.{i}.{ln}.bias"] = (f"{src}{ln}.bias", same)
-    for name, hf in (("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
-                     ("v_proj", "self_attn.v_proj"), ("out_proj", "self_attn.out_proj"),
-                     ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
-      m[f"layers.{i}.{name}.kernel"] = (f"{src}{hf}.weight", t)
-      m[f"layers.{i}.{name}.bias"] = (f"{src}{hf}.bias", same)
+    for name in ("q_proj", "k_proj", "v_proj"):
+      m[f"layers.{i}.{name}.kernel"] = (f"{src}self_attn.{name}.weight", heads_in)
+      m[f"layers.{i}.{name}.bias"] = (f"{src}self_attn.{name}.bias", heads_in)
+    m[f"layers.{i}.out_proj.kernel"] = (f"{src}self_attn.out_proj.weight", heads_out)
+    m[f"layers.{i}.out_proj.bias"] = (f"{src}self_attn.out_proj.bias", same)
+    for name in ("fc1", "fc2"):
+      m[f"layers.{i}.{name}.kernel"] = (f"{src}mlp.{name}.weight", t)
+      m[f"layers.{i}.{name}.bias"] = (f"{src}mlp.{name}.bias", same)
   return m
 
 
@@ -430,16 +470,17 @@ def _path_str(path: tuple) -> str:
 def load_vision_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None,
                            feature_layer: int | None = None, keep_cls: bool = False,
                            mesh: jax.sharding.Mesh | None = None,
-                           rules: Sequence[tuple[str, Any]] | None = None) -> VisionEncoder:
+                           rules: Rules | None = None) -> VisionEncoder:
   """Loads a SigLIP or CLIP vision tower from a local HF directory (config.json + safetensors).
 
   Works for standalone ``SiglipVisionModel``/``CLIPVisionModel`` saves and for full
   ``SiglipModel``/``CLIPModel`` (or LLaVA) saves, whose vision tensors carry a key prefix.
-  ``param_dtype`` defaults to ``dtype``. With ``mesh`` (and logical-axis ``rules``), parameters
-  are placed with the ``NamedSharding`` of their logical names.
+  ``param_dtype`` defaults to float32 (like the decoder's loader). With ``mesh`` (and ``rules``),
+  parameters are placed by their logical names (``decomp.models.sharding``; ``'vision_embed'``
+  is replicated unless the rules name it).
   """
   config = VisionConfig.from_pretrained(path)
-  param_dtype = dtype if param_dtype is None else param_dtype
+  param_dtype = jnp.float32 if param_dtype is None else param_dtype
   abstract = nnx.eval_shape(lambda: VisionEncoder(
       config, feature_layer=feature_layer, keep_cls=keep_cls, dtype=dtype,
       param_dtype=param_dtype, rngs=nnx.Rngs(0)))
@@ -447,12 +488,6 @@ def load_vision_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None,
   tensors = _read_safetensors(path)
   prefix = _find_prefix(tensors, path)
   mapping = _hf_tensor_map(config)
-  shardings = None
-  if mesh is not None:
-    from flax.core import spmd as core_spmd
-    with core_spmd.logical_axis_rules(tuple(rules or ())):
-      shardings = dict(nnx.to_flat_state(nnx.get_named_sharding(state, mesh)))
-
   flat = nnx.to_flat_state(state)
   leaves = []
   for key, variable in flat:
@@ -467,9 +502,8 @@ def load_vision_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None,
     if tuple(value.shape) != tuple(variable.shape):
       raise ValueError(f"{path}: tensor {full!r} has shape {tensors[full].shape}, expected one "
                        f"that maps to {tuple(variable.shape)} for config {config}")
-    value = jnp.asarray(value, dtype=param_dtype)
-    if shardings is not None:
-      value = jax.device_put(value, shardings[key].get_value()
-                             if hasattr(shardings[key], "get_value") else shardings[key])
-    leaves.append((key, variable.replace(value)))
-  return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    leaves.append((key, variable.replace(jnp.asarray(value, dtype=param_dtype))))
+  encoder = nnx.merge(graphdef, nnx.from_flat_state(leaves))
+  if mesh is not None:
+    shard_model(encoder, mesh, rules)
+  return encoder
