@@ -73,12 +73,12 @@ TEMPLATES = (
 
 # Edits for the fused IT->IT task: the query image plus one of these describes the target.
 EDIT_TEMPLATES = {
-    "shape": ("the same but as {shape}", "turn them into {shape}"),
-    "colour": ("the same but {colour}", "make it {colour}", "now coloured {colour}"),
-    "size": ("the same but {size}", "make it {size}", "now {size}"),
-    "position": ("the same but {position}", "move it so it is {position}"),
-    "count": ("the same but {count} of them", "change the number to {count}"),
-    "texture": ("the same but {texture}", "make it {texture}"),
+    "shape": ("the same but as {shape}", "turn {it} into {shape}"),
+    "colour": ("the same but {colour}", "make {it} {colour}", "now coloured {colour}"),
+    "size": ("the same but {size}", "make {it} {size}", "now {size}"),
+    "position": ("the same but {position}", "move {it} so {it_is} {position}"),
+    "count": ("the same but {count} {shape}", "now {count} {shape}"),
+    "texture": ("the same but {texture}", "make {it} {texture}"),
 }
 
 INSTRUCTIONS = {
@@ -129,6 +129,8 @@ def _value_words(scene, rng, synonym_rate):
       "shape": singular if count == 1 else plural,
       "position": _pick(POSITION_WORDS[position], rng, synonym_rate),
       "be": "is" if count == 1 else "are",
+      "it": "it" if count == 1 else "them",
+      "it_is": "it is" if count == 1 else "they are",
   }
 
 
@@ -174,7 +176,7 @@ def vocabulary() -> list[str]:
   texts += [w for ws in COUNT_WORDS.values() for w in ws]
   texts += [w for ws in TEXTURE_WORDS.values() for w in ws]
   texts += [w for pairs in SHAPE_WORDS.values() for pair in pairs for w in pair]
-  texts += ["an as is are", PROMPT_WORDS]
+  texts += ["an as is are it them they", PROMPT_WORDS]
   vocab = set()
   for text in texts:
     vocab.update(w for w in words(re.sub(r"\{\w+\}", " ", text)))
