@@ -102,7 +102,9 @@ def test_list_size_ratio_and_several_positives():
   config = dataclasses.replace(SMALL, negatives=31, hard_ratio=0.25, positives=2)
   g = Playground(config).group("train", 1)
   assert len(g.docs) == 33 and sum(g.labels) == 2
-  assert list(g.doc_kinds).count("hard") == 8
+  assert list(g.doc_kinds).count("hard") == 8  # 7.75 -> 8
+  odd = Playground(dataclasses.replace(SMALL, negatives=9, hard_ratio=0.5)).plan("train", 0)
+  assert list(odd.doc_kinds).count("hard") == 5  # 4.5 rounds half up
   assert g.task == "t2i"
   pos = [d.image for d, l in zip(g.docs, g.labels) if l]
   assert not np.array_equal(pos[0], pos[1])  # two renders of the same scene

@@ -14,7 +14,7 @@ Tasks (query -> document), MRB grouping in parentheses:
 * ``it2it`` image + edit text ("the same but blue") -> image + caption of the edited scene;
   the unedited scene is always among the hard negatives when there is one (fused)
 
-Negatives: ``round(negatives * hard_ratio)`` hard ones (scenes of the same split that differ
+Negatives: ``negatives * hard_ratio`` rounded half up hard ones (scenes of the same split that differ
 from the target scene in exactly ``d`` attributes, ``d`` in ``hard_attribute_diffs``) and the rest
 random scenes of the split. If a split has too few hard candidates the shortfall is filled with
 random negatives, which are labelled ``'random'`` in ``doc_kinds`` (never mislabelled).
@@ -165,7 +165,7 @@ class Playground:
       if 1 in cfg.hard_attribute_diffs:
         first_hard = [pick]
 
-    n_hard = int(round(cfg.negatives * cfg.hard_ratio))
+    n_hard = int(np.floor(cfg.negatives * cfg.hard_ratio + 0.5))  # half up: 7 x 0.5 -> 4
     hard = list(first_hard[:n_hard])
     candidates = np.flatnonzero(np.isin(diffs, cfg.hard_attribute_diffs))
     candidates = candidates[~np.isin(candidates, hard)]
