@@ -247,3 +247,18 @@ def test_render_examples_png(tmp_path):
   path = render_examples_png(str(tmp_path / "p.png"))
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_too_few_hard_candidates_are_filled_with_random_negatives():
+  config = PlaygroundConfig(num_values=(3, 3, 1, 3, 1, 1), val_pairs=2, test_pairs=2,
+                            negatives=5, hard_ratio=1.0, hard_attribute_diffs=1,
+                            num_eval_queries=2)
+  p = Playground(config)
+  pool = p.pools["val"]
+  for i in range(p.num_groups("val")):
+    plan = p.plan("val", i)
+    available = int(np.sum(np.sum(pool != plan.target, axis=1) == 1))
+    kinds = list(plan.doc_kinds)
+    assert kinds.count("hard") == min(5, available) < 5
+    assert kinds.count("random") == 5 - kinds.count("hard")
+    assert set(hard_negative_differences(plan)) <= {1}
