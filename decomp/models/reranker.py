@@ -24,7 +24,9 @@ position.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -542,6 +544,39 @@ class Reranker(nnx.Module):
     return self.readout(*args, **kwargs)
 
 
+# Saved by a plain `tokenizers` pipeline (e.g. the playground's word-level tokenizer).
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str):
+  """A transformers tokenizer from a local directory.
+
+  A directory whose ``tokenizer_config.json`` names a generic class (a custom ``tokenizer.json``)
+  is loaded with ``PreTrainedTokenizerFast``: ``AutoTokenizer`` would follow the ``model_type``
+  of a ``config.json`` beside it (e.g. ``qwen2``) and silently rebuild a different (BPE)
+  tokenizer from the vocabulary. Everything else goes through ``AutoTokenizer``.
+  """
+  import transformers  # local: only loading needs it
+
+  if not os.path.isdir(path):
+    raise ValueError(f"could not load a tokenizer from {path}: not a directory")
+  tokenizer_class = None
+  config_file = os.path.join(path, "tokenizer_config.json")
+  if os.path.isfile(config_file):
+    try:
+      with open(config_file) as f:
+        tokenizer_class = json.load(f).get("tokenizer_class")
+    except (json.JSONDecodeError, OSError) as e:
+      raise ValueError(f"{config_file}: unreadable tokenizer config ({e})") from e
+  try:
+    if (tokenizer_class in _GENERIC_TOKENIZER_CLASSES
+        and os.path.isfile(os.path.join(path, "tokenizer.json"))):
+      return transformers.PreTrainedTokenizerFast.from_pretrained(path)
+    return transformers.AutoTokenizer.from_pretrained(path)
+  except Exception as e:
+    raise ValueError(f"could not load a tokenizer from {path} ({e})") from e
+
+
 def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.float32,
                   param_dtype=None, vision_path: str | None = None,
                   feature_layer: int | None = -2, label_words: Sequence[str] = ("yes", "no"),
@@ -551,23 +586,16 @@ def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.flo
   """The one-call user path: a Qwen2.5/Llama checkpoint dir (+ optional SigLIP/CLIP dir) ->
   ``(reranker, tokenizer)``.
 
-  The tokenizer comes from ``tokenizer_path`` (default ``path``) via transformers'
-  ``AutoTokenizer``; label ids are resolved with :func:`label_token_ids`. With ``vision_path``,
+  The tokenizer comes from ``tokenizer_path`` (default ``path``) via :func:`load_tokenizer`; label ids are resolved with :func:`label_token_ids`. With ``vision_path``,
   the image placeholder token must exist in the tokenizer (see :func:`image_token_id`) and the
   LLaVA projector starts random (it is trained). ``feature_layer=-2`` takes LLaVA's
   penultimate-layer image features.
   """
-  from transformers import AutoTokenizer  # local: only this entry point needs transformers
-
   from decomp.models import hf
   from decomp.models.sharding import shard_model
   from decomp.models.vision import load_vision_pretrained
 
-  tokenizer_path = tokenizer_path or path
-  try:
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-  except Exception as e:
-    raise ValueError(f"could not load a tokenizer from {tokenizer_path} ({e})") from e
+  tokenizer = load_tokenizer(tokenizer_path or path)
   labels = label_token_ids(tokenizer, label_words)
   decoder = hf.load_pretrained(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
                                remat=remat)

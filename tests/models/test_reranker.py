@@ -1,5 +1,7 @@
 """Reranker: label tokens, prompt encoding, and the label-token readout against full logits."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,10 +59,23 @@ def tiny_vision(seed=1):
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-  decoder = tiny_decoder(len(tokenizer.get_vocab()))
-  return rr.Reranker(decoder, rr.label_token_ids(tokenizer), vision=tiny_vision(),
-                     image_token_id=rr.image_token_id(tokenizer), projection_direction=True,
-                     rngs=nnx.Rngs(2))
+  labels, image_id = rr.label_token_ids(tokenizer), rr.image_token_id(tokenizer)
+  vocab_size = len(tokenizer.get_vocab())
+
+  @nnx.jit  # one compiled initialisation instead of op-by-op dispatch
+  def create():
+    return rr.Reranker(tiny_decoder(vocab_size), labels, vision=tiny_vision(),
+                       image_token_id=image_id, projection_direction=True, rngs=nnx.Rngs(2))
+
+  return create()
+
+
+@functools.partial(nnx.jit, static_argnames=("log_normalizer",))
+def jit_readout(model, input_ids, attention_mask, pixel_values=None, image_valid=None,
+                log_normalizer=False):
+  """One compiled readout (much faster on CPU than op-by-op dispatch)."""
+  return model.readout(input_ids, attention_mask, pixel_values, image_valid,
+                       log_normalizer=log_normalizer)
 
 
 def _image(seed):
@@ -204,7 +219,7 @@ def _text_batch(tokenizer, padding_side):
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_readout_equals_full_logits_at_last_position(model, tokenizer, padding_side):
   batch = _text_batch(tokenizer, padding_side)
-  out = model.readout(batch["input_ids"], batch["attention_mask"], log_normalizer=True)
+  out = jit_readout(model, batch["input_ids"], batch["attention_mask"], log_normalizer=True)
   assert out.yes.shape == out.no.shape == (1, 3) and out.hidden.shape == (1, 3, 32)
   ids = batch["input_ids"].reshape(3, -1)
   mask = batch["attention_mask"].reshape(3, -1)
@@ -226,9 +241,9 @@ def test_readout_equals_full_logits_at_last_position(model, tokenizer, padding_s
 
 
 def test_left_and_right_padding_agree(model, tokenizer):
-  left = model.readout(**{k: v for k, v in _text_batch(tokenizer, "left").items()
+  left = jit_readout(model, **{k: v for k, v in _text_batch(tokenizer, "left").items()
                           if k in ("input_ids", "attention_mask")})
-  right = model.readout(**{k: v for k, v in _text_batch(tokenizer, "right").items()
+  right = jit_readout(model, **{k: v for k, v in _text_batch(tokenizer, "right").items()
                            if k in ("input_ids", "attention_mask")})
   np.testing.assert_allclose(np.asarray(left.yes), np.asarray(right.yes), atol=1e-4)
   np.testing.assert_allclose(np.asarray(left.no), np.asarray(right.no), atol=1e-4)
@@ -282,35 +297,40 @@ def test_images_change_the_readout_only_through_image_positions(model, tokenizer
   a = _image_batch(tokenizer, _image(0))
   b = _image_batch(tokenizer, _image(5))
   np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
-  out_a, out_b = model.readout(**a_inputs(a)), model.readout(**a_inputs(b))
+  out_a, out_b = jit_readout(model, **a_inputs(a)), jit_readout(model, **a_inputs(b))
   assert np.abs(np.asarray(out_a.yes) - np.asarray(out_b.yes)).min() > 1e-6
 
   # Scatter check: the embeddings at placeholders are the projected image features, elsewhere
   # the token embeddings.
   ids = jnp.asarray(a["input_ids"].reshape(2, -1))
-  embeds = model._embed_with_images(ids, jnp.asarray(a["pixel_values"].reshape(2, 2, 16, 16, 3)),
-                                    jnp.asarray(a["image_valid"].reshape(2, 2)))
-  feats = model.projector(model.vision(jnp.asarray(a["pixel_values"][0, 0, :1])))[0]
+
+  @nnx.jit
+  def parts(m, ids, pixels, valid):
+    return (m._embed_with_images(ids, pixels, valid), m.projector(m.vision(pixels[0, :1]))[0],
+            m.decoder.embed(ids))
+
+  embeds, feats, token_embeds = parts(model, ids, a["pixel_values"].reshape(2, 2, 16, 16, 3),
+                                      a["image_valid"].reshape(2, 2))
   is_image = np.asarray(ids) == model.image_token_id
   for row in range(2):
     np.testing.assert_allclose(np.asarray(embeds[row])[is_image[row]], np.asarray(feats),
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(embeds[row])[~is_image[row]],
-                               np.asarray(model.decoder.embed(ids[row:row + 1])[0])[~is_image[row]])
+                               np.asarray(token_embeds[row])[~is_image[row]])
 
   # A text-only batch gives the same readout with (empty) pixel slots as without them.
   text = rr.encode_groups([_groups()[0]], tokenizer, list_size=3, max_length=64,
                           image_tokens=IMAGE_TOKENS, image_size=16)
   assert not text["image_valid"].any()
-  with_pixels = model.readout(**a_inputs(text))
-  without = model.readout(text["input_ids"], text["attention_mask"])
+  with_pixels = jit_readout(model, **a_inputs(text))
+  without = jit_readout(model, text["input_ids"], text["attention_mask"])
   np.testing.assert_allclose(np.asarray(with_pixels.yes), np.asarray(without.yes), atol=1e-6)
   assert np.isfinite(np.asarray(with_pixels.yes)).all()
 
 
 def test_image_readout_left_right_padding_agree(model, tokenizer):
-  left = model.readout(**a_inputs(_image_batch(tokenizer, _image(0), "left")))
-  right = model.readout(**a_inputs(_image_batch(tokenizer, _image(0), "right")))
+  left = jit_readout(model, **a_inputs(_image_batch(tokenizer, _image(0), "left")))
+  right = jit_readout(model, **a_inputs(_image_batch(tokenizer, _image(0), "right")))
   np.testing.assert_allclose(np.asarray(left.yes), np.asarray(right.yes), atol=1e-4)
 
 
@@ -344,7 +364,7 @@ def test_gradients_reach_every_parameter_and_are_finite(model, tokenizer):
 def test_sharded_readout_matches(model, tokenizer):
   from decomp.models.sharding import shard_model
   batch = a_inputs(_image_batch(tokenizer, _image(0)))
-  expected = model.readout(**batch)
+  expected = jit_readout(model, **batch)
   # Auto axes, as the trainer's mesh (decomp.train.mesh) uses.
   mesh = jax.make_mesh((2, 4), ("data", "model"), (jax.sharding.AxisType.Auto,) * 2)
   graphdef, state = nnx.split(model)
@@ -367,3 +387,71 @@ def test_reranker_argument_errors(tokenizer):
   with pytest.raises(ValueError, match="no vision encoder"):
     text_only.readout(np.zeros((1, 4), np.int32), np.ones((1, 4), np.int32),
                       np.zeros((1, 1, 16, 16, 3), np.float32))
+
+
+# --- the one-call user path -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dirs(tmp_path_factory):
+  torch = pytest.importorskip("torch")
+  root = tmp_path_factory.mktemp("reranker_ckpt")
+  tok = make_tokenizer()
+  lm_dir, vision_dir = str(root / "lm"), str(root / "siglip")
+  tok.save_pretrained(lm_dir)
+  torch.manual_seed(0)
+  lm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+      vocab_size=len(tok.get_vocab()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+  lm.eval()
+  lm.save_pretrained(lm_dir)
+  transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+      hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+      image_size=16, patch_size=8)).save_pretrained(vision_dir)
+  return lm, lm_dir, vision_dir
+
+
+def test_load_reranker_matches_transformers(checkpoint_dirs):
+  import torch
+  lm, lm_dir, vision_dir = checkpoint_dirs
+  model, tok = rr.load_reranker(lm_dir, vision_path=vision_dir)
+  assert model.label_ids == rr.label_token_ids(tok)
+  assert model.vision.num_patches == IMAGE_TOKENS and model.projector is not None
+  batch = rr.encode_groups([_groups()[0]], tok, list_size=3, max_length=64)
+  out = model.readout(batch["input_ids"], batch["attention_mask"])
+  ids = torch.from_numpy(batch["input_ids"].reshape(3, -1).astype(np.int64))
+  mask = torch.from_numpy(batch["attention_mask"].reshape(3, -1).astype(np.int64))
+  positions = (mask.cumsum(-1) - 1).clamp(min=0)
+  with torch.no_grad():
+    logits = lm(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+  yes, no = model.label_ids
+  np.testing.assert_allclose(np.asarray(out.yes)[0], logits[:, yes].numpy(), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out.no)[0], logits[:, no].numpy(), atol=1e-4)
+
+  # The same path on a (data, model) mesh: weights land sharded, readout unchanged.
+  mesh = jax.make_mesh((2, 4), ("data", "model"), (jax.sharding.AxisType.Auto,) * 2)
+  sharded, _ = rr.load_reranker(lm_dir, vision_path=vision_dir, mesh=mesh)
+  up = sharded.decoder.layers[0].mlp.up_proj.kernel[...]
+  assert up.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+  out_sharded = nnx.jit(lambda m, i, a: m.readout(i, a))(
+      sharded, batch["input_ids"], batch["attention_mask"])
+  np.testing.assert_allclose(np.asarray(out_sharded.yes), np.asarray(out.yes), atol=1e-5)
+
+
+def test_load_reranker_errors(checkpoint_dirs, tmp_path):
+  _, lm_dir, vision_dir = checkpoint_dirs
+  with pytest.raises(ValueError, match="label word 'zebra' is missing"):
+    rr.load_reranker(lm_dir, label_words=("zebra", "no"))
+  with pytest.raises(ValueError, match="no image placeholder token"):
+    rr.load_reranker(lm_dir, vision_path=vision_dir, image_token="<img>")
+  with pytest.raises(ValueError, match="could not load a tokenizer"):
+    rr.load_reranker(lm_dir, tokenizer_path=str(tmp_path))
+
+
+def test_load_tokenizer_keeps_a_custom_tokenizer_beside_a_qwen2_config(checkpoint_dirs):
+  # AutoTokenizer would follow config.json's model_type (qwen2) and rebuild a BPE tokenizer.
+  _, lm_dir, _ = checkpoint_dirs
+  tok = rr.load_tokenizer(lm_dir)
+  reference = make_tokenizer()
+  text = "the cat sat on a zebra"
+  assert tok(text)["input_ids"] == reference(text)["input_ids"]

@@ -102,6 +102,20 @@ def test_loaded_encoder_jits_and_differentiates(checkpoints):
   assert float(jnp.abs(grads.patch_embedding.kernel[...]).sum()) > 0
 
 
+def test_load_on_a_mesh(checkpoints):
+  _, directory = checkpoints["clip"]
+  mesh = jax.make_mesh((2, 4), ("data", "model"), (jax.sharding.AxisType.Auto,) * 2)
+  encoder = vision.load_vision_pretrained(directory, mesh=mesh)
+  assert encoder.layers[0].fc1.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
+      None, "model")
+  assert encoder.layers[0].q_proj.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
+      None, "model", None)
+  pixels = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
+  plain = vision.load_vision_pretrained(directory)
+  np.testing.assert_allclose(np.asarray(nnx.jit(lambda e, x: e(x))(encoder, pixels)),
+                             np.asarray(plain(pixels)), atol=1e-5)
+
+
 def test_config_from_full_model_dict_uses_family_defaults():
   cfg = vision.VisionConfig.from_hf_dict({"model_type": "clip", "vision_config": {"hidden_size": 1024, "num_attention_heads": 16}})
   assert (cfg.family, cfg.hidden_size, cfg.patch_size, cfg.hidden_act, cfg.num_layers) == (
