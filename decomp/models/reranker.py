@@ -307,6 +307,16 @@ def encode_pair(tokenizer, instruction: str, query, doc, *, image_tokens: int = 
   return prompt.encode_pair(instruction, query, doc, max_length=max_length)
 
 
+def encode_pairs(tokenizer, instructions: Sequence[str], queries: Sequence[Any],
+                 docs: Sequence[Any], *, image_tokens: int = 0, max_length: int,
+                 image_token: str | None = None,
+                 system_suffix: str = DEFAULT_SYSTEM_SUFFIX) -> list[list[int]]:
+  """Token ids of many prompts with one batch tokenizer call (see :meth:`RerankPrompt.encode_pairs`)."""
+  prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
+                       system_suffix=system_suffix)
+  return prompt.encode_pairs(instructions, queries, docs, max_length=max_length)
+
+
 def bucket_length(length: int, multiple: int = 16) -> int:
   """``length`` rounded up to a multiple of ``multiple`` (few distinct shapes -> few compiles)."""
   return max(multiple, -(-length // multiple) * multiple)
@@ -485,6 +495,22 @@ class Reranker(nnx.Module):
     gathered = jnp.take_along_axis(feats, index[:, :, None], axis=1)
     return jnp.where(is_image[:, :, None], gathered.astype(embeds.dtype), embeds)
 
+  def _check_placeholders(self, ids: Array, valid: Array | None, slots: int) -> None:
+    """Outside jit (concrete arrays), each row must hold ``num_patches`` placeholders per valid
+    image: a prompt encoded with another ``image_tokens`` would otherwise reuse features."""
+    if any(isinstance(x, jax.core.Tracer) for x in (ids, valid)):
+      return
+    per_image = self.vision.num_patches
+    counts = np.asarray(ids == self.image_token_id).sum(-1)
+    images = (np.full(counts.shape, slots) if valid is None else np.asarray(valid).sum(-1))
+    bad = np.nonzero(counts != images * per_image)[0]
+    if bad.size:
+      i = int(bad[0])
+      raise ValueError(
+          f"prompt {i} has {int(counts[i])} image placeholder tokens for {int(images[i])} "
+          f"image(s) of {per_image} patches each; encode prompts with "
+          f"image_tokens=vision.num_patches ({per_image})")
+
   def readout(self, input_ids: Array, attention_mask: Array, pixel_values: Array | None = None,
               image_valid: Array | None = None, *, log_normalizer: bool = False) -> Readout:
     """Label-token logits at the answer position (the last valid token).
@@ -521,6 +547,7 @@ class Reranker(nnx.Module):
       pixels = pixel_values.reshape((ids.shape[0],) + pixel_values.shape[len(lead):])
       valid = None if image_valid is None else jnp.asarray(image_valid).reshape(
           ids.shape[0], pixels.shape[1])
+      self._check_placeholders(ids, valid, pixels.shape[1])
       embeds = self._embed_with_images(ids, pixels, valid)
       h = self.decoder.hidden_states(None, mask, inputs_embeds=embeds)
     else:

@@ -147,6 +147,10 @@ def test_encode_pair_chat_template(tokenizer):
        {"role": "user", "content": "Query: the cat\nDocument: a dog"}],
       tokenize=False, add_generation_prompt=True)
   assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+  many = rr.encode_pairs(tokenizer, ["find the cat", "find"], [Item(text="the cat")] * 2,
+                         [Item(text="a dog"), Item(text="red")], max_length=64)
+  assert many[0] == ids and many[1] == rr.encode_pair(tokenizer, "find", Item(text="the cat"),
+                                                      Item(text="red"), max_length=64)
 
 
 def test_encode_pair_plain_fallback():
@@ -326,6 +330,15 @@ def test_images_change_the_readout_only_through_image_positions(model, tokenizer
   without = jit_readout(model, text["input_ids"], text["attention_mask"])
   np.testing.assert_allclose(np.asarray(with_pixels.yes), np.asarray(without.yes), atol=1e-6)
   assert np.isfinite(np.asarray(with_pixels.yes)).all()
+
+
+def test_placeholder_count_mismatch_is_named(model, tokenizer):
+  group = Group("q", "i2t", "find", Item(image=_image(0)), [Item(text="cat")], [1], ["a"],
+                ["positive"])
+  batch = rr.encode_groups([group], tokenizer, list_size=1, max_length=64, image_tokens=3,
+                           image_size=16)
+  with pytest.raises(ValueError, match="has 3 image placeholder tokens for 1 image"):
+    model.readout(**a_inputs(batch))
 
 
 def test_image_readout_left_right_padding_agree(model, tokenizer):
