@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -94,3 +95,27 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, 'sharding', None)),
       tree)
+
+
+def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+  """Reads a checkpoint of ``workdir`` onto one device, without the run's config or mesh.
+
+  Returns:
+    ``(state, meta)``: ``state`` is the saved tree (``params``, ``frozen``, ``opt_state``,
+    ``rng``) with numpy arrays; ``meta`` holds ``step`` and ``data_index``.
+  """
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  with ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta')) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {directory}')
+    metadata = manager.item_metadata(step)['state']
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    tree = getattr(metadata, 'tree', metadata)
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  return jax.tree.map(lambda a: np.asarray(a), restored['state']), dict(restored['meta'])

@@ -100,13 +100,15 @@ class TrainConfig:
   param_dtype: str = 'float32'  # parameter dtype
   mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'model': 1})  # axis -> size
   layout: str = 'data'  # 'data' (replicated params), 'fsdp' (params sharded over 'data'), 'tensor'
+  num_devices: int = 0  # use the first num_devices devices (0 = all)
   seed: int = 0  # everything (init, data order, dropout) derives from it
 
   # --- logging, evaluation, checkpoints ------------------------------------------------------------
   log_every: int = 1  # steps between lines of steps.jsonl
   example_log_every: int = 10  # steps between per-example log rows (0 = off)
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
-  eval_every: int = 100  # steps between validation evaluations (0 = only the final test)
+  eval_every: int = 100  # steps between validation evaluations (0 = none)
+  final_eval: bool = True  # evaluate on the test split at the end (results.json)
   eval_score: str = 'auto'  # ranking score at evaluation: 'sft' (P(yes)), 'cl' (z_y) or 'auto'
   checkpoint_every: int = 50  # steps between checkpoints (0 = only the last step)
   keep_checkpoints: int = 2  # checkpoints kept on disk
@@ -322,9 +324,9 @@ def objective_fns(cfg: TrainConfig) -> tuple[Callable, Callable]:
   ``temperature`` is passed to the weight when it takes one (``cl``, ``cl_rescaled``); explicit
   ``weight_kwargs`` / ``direction_kwargs`` must all be accepted.
   """
-  from decomp import url  # the math core: jax/numpy only
-  weight = url.resolve_weight(cfg.weight)
-  direction = url.resolve_direction(cfg.direction)
+  from decomp.url import resolve_direction, resolve_weight  # the math core: jax/numpy only
+  weight = resolve_weight(cfg.weight)
+  direction = resolve_direction(cfg.direction)
   for kind, fn, given in (('weight', weight, cfg.weight_kwargs),
                           ('direction', direction, cfg.direction_kwargs)):
     accepted = _objective_kwargs(fn, given)
@@ -334,8 +336,8 @@ def objective_fns(cfg: TrainConfig) -> tuple[Callable, Callable]:
                        f'{getattr(fn, "__name__", fn)!r}')
   weight_kwargs = _objective_kwargs(weight, {'temperature': cfg.temperature})
   weight_kwargs.update(cfg.weight_kwargs)
-  return (url.resolve_weight(cfg.weight, **weight_kwargs),
-          url.resolve_direction(cfg.direction, **cfg.direction_kwargs))
+  return (resolve_weight(cfg.weight, **weight_kwargs),
+          resolve_direction(cfg.direction, **cfg.direction_kwargs))
 
 
 def validate(cfg: TrainConfig, *, num_devices: int | None = None,
@@ -362,7 +364,7 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   for key in ('steps', 'batch_size', 'max_length', 'eval_batch_size', 'keep_checkpoints'):
     if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
       bad(key, 'must be a positive integer')
-  for key in ('log_every', 'example_log_every', 'eval_every', 'checkpoint_every', 'warmup_steps',
+  for key in ('num_devices', 'log_every', 'example_log_every', 'eval_every', 'checkpoint_every', 'warmup_steps',
               'eval_groups', 'test_groups', 'eval_list_size', 'pretrain_steps'):
     if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
       bad(key, 'must be a non-negative integer')
@@ -391,6 +393,10 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('label_words', 'needs at least the yes and the no word')
   if cfg.vision and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
+  if num_devices is not None and cfg.num_devices:
+    if cfg.num_devices > num_devices:
+      bad('num_devices', f'only {num_devices} devices are available')
+    num_devices = cfg.num_devices
   if num_devices is not None:
     from decomp.train import mesh as mesh_lib
     try:

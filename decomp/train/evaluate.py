@@ -13,16 +13,16 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from decomp import metrics as metrics_lib
+from decomp.metrics import aggregate, ap, mrr, ndcg, recall
 from decomp.train import config as config_lib
 from decomp.train import mesh as mesh_lib
 from decomp.train import step as step_lib
 
 METRICS = {
-    'ndcg@10': lambda s, l, w: metrics_lib.ndcg(s, l, where=w, topn=10, reduce_fn=None),
-    'mrr@10': lambda s, l, w: metrics_lib.mrr(s, l, where=w, topn=10, reduce_fn=None),
-    'recall@1': lambda s, l, w: metrics_lib.recall(s, l, where=w, topn=1, reduce_fn=None),
-    'ap': lambda s, l, w: metrics_lib.ap(s, l, where=w, reduce_fn=None),
+    'ndcg@10': lambda s, l, w: ndcg(s, l, where=w, topn=10, reduce_fn=None),
+    'mrr@10': lambda s, l, w: mrr(s, l, where=w, topn=10, reduce_fn=None),
+    'recall@1': lambda s, l, w: recall(s, l, where=w, topn=1, reduce_fn=None),
+    'ap': lambda s, l, w: ap(s, l, where=w, reduce_fn=None),
 }
 
 
@@ -94,7 +94,7 @@ class Evaluator:
     for score in ('sft', 'cl'):
       per_query = {name: np.asarray(fn(s[score], s['labels'], s['where']))
                    for name, fn in METRICS.items()}
-      results[score] = metrics_lib.aggregate(per_query, s['tasks'], s['modalities'])
+      results[score] = aggregate(per_query, s['tasks'], s['modalities'])
     primary = results[results['score']]
     results.update(primary['queries'])
     return results

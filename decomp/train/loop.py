@@ -38,7 +38,7 @@ from decomp.train import step as step_lib
 # Config keys that may differ between a run and its resumption (they change no computed value).
 RESUMABLE_CHANGES = ('quiet', 'steps', 'eval_every', 'log_every', 'example_log_every',
                      'checkpoint_every', 'keep_checkpoints', 'test_groups', 'eval_groups',
-                     'name')
+                     'final_eval', 'name')
 
 
 def _check_resumable(workdir: str, cfg: config_lib.TrainConfig) -> None:
@@ -126,7 +126,8 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   if primary:
     logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
 
-  mesh = mesh_lib.make_mesh(cfg.mesh)
+  devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
+  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   run = setup_lib.build_model_state(cfg, mesh, data)
   weight_fn, direction_fn = config_lib.objective_fns(cfg)
   objective = step_lib.Objective(
@@ -226,9 +227,9 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     checkpoints.wait()
     if cfg.eval_every:
       validation = {'step': cfg.steps, **evaluator.run('val', params, frozen, cfg.eval_groups)}
-      if start < cfg.steps or not logs.read_evals(workdir) or primary is False:
+      if start < cfg.steps:  # a finished run started again only re-evaluates
         eval_log.log(validation)
-    test = evaluator.run('test', params, frozen, cfg.test_groups)
+    test = evaluator.run('test', params, frozen, cfg.test_groups) if cfg.final_eval else {}
     if not last_record and primary:
       records = logs.read_steps(workdir)
       last_record = records[-1] if records else {}

@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from decomp import diagnostics as diagnostics_lib
-from decomp import losses as losses_lib
-from decomp import url as url_lib
+# Functions imported by module path: ``decomp.diagnostics`` is also a function's name in the
+# package namespace.
+from decomp.diagnostics import diagnostics as doc_diagnostics
+from decomp.losses import cl_loss, sft_loss
+from decomp.url import url_surrogate
 from decomp.readout import Readout
 
 Array = Any
@@ -86,9 +88,9 @@ def objective_terms(readout: Readout, labels: Array, where: Array, objective: Ob
   readout = jax.lax.stop_gradient(readout)
   yes = readout.yes.astype(jnp.float32)
   no = readout.no.astype(jnp.float32)
-  sft = losses_lib.sft_loss(yes, no, labels, where=where)
-  cl = losses_lib.cl_loss(yes, labels, where=where, temperature=objective.temperature)
-  diag = diagnostics_lib.diagnostics(
+  sft = sft_loss(yes, no, labels, where=where)
+  cl = cl_loss(yes, labels, where=where, temperature=objective.temperature)
+  diag = doc_diagnostics(
       readout, labels, weight=objective.weight, direction=objective.direction,
       label_rows=label_rows, readout_fn=readout_fn, where=where)
   docs = where & (labels >= 0)
@@ -133,7 +135,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def surrogate(params, frozen, batch):
     model = nnx.merge(graphdef, params, frozen)
     out = readout(model, batch, objective.log_normalizer)
-    value = url_lib.url_surrogate(out, batch['labels'], weight=objective.weight,
+    value = url_surrogate(out, batch['labels'], weight=objective.weight,
                                   direction=objective.direction, where=batch['where'])
     return value, (out, model)
 

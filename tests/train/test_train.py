@@ -1,0 +1,216 @@
+"""End-to-end runs of decomp.train on the playground (tiny models, 8 simulated CPU devices)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from decomp.train import checkpoint as ckpt_lib
+from decomp.train import config as config_lib
+from decomp.train import logs
+from decomp.train.loop import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Text-only, no evaluation: the cheapest compile, for the equivalence tests.
+LEAN = ['vision=false', 'eval_every=0', 'final_eval=false', 'quiet=true', 'example_log_every=0']
+
+
+def quick(*overrides):
+  return config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+                                    ['quiet=true', *overrides])
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+  """One short multimodal run with every log on (shared by several tests)."""
+  workdir = str(tmp_path_factory.mktemp('quick'))
+  cfg = quick('steps=12', 'eval_every=6', 'example_log_every=4', 'checkpoint_every=6',
+              'eval_groups=12', 'test_groups=24', 'learning_rate=5e-3')
+  start = time.perf_counter()
+  results = train(cfg, workdir)
+  return workdir, cfg, results, time.perf_counter() - start
+
+
+def test_workdir_layout_and_step_log(quick_run):
+  workdir, cfg, results, _ = quick_run
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'eval.jsonl', 'examples',
+                                         'results.json', 'steps.jsonl']
+  assert config_lib.from_file(os.path.join(workdir, 'config.json')) == cfg
+  records = logs.read_steps(workdir)
+  assert [r['step'] for r in records] == list(range(1, 13))
+  for r in records:
+    assert set(logs.STEP_KEYS) <= set(r), set(logs.STEP_KEYS) - set(r)
+    assert np.isfinite([r[k] for k in logs.STEP_KEYS]).all()
+  # SFT objective: logged loss is the SFT loss; SFT weights are -(1-s) < 0 for positives.
+  assert all(r['loss'] == r['sft_loss'] for r in records)
+  assert all(-1 < r['w_pos_q10'] <= r['w_pos_q50'] <= r['w_pos_q90'] < 0 for r in records)
+  assert all(0 < r['w_neg_q10'] <= r['w_neg_q50'] <= r['w_neg_q90'] < 1 for r in records)
+  # Warm-up then cosine: lr 0 at the first step, the peak after warm-up.
+  assert records[0]['learning_rate'] == 0.0
+  assert records[cfg.warmup_steps]['learning_rate'] == pytest.approx(cfg.learning_rate)
+  assert records[0]['update_norm'] == 0.0 and records[1]['update_norm'] > 0
+  assert [c for c in ckpt_lib.Checkpoints(workdir).all_steps()] == [6, 12]
+  assert results == logs.read_json(os.path.join(workdir, 'results.json'))
+
+
+def test_loss_decreases(quick_run):
+  workdir, _, _, _ = quick_run
+  loss = logs.columns(logs.read_steps(workdir))['loss']
+  assert loss[-3:].mean() < loss[:3].mean() - 0.2, loss
+
+
+def test_per_example_log_columns(quick_run):
+  workdir, cfg, _, _ = quick_run
+  data = logs.read_examples(workdir)
+  expected = set(logs.EXAMPLE_COLUMNS) - {'grad_norm'}
+  assert set(data) == expected
+  rows = cfg.batch_size * cfg.list_size
+  np.testing.assert_array_equal(np.unique(data['step']), [4, 8, 12])
+  assert len(data['step']) == 3 * rows
+  assert all(len(v) == 3 * rows for v in data.values())
+  # One positive per query, and ids consistent with the playground's naming.
+  for step in (4, 8, 12):
+    sel = data['step'] == step
+    queries = np.unique(data['query_id'][sel])
+    assert len(queries) == cfg.batch_size
+    assert all(data['label'][sel & (data['query_id'] == q)].sum() == 1 for q in queries)
+  assert all(d.startswith(q) for d, q in zip(data['doc_id'], data['query_id']))
+  assert set(data['doc_kind'][data['label'] == 1]) == {'positive'}
+  assert set(data['task']) <= {'t2t', 't2i', 'i2t', 'i2i', 'it2it', 't2vd'}
+  # Independent recomputation of W_SFT from the logged score s = P(yes): -(1-s) / s.
+  s = data['sft_score'].astype(np.float64)
+  expected_w = np.where(data['label'] == 1, -(1 - s), s)
+  np.testing.assert_allclose(data['weight'], expected_w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(data['update'], np.abs(data['weight']) * data['direction_norm'],
+                             rtol=1e-5, atol=1e-7)
+  # D_SFT = M_y - M_n: one norm per step (the LM head is frozen here, so one per run).
+  for step in (4, 8, 12):
+    norms = data['direction_norm'][data['step'] == step]
+    np.testing.assert_allclose(norms, norms[0], rtol=1e-6)
+  assert data['sft_score'].dtype == np.float32 and data['query_id'].dtype.kind == 'U'
+
+
+def test_evaluation_results(quick_run):
+  workdir, cfg, results, _ = quick_run
+  evals = logs.read_evals(workdir)
+  assert [e['step'] for e in evals] == [6, 12]
+  test = results['test']
+  assert test['split'] == 'test' and test['num_queries'] == 24 and test['score'] == 'sft'
+  assert 0 <= test['ndcg@10'] <= 1 and test['ndcg@10'] == test['sft']['queries']['ndcg@10']
+  per_task = test['sft']['per_task']
+  assert sum(t['num_queries'] for t in per_task.values()) == 24
+  assert set(test['cl']['per_modality']) <= {'single', 'cross', 'fused'}
+  # MRR@10 >= recall@1 for lists with one relevant document.
+  assert test['mrr@10'] >= test['recall@1']
+
+
+def test_finished_run_started_again_changes_nothing(quick_run):
+  workdir, cfg, results, _ = quick_run
+  before = open(os.path.join(workdir, 'steps.jsonl')).read()
+  again = train(cfg, workdir)
+  assert open(os.path.join(workdir, 'steps.jsonl')).read() == before
+  assert again['test']['ndcg@10'] == results['test']['ndcg@10']
+  assert [e['step'] for e in logs.read_evals(workdir)] == [6, 12]
+  with pytest.raises(ValueError, match='different config.*seed: 0 -> 1'):
+    train(config_lib.apply_overrides(cfg, ['seed=1']), workdir)
+
+
+@pytest.mark.parametrize('override, message', [
+    (['weight=nope'], "unknown weight 'nope'"),
+    (['direction=up'], "unknown direction 'up'"),
+    (['negatives=8'], 'negatives=8: the data offers only 7'),
+    (['mesh={"data": 3}'], 'uses 3 devices but 8'),
+    (['batch_size=6'], 'batch_size=6: must be divisible by the 8'),
+    (['playground={"bogus": 1}'], "unknown PlaygroundConfig keys \\['bogus'\\]"),
+])
+def test_bad_config_fails_before_compute(tmp_path, override, message):
+  workdir = str(tmp_path / 'run')
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match=message):
+    train(quick(*override), workdir)
+  assert not os.path.exists(workdir)
+  assert time.perf_counter() - start < 5
+
+
+def _final_params(workdir):
+  state, meta = ckpt_lib.load_state(workdir)
+  return jax.tree_util.tree_flatten_with_path(state['params'])[0], meta
+
+
+def test_sharded_matches_single_device(tmp_path):
+  common = [*LEAN, 'steps=3', 'checkpoint_every=0', 'finetune=full']
+  runs = {
+      'single': ['num_devices=1', 'mesh={"data": 1}'],
+      'data8': ['mesh={"data": -1, "model": 1}', 'layout=data'],
+      'fsdp': ['mesh={"data": 4, "model": 2}', 'layout=fsdp'],
+  }
+  losses, params = {}, {}
+  for name, extra in runs.items():
+    workdir = str(tmp_path / name)
+    train(quick(*common, *extra), workdir)
+    losses[name] = logs.columns(logs.read_steps(workdir))
+    params[name], meta = _final_params(workdir)
+    assert meta['step'] == 3
+  for name in ('data8', 'fsdp'):
+    for key in ('loss', 'cl_loss', 'grad_norm', 'param_norm', 'w_pos_mean'):
+      np.testing.assert_allclose(losses[name][key], losses['single'][key], rtol=2e-5,
+                                 err_msg=f'{name} {key}')
+    for (path, ref), (path2, got) in zip(params['single'], params[name]):
+      assert path == path2
+      np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6, err_msg=f'{name} {path}')
+  # The runs moved the weights (the comparison is not between three initial states).
+  assert losses['single']['update_norm'][-1] > 0
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+  """SIGKILL a CLI run after its first checkpoint; `train` on the same workdir must finish with
+  bit-identical parameters and step log to an uninterrupted run."""
+  overrides = [*LEAN, 'steps=30', 'checkpoint_every=3', 'example_log_every=1']
+  reference = str(tmp_path / 'reference')
+  train(quick(*overrides), reference)
+
+  killed = str(tmp_path / 'killed')
+  cmd = [sys.executable, '-m', 'decomp.train', '--workdir', killed, '--config',
+         'playground_quick', '--set', *overrides]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  try:
+    while time.time() < deadline:
+      if proc.poll() is not None:
+        raise AssertionError(f'the run ended before it was killed: {proc.stderr.read()[-2000:]}')
+      # Kill once a checkpoint is committed (Orbax renames its directory into place) and later
+      # steps were logged, so the resumed run must drop them and recompute them.
+      committed = [int(d) for d in os.listdir(os.path.join(killed, 'checkpoints'))
+                   if d.isdigit()] if os.path.isdir(os.path.join(killed, 'checkpoints')) else []
+      steps = logs.read_steps(killed)
+      if committed and steps and steps[-1]['step'] > max(committed):
+        break
+      time.sleep(0.005)
+    else:
+      raise AssertionError('the CLI run made no progress')
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  logged = [r['step'] for r in logs.read_steps(killed)]
+  latest = ckpt_lib.Checkpoints(killed).latest_step()
+  assert latest is not None and latest < logged[-1] < 30, (latest, logged[-1])
+
+  train(quick(*overrides), killed)
+
+  strip = lambda recs: [{k: v for k, v in r.items() if k not in ('examples_per_s', 'tokens_per_s',
+                                                                 'step_time_s')} for r in recs]
+  assert strip(logs.read_steps(killed)) == strip(logs.read_steps(reference))
+  ref_params, _ = _final_params(reference)
+  got_params, _ = _final_params(killed)
+  for (path, ref), (_, got) in zip(ref_params, got_params):
+    np.testing.assert_array_equal(got, ref, err_msg=str(path))
+  ref_ex, got_ex = logs.read_examples(reference), logs.read_examples(killed)
+  assert set(ref_ex) == set(got_ex)
+  for key in ref_ex:
+    np.testing.assert_array_equal(got_ex[key], ref_ex[key], err_msg=key)
