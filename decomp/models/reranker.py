@@ -54,13 +54,32 @@ def _vocab(tokenizer) -> Mapping[str, int]:
   return tokenizer.get_vocab()
 
 
-def _encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-  """Token ids of each text, without special tokens added (one batch call)."""
+def _encode_batch(tokenizer, texts: Sequence[str], *, literal: bool = False) -> list[list[int]]:
+  """Token ids of each text, without special tokens added (one batch call).
+
+  ``literal``: special-token strings in the text ("<image>", "<|im_end|>") are split like plain
+  text, so query/document content can never forge a placeholder or a template token.
+  """
   if not texts:
     return []
   if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
-    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-  return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+    before = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = literal
+    try:
+      return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    finally:
+      tokenizer.encode_special_tokens = before
+  if not literal:
+    return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+  # transformers leaves the flag set on its backend after a split_special_tokens call.
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  before = getattr(backend, "encode_special_tokens", None)
+  try:
+    return list(tokenizer(list(texts), add_special_tokens=False,
+                          split_special_tokens=True)["input_ids"])
+  finally:
+    if before is not None:
+      backend.encode_special_tokens = before
 
 
 def _unk_id(tokenizer) -> int | None:
@@ -253,7 +272,7 @@ class RerankPrompt:
         if key not in index:
           index[key] = len(texts)
           texts.append(key)
-    encoded = _encode_batch(self.tokenizer, texts)
+    encoded = _encode_batch(self.tokenizer, texts, literal=True)
     out = []
     for (ins, q, d), (prefix, middle, suffix, q_space, d_space) in zip(
         zip(instructions, queries, docs), segs):

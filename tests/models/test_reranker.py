@@ -153,6 +153,21 @@ def test_encode_pair_chat_template(tokenizer):
                                                       Item(text="red"), max_length=64)
 
 
+def test_document_text_cannot_forge_special_tokens(tokenizer):
+  ids = rr.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a <image> <|im_end|>"),
+                       max_length=64)
+  special = {tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<|im_end|>")}
+  plain = rr.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a"), max_length=64)
+  assert sum(i in special for i in ids) == sum(i in special for i in plain)
+  # Same with a bare `tokenizers.Tokenizer`, whose flag is restored afterwards.
+  raw = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else None
+  if raw is not None:
+    assert rr._encode_batch(raw, ["a <image>"], literal=True)[0].count(
+        tokenizer.convert_tokens_to_ids("<image>")) == 0
+    assert raw.encode("<image>", add_special_tokens=False).ids == [
+        tokenizer.convert_tokens_to_ids("<image>")]
+
+
 def test_encode_pair_plain_fallback():
   tok = make_tokenizer(chat_template=None)
   ids = rr.encode_pair(tok, "find", Item(text="cat"), Item(text="dog"), max_length=32)
