@@ -163,7 +163,7 @@ class DecoderConfig:
     )
 
   def to_hf(self) -> dict[str, Any]:
-    """The config.json dict in transformers 5.x layout (`rope_parameters`).
+    """The config.json dict, in transformers 5.x layout (`rope_parameters`) plus the pre-5 keys.
 
     transformers 5.24 loads it back as `Qwen2ForCausalLM` / `LlamaForCausalLM` with the same
     shapes and RoPE. Raises ValueError for a combination the HF class cannot express.
@@ -188,6 +188,10 @@ class DecoderConfig:
         'tie_word_embeddings': self.tie_word_embeddings,
         'rope_parameters': rope_parameters,
     }
+    # Also the pre-5 keys, so transformers 4.x (which ignores `rope_parameters` and would
+    # silently fall back to theta=10000) reads the same RoPE; 5.x reads both consistently.
+    hf['rope_theta'] = float(self.rope_theta)
+    hf['rope_scaling'] = None if self.rope_scaling is None else dict(self.rope_scaling)
     if self.architecture == 'qwen2':
       if not self.attention_bias or self.attention_out_bias or self.mlp_bias:
         raise ValueError('Qwen2ForCausalLM has q/k/v biases only: attention_bias must be True '

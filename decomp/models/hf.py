@@ -248,7 +248,9 @@ def save_pretrained(model: Decoder, path: str | os.PathLike, *,
   tensors = {name: np.ascontiguousarray(np.asarray(jax.device_get(value)))
              for name, value in hf_tensors(model)}
   hf = model.config.to_hf()
-  hf['dtype'] = _DTYPE_NAMES.get(tensors['model.embed_tokens.weight'].dtype, 'float32')
+  # 'dtype' is what transformers 5 reads, 'torch_dtype' what 4.x reads.
+  hf['dtype'] = hf['torch_dtype'] = _DTYPE_NAMES.get(tensors['model.embed_tokens.weight'].dtype,
+                                                     'float32')
   with open(os.path.join(path, CONFIG_NAME), 'w', encoding='utf-8') as f:
     json.dump(hf, f, indent=2, sort_keys=True)
   # Weights from an earlier save in this directory would shadow or mix with the new ones.

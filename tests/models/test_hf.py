@@ -154,6 +154,9 @@ def test_to_hf_loads_back_in_transformers_as_same_architecture(qwen2_checkpoint,
     assert type(theirs).__name__ == type(checkpoint.torch_model.config).__name__
     assert theirs.architectures == [ours.hf_architecture]
     assert DecoderConfig.from_hf(theirs.to_dict()) == ours
+    # A transformers 4.x reader ignores rope_parameters; the pre-5 keys are written too.
+    pre5_view = {k: v for k, v in ours.to_hf().items() if k != 'rope_parameters'}
+    assert DecoderConfig.from_hf(pre5_view) == ours
 
 
 def test_unsupported_architecture_and_features_are_named():
