@@ -1,0 +1,285 @@
+"""The shared sweep runner: arms x seeds -> one workdir per run, resumable, summaries with CIs.
+
+Every ``experiments/<name>.py`` describes its arms (a name and config overrides each) and calls
+:func:`main`. Layout of a sweep directory::
+
+  <sweep>/<arm>/seed<k>/      one decomp.train workdir per run (config.json, steps.jsonl, ...)
+  <sweep>/sweep.json          the sweep's description (arms, seeds, base config, overrides)
+  <sweep>/summary.json        mean, std, 95% CI over seeds per arm: overall, per task, per modality
+  <sweep>/summary.md          the same as Markdown tables
+
+A run whose ``results.json`` exists is complete and is not run again, so an interrupted sweep
+continues where it stopped (an interrupted *run* resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+METRIC = "ndcg@10"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One configuration of a sweep: a name (a directory) and TrainConfig overrides."""
+
+  name: str
+  overrides: Mapping[str, Any]
+  label: str = ""  # how tables and figures name it; defaults to ``name``
+
+  @property
+  def title(self) -> str:
+    return self.label or self.name
+
+
+def run_dir(sweep_dir: str, arm: Arm, seed: int) -> str:
+  return os.path.join(sweep_dir, arm.name, f"seed{seed}")
+
+
+def _override_strings(overrides: Mapping[str, Any]) -> list[str]:
+  out = []
+  for key, value in overrides.items():
+    if isinstance(value, (dict, list, tuple, bool)) or value is None:
+      value = json.dumps(value)
+    out.append(f"{key}={value}")
+  return out
+
+
+def _t_quantile_975(dof: int) -> float:
+  """Two-sided 95% Student-t quantile (scipy when present, a table otherwise)."""
+  try:
+    from scipy import stats
+    return float(stats.t.ppf(0.975, dof))
+  except ImportError:  # pragma: no cover
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+             9: 2.262, 10: 2.228}
+    return table.get(dof, 1.96)
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+  """Mean, sample std and the 95% t confidence half-width of ``values`` (n >= 1)."""
+  x = np.asarray([v for v in values if v is not None and not math.isnan(v)], float)
+  n = len(x)
+  if n == 0:
+    return {"mean": None, "std": None, "ci95": None, "n": 0, "values": []}
+  std = float(x.std(ddof=1)) if n > 1 else 0.0
+  half = _t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+  return {"mean": float(x.mean()), "std": std, "ci95": half, "n": n, "values": x.tolist()}
+
+
+def test_metrics(results: Mapping[str, Any], metric: str = METRIC) -> dict[str, float]:
+  """Flat ``{'overall': ..., 'task/<t>': ..., 'modality/<m>': ...}`` of one run's test metric, in
+  points (x100) like the paper's tables; the run's primary score (its own ranking score)."""
+  test = results.get("test") or {}
+  primary = test.get(test.get("score", "sft"), {})
+  out = {"overall": 100 * primary["queries"][metric],
+         "macro": 100 * primary["tasks"][metric]}
+  for task, values in sorted(primary.get("per_task", {}).items()):
+    out[f"task/{task}"] = 100 * values[metric]
+  for modality, values in sorted(primary.get("per_modality", {}).items()):
+    out[f"modality/{modality}"] = 100 * values[metric]
+  return out
+
+
+def collect(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int],
+            metric: str = METRIC) -> dict[str, dict[int, dict[str, float]]]:
+  """``{arm: {seed: test_metrics}}`` for every completed run."""
+  table: dict[str, dict[int, dict[str, float]]] = {}
+  for arm in arms:
+    for seed in seeds:
+      path = os.path.join(run_dir(sweep_dir, arm, seed), "results.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          table.setdefault(arm.name, {})[seed] = test_metrics(json.load(f), metric)
+  return table
+
+
+def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
+              metric: str = METRIC, contrasts: Sequence[tuple[str, str, str]] = (),
+              title: str = "") -> dict[str, Any]:
+  """Writes ``summary.json`` and ``summary.md``; returns the summary.
+
+  ``contrasts`` are ``(name, arm_a, arm_b)``: the paired (same seed) difference a - b with its CI.
+  """
+  table = collect(sweep_dir, arms, seeds, metric)
+  keys = sorted({k for runs in table.values() for m in runs.values() for k in m},
+                key=lambda k: (k not in ("overall", "macro"), k))
+  summary: dict[str, Any] = {"metric": f"test {metric} x 100", "seeds": list(seeds), "arms": {},
+                             "contrasts": {}}
+  for arm in arms:
+    runs = table.get(arm.name, {})
+    summary["arms"][arm.name] = {
+        "label": arm.title, "overrides": dict(arm.overrides),
+        **{k: mean_ci([runs[s].get(k) for s in sorted(runs)]) for k in keys}}
+  for name, a, b in contrasts:
+    ra, rb = table.get(a, {}), table.get(b, {})
+    paired = sorted(set(ra) & set(rb))
+    summary["contrasts"][name] = {
+        "a": a, "b": b, "seeds": paired,
+        **{k: mean_ci([ra[s][k] - rb[s][k] for s in paired if k in ra[s] and k in rb[s]])
+           for k in ("overall", "macro")}}
+  with open(os.path.join(sweep_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(sweep_dir, "summary.md"), "w") as f:
+    f.write(summary_markdown(summary, title=title))
+  return summary
+
+
+def _fmt(stat: Mapping[str, Any]) -> str:
+  if not stat or stat.get("mean") is None:
+    return "-"
+  if stat["n"] < 2:
+    return f"{stat['mean']:.2f}"
+  return f"{stat['mean']:.2f} ± {stat['ci95']:.2f}"
+
+
+def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
+  """Markdown tables: overall and per task / modality (mean ± 95% CI half-width over seeds)."""
+  arms = summary["arms"]
+  keys = []
+  for stats in arms.values():
+    keys += [k for k in stats if k not in ("label", "overrides") and k not in keys]
+  lines = []
+  if title:
+    lines += [f"## {title}", ""]
+  lines += [f"Test {summary['metric']}; mean ± 95% CI half-width over seeds {summary['seeds']}.",
+            ""]
+  main_keys = [k for k in ("overall", "macro") if k in keys]
+  modality_keys = [k for k in keys if k.startswith("modality/")]
+  task_keys = [k for k in keys if k.startswith("task/")]
+  for group in (main_keys + modality_keys, task_keys):
+    if not group:
+      continue
+    header = "| arm | " + " | ".join(k.split("/")[-1] for k in group) + " | n |"
+    lines += [header, "|" + "---|" * (len(group) + 2)]
+    for stats in arms.values():
+      n = max((stats[k]["n"] for k in group if k in stats), default=0)
+      lines.append(f"| {stats['label']} | " + " | ".join(_fmt(stats.get(k)) for k in group)
+                   + f" | {n} |")
+    lines.append("")
+  if summary.get("contrasts"):
+    lines += ["| contrast (paired over seeds) | overall | macro over tasks |", "|---|---|---|"]
+    for name, c in summary["contrasts"].items():
+      lines.append(f"| {name} | {_fmt(c['overall'])} | {_fmt(c['macro'])} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
+              overrides: Sequence[str] = (), jobs: int = 1, quiet: bool = True,
+              log: Callable[[str], None] = print) -> None:
+  """Runs every (arm, seed) whose results.json is missing, ``jobs`` at a time.
+
+  Each run is a ``python -m decomp.train`` process (a crash or a kill of one run loses nothing of
+  the others; its checkpoints let it resume). With ``jobs > 1`` each process is pinned to its own
+  CPU core: small models use one core better than two processes share two.
+  """
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+    json.dump({"config": config, "overrides": list(overrides), "seeds": list(seeds),
+               "arms": [{"name": a.name, "label": a.title, "overrides": dict(a.overrides)}
+                        for a in arms]}, f, indent=2)
+  todo = [(arm, seed) for arm in arms for seed in seeds
+          if not os.path.exists(os.path.join(run_dir(sweep_dir, arm, seed), "results.json"))]
+  done = len(arms) * len(seeds) - len(todo)
+  if done:
+    log(f"{done} run(s) already complete in {sweep_dir}; {len(todo)} to go")
+  cores = os.cpu_count() or 1
+  running: list[tuple[subprocess.Popen, Arm, int, float]] = []
+  failures = []
+  env = dict(os.environ)
+  env.setdefault("DECOMP_COMPILATION_CACHE", os.path.join(sweep_dir, ".jax_cache"))
+
+  def reap(block: bool):
+    for item in list(running):
+      proc, arm, seed, start = item
+      if proc.poll() is None and not block:
+        continue
+      code = proc.wait()
+      running.remove(item)
+      status = "done" if code == 0 else f"FAILED (exit {code})"
+      log(f"  {arm.name} seed {seed}: {status} in {time.time() - start:.0f} s")
+      if code != 0:
+        failures.append((arm.name, seed, code))
+      if block:
+        return
+
+  for index, (arm, seed) in enumerate(todo):
+    while len(running) >= jobs:
+      reap(block=False)
+      if len(running) >= jobs:
+        time.sleep(0.2)
+    workdir = run_dir(sweep_dir, arm, seed)
+    os.makedirs(workdir, exist_ok=True)
+    cmd = [sys.executable, "-m", "decomp.train", "--workdir", workdir, "--config", config,
+           "--set", *_override_strings({**arm.overrides, "seed": seed}), *overrides]
+    if quiet:
+      cmd.append("--quiet")
+    if jobs > 1 and hasattr(os, "sched_setaffinity"):
+      core = index % cores
+      preexec = lambda core=core: os.sched_setaffinity(0, {core})
+    else:
+      preexec = None
+    log(f"  {arm.name} seed {seed}: started ({index + 1}/{len(todo)})")
+    with open(os.path.join(workdir, "train.log"), "ab") as out:
+      proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                              preexec_fn=preexec)
+    running.append((proc, arm, seed, time.time()))
+  while running:
+    reap(block=True)
+  if failures:
+    raise RuntimeError(f"{len(failures)} run(s) failed: {failures}; see train.log in their "
+                       "workdirs (re-running the sweep resumes them)")
+
+
+def parse_args(description: str, default_out: str, argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", default=default_out, help="sweep directory (default %(default)s)")
+  parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+  parser.add_argument("--quick", action="store_true",
+                      help="the shrunk smoke-test version (about a minute)")
+  parser.add_argument("--config", default=None,
+                      help="base config: preset name or .py/.json file (default: playground, or "
+                           "playground_quick with --quick)")
+  parser.add_argument("--set", dest="overrides", nargs="+", action="append", default=[],
+                      metavar="KEY=VALUE", help="overrides for every run of the sweep")
+  parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                      help="runs at a time, each pinned to one core (default %(default)s)")
+  parser.add_argument("--summary-only", action="store_true",
+                      help="only (re)write the summary from completed runs")
+  args = parser.parse_args(argv)
+  args.overrides = [o for group in args.overrides for o in group]
+  if args.config is None:
+    args.config = "playground_quick" if args.quick else "playground"
+  return args
+
+
+def main(description: str, name: str, arms: Iterable[Arm], *, argv=None,
+         contrasts: Sequence[tuple[str, str, str]] = (), quick_overrides: Sequence[str] = (),
+         title: str = "") -> dict[str, Any]:
+  """Runs a sweep from the command line and prints its summary table."""
+  args = parse_args(description, os.path.join("runs", name), argv)
+  arms = list(arms)
+  seeds = list(range(args.seeds))
+  overrides = [*(quick_overrides if args.quick else ()), *args.overrides]
+  if not args.summary_only:
+    start = time.time()
+    print(f"{name}: {len(arms)} arms x {len(seeds)} seeds -> {args.out}")
+    run_sweep(args.out, arms, seeds, config=args.config, overrides=overrides, jobs=args.jobs)
+    print(f"{name}: runs finished in {time.time() - start:.0f} s")
+  summary = summarize(args.out, arms, seeds, contrasts=contrasts, title=title or name)
+  print()
+  print(summary_markdown(summary, title=title or name))
+  print(f"summary: {os.path.join(args.out, 'summary.md')}")
+  return summary
