@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'rope_inv_freq']
+
 # model_type -> HF class written in `architectures`.
 _ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'llama': 'LlamaForCausalLM'}
 _ARCH_TO_TYPE = {v: k for k, v in _ARCHITECTURES.items()}
@@ -98,7 +100,8 @@ class DecoderConfig:
   def __hash__(self):
     # rope_scaling is a dict; hash a frozen view so the config can be a static jit argument.
     scaling = None if self.rope_scaling is None else tuple(sorted(self.rope_scaling.items()))
-    fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'rope_scaling')
+    fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != 'rope_scaling')
     return hash((fields, scaling))
 
   @property
@@ -243,7 +246,8 @@ def _read_rope(hf: Mapping[str, Any], architecture: str) -> tuple[float, dict | 
   if params and all(isinstance(v, Mapping) or v is None for v in params.values()):
     raise ValueError(f'{architecture} config has per-layer-type rope_parameters '
                      f'{sorted(params)}, which this decoder does not implement')
-  if params.get('partial_rotary_factor', hf.get('partial_rotary_factor', 1.0)) not in (1, 1.0, None):
+  partial = params.get('partial_rotary_factor', hf.get('partial_rotary_factor', 1.0))
+  if partial not in (1, 1.0, None):
     raise ValueError('partial_rotary_factor != 1 is not supported')
   theta = params.pop('rope_theta', None)
   if theta is None:
@@ -282,8 +286,8 @@ def _read_rope(hf: Mapping[str, Any], architecture: str) -> tuple[float, dict | 
 def rope_inv_freq(config: DecoderConfig) -> np.ndarray:
   """Inverse RoPE frequencies [head_dim // 2] (float32), as transformers computes them."""
   dim = config.head_dim
-  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-  inv_freq = inv_freq.astype(np.float32)
+  exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+  inv_freq = (1.0 / (config.rope_theta ** exponents)).astype(np.float32)
   scaling = config.rope_scaling
   if scaling is None or scaling['rope_type'] == 'default':
     return inv_freq

@@ -22,6 +22,8 @@ from flax import nnx
 from decomp.models.config import DecoderConfig, rope_inv_freq
 from decomp.models.sharding import METADATA_KEY
 
+__all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin']
+
 # A large finite negative instead of -inf: a fully padded query row (e.g. a left pad, which has no
 # valid key at or before it) then softmaxes to a uniform row instead of NaN.
 _MASKED = -1e30
@@ -248,7 +250,7 @@ class Decoder(nnx.Module):
     return jnp.einsum('btd,vd->btv', h, self._lm_head_matrix().astype(self.dtype))
 
   def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
-    """LM-head rows [K, d] (compute dtype) for token_ids [K]; logits of those tokens = h @ rows.T."""
+    """LM-head rows [K, d] (compute dtype) of token_ids [K]: those tokens' logits are h @ rows.T."""
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
       raise ValueError(f'token_ids must be a 1-D int array, got shape {token_ids.shape} '

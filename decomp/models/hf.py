@@ -28,6 +28,8 @@ from decomp.models.decoder import Decoder, Linear
 from decomp.models.lora import LoRALinear
 from decomp.models.sharding import Rules, logical_to_mesh_sharding, variable_names
 
+__all__ = ['CheckpointError', 'hf_tensors', 'load_pretrained', 'read_config', 'save_pretrained']
+
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 INDEX_NAME = 'model.safetensors.index.json'

@@ -1,8 +1,8 @@
 """LoRA adapters for the decoder's linear projections, and what to train.
 
 `apply_lora` wraps chosen projections (q/k/v/o, gate/up/down) in `LoRALinear`:
-y = base(x) + (alpha / rank) * x @ A @ B, with A [in, r] (PEFT's Kaiming-uniform init) and B [r, out]
-zero-initialised so the model output is unchanged at first. A and B are `nnx.LoRAParam`
+y = base(x) + (alpha / rank) * x @ A @ B, with A [in, r] (PEFT's Kaiming-uniform init) and
+B [r, out] zero-initialised so the model output is unchanged at first. A and B are `nnx.LoRAParam`
 (a subclass of `nnx.Param`) carrying logical sharding names (in_name, 'lora_rank') and
 ('lora_rank', out_name).
 
@@ -20,6 +20,9 @@ from flax import nnx
 
 from decomp.models.decoder import Decoder, Linear
 from decomp.models.sharding import METADATA_KEY
+
+__all__ = ['DEFAULT_TARGETS', 'LoRALinear', 'LoRAParam', 'apply_lora', 'has_lora', 'is_lm_head',
+           'merge_lora', 'trainable_filter']
 
 LoRAParam = nnx.LoRAParam
 DEFAULT_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')

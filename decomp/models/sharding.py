@@ -26,6 +26,9 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = ['DEFAULT_RULES', 'FSDP_RULES', 'METADATA_KEY', 'logical_to_mesh_sharding',
+           'logical_to_partition_spec', 'model_shardings', 'shard_model', 'variable_names']
+
 # The metadata key flax 0.12 uses for per-dimension sharding names (it is also what
 # `nnx.get_partition_spec` reads).
 METADATA_KEY = 'out_sharding'

@@ -14,7 +14,6 @@ do not use these fixtures do not pay for it.
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -96,7 +95,7 @@ def padded_batches():
 
 
 def torch_reference(torch_model, sequence):
-  """(logits [L, V], final normed hidden [L, d]) of one unpadded sequence, float64-free numpy."""
+  """(logits [L, V], final normed hidden [L, d]) numpy float32, of one unpadded sequence."""
   import torch
   with torch.no_grad():
     ids = torch.as_tensor(np.asarray(sequence)[None], dtype=torch.long)
@@ -109,6 +108,3 @@ def torch_reference(torch_model, sequence):
 def torch_reference_fn():
   return torch_reference
 
-
-def checkpoint_files(path: str) -> list[str]:
-  return sorted(os.listdir(path))

@@ -46,7 +46,6 @@ def test_logits_and_hidden_match_torch_on_padded_batches(fixture, request, padde
       np.testing.assert_allclose(got_logits, ref_logits, atol=1e-4, rtol=0)
       np.testing.assert_allclose(got_hidden, ref_hidden, atol=1e-4, rtol=0)
       worst = max(worst, float(np.abs(got_logits - ref_logits).max()))
-  print(f"{fixture}: max |logit diff| {worst:.2e}")
   assert worst < 1e-4
 
 

@@ -277,7 +277,8 @@ def test_misshaped_tensor_is_named_with_shapes(qwen2_checkpoint, tmp_path):
   path = _copy(qwen2_checkpoint, tmp_path)
 
   def cut(tensors):
-    tensors['model.layers.0.mlp.up_proj.weight'] = tensors['model.layers.0.mlp.up_proj.weight'][:100]
+    name = 'model.layers.0.mlp.up_proj.weight'
+    tensors[name] = tensors[name][:100]
   _rewrite_weights(path, cut)
   with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.up_proj.weight' has shape "
                                             r"\(100, 64\), expected \(128, 64\)"):
