@@ -1,0 +1,27 @@
+"""Backbones: a Flax NNX Qwen2/Llama decoder, a SigLIP/CLIP vision tower, LoRA, sharding rules,
+Hugging Face load/save, and the yes/no reranker built from them."""
+
+from decomp.models.config import DecoderConfig
+from decomp.models.decoder import Decoder
+from decomp.models.hf import CheckpointError, load_pretrained, read_config, save_pretrained
+from decomp.models.lora import (LoRALinear, LoRAParam, apply_lora, has_lora, is_lm_head,
+                                merge_lora, trainable_filter)
+from decomp.models.reranker import (Reranker, RerankPrompt, bucket_length, encode_groups,
+                                    encode_pair, encode_pairs, image_token_id, label_token_ids,
+                                    load_reranker, load_tokenizer)
+from decomp.models.sharding import (DEFAULT_RULES, FSDP_RULES, logical_to_mesh_sharding,
+                                    logical_to_partition_spec, model_shardings, shard_model)
+from decomp.models.vision import (CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageEncoder,
+                                  Projector, VisionConfig, VisionEncoder, image_preprocess,
+                                  load_vision_pretrained)
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "CheckpointError", "DEFAULT_RULES", "Decoder", "DecoderConfig",
+    "FSDP_RULES", "ImageEncoder", "LoRALinear", "LoRAParam", "Projector", "RerankPrompt",
+    "Reranker", "SIGLIP_MEAN", "SIGLIP_STD", "VisionConfig", "VisionEncoder", "apply_lora",
+    "bucket_length", "encode_groups", "encode_pair", "encode_pairs", "has_lora",
+    "image_preprocess", "image_token_id", "is_lm_head", "label_token_ids", "load_pretrained",
+    "load_reranker", "load_tokenizer", "load_vision_pretrained", "logical_to_mesh_sharding",
+    "logical_to_partition_spec", "merge_lora", "model_shardings", "read_config",
+    "save_pretrained", "shard_model", "trainable_filter",
+]
