@@ -106,11 +106,14 @@ def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta')) as manager:
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
     metadata = manager.item_metadata(step)['state']
+    if metadata is None:
+      raise ValueError(f'{directory}/{step}: no array metadata (not a decomp checkpoint?)')
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     tree = getattr(metadata, 'tree', metadata)
     abstract = jax.tree.map(

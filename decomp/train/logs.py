@@ -4,7 +4,8 @@ Workdir layout written by ``train``::
 
   config.json            the TrainConfig (written once, atomically)
   steps.jsonl            one JSON object per logged step (see STEP_KEYS)
-  examples/%08d.npz      per-example columns of one logged step (see EXAMPLE_COLUMNS)
+  examples/%08d.npz      per-example columns of one logged step (see EXAMPLE_COLUMNS); in a
+                         multi-host run process k > 0 writes its rows to %08d.p<k>.npz
   eval.jsonl             one JSON object per validation evaluation
   checkpoints/<step>/    Orbax checkpoints
   results.json           final test metrics (written atomically at the end)
@@ -22,6 +23,7 @@ import glob
 import json
 import math
 import os
+import re
 import tempfile
 from typing import Any, Iterable, Mapping
 
@@ -203,15 +205,24 @@ def truncate_jsonl(path: str, last_step: int) -> None:
 
 
 class ExampleLogger:
-  """Writes per-example columns of one step as ``examples/<step:08d>.npz`` (temp + rename)."""
+  """Writes per-example columns of one step as ``examples/<step:08d>.npz`` (temp + rename).
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  In a multi-host run every process writes the rows of its own groups; process ``k > 0`` adds
+  ``.p<k>`` to the name, and :func:`read_examples` concatenates in (step, process) order, which
+  is the global batch order.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, process_index: int = 0):
     self.directory = os.path.join(workdir, EXAMPLES_DIR)
     self.enabled = enabled
+    self.suffix = f'.p{process_index}' if process_index else ''
     if enabled:
       os.makedirs(self.directory, exist_ok=True)
-      for stale in glob.glob(os.path.join(self.directory, '.*.tmp*')):
-        os.remove(stale)
+      for stale in glob.glob(os.path.join(self.directory, f'.*{self.suffix}.tmp*')):
+        try:
+          os.remove(stale)
+        except FileNotFoundError:  # another process cleaned it
+          pass
 
   def write(self, step: int, columns: Mapping[str, np.ndarray]) -> str | None:
     """Writes one shard; all columns must have the same length (rows)."""
@@ -220,8 +231,9 @@ class ExampleLogger:
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
       raise ValueError(f'per-example columns of step {step} have different lengths: {lengths}')
-    path = os.path.join(self.directory, f'{step:08d}.npz')
-    fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{step:08d}', suffix='.tmp.npz')
+    path = os.path.join(self.directory, f'{step:08d}{self.suffix}.npz')
+    fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{step:08d}',
+                               suffix=f'{self.suffix}.tmp.npz')
     try:
       with os.fdopen(fd, 'wb') as f:
         np.savez(f, **{k: np.asarray(v) for k, v in columns.items()})
@@ -235,14 +247,17 @@ class ExampleLogger:
     return path
 
 
+_SHARD_NAME = re.compile(r'(\d+)(?:\.p(\d+))?\.npz')
+
+
 def example_shards(workdir: str) -> list[tuple[int, str]]:
-  """(step, path) of the per-example shards, sorted by step."""
+  """(step, path) of the per-example shards, sorted by step, then process."""
   shards = []
   for path in glob.glob(os.path.join(workdir, EXAMPLES_DIR, '*.npz')):
-    name = os.path.basename(path)[:-len('.npz')]
-    if name.isdigit():
-      shards.append((int(name), path))
-  return sorted(shards)
+    match = _SHARD_NAME.fullmatch(os.path.basename(path))
+    if match:
+      shards.append((int(match.group(1)), int(match.group(2) or 0), path))
+  return [(step, path) for step, _, path in sorted(shards)]
 
 
 def truncate_examples(workdir: str, last_step: int) -> None:

@@ -168,13 +168,14 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
           example_grad_norms=cfg.example_grad_norms),
       in_shardings=(state_shardings['params'], state_shardings['frozen'],
                     state_shardings['opt_state'], replicated, None),
-      out_shardings=(state_shardings['params'], state_shardings['opt_state'], None),
+      # Metrics are small: replicated, so every process can read them (multi-host).
+      out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
       donate_argnums=(0, 2))
   evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh)
 
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
-  example_log = logs.ExampleLogger(workdir, enabled=primary)
+  example_log = logs.ExampleLogger(workdir, process_index=jax.process_index())
   progress = _Progress(primary and not cfg.quiet, cfg.steps, start)
   params, frozen, opt_state = state['params'], state['frozen'], state['opt_state']
   last_record: dict = {}
@@ -187,6 +188,9 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     nonlocal last_time, last_record
     step, metrics, meta, tokens = item
     scalars, per_doc = jax.device_get((metrics['scalars'], metrics['per_doc']))
+    rows = meta['doc_id'].shape[0]  # this process's groups are rows [k * rows, (k+1) * rows)
+    first = jax.process_index() * rows
+    per_doc = {k: v[first:first + rows] for k, v in per_doc.items()}
     now = time.perf_counter()
     elapsed, last_time = now - last_time, now
     record = {'step': step, **{k: float(v) for k, v in scalars.items()},
