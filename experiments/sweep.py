@@ -152,7 +152,7 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
   lines = []
   if title:
     lines += [f"## {title}", ""]
-  lines += [f"Test {summary['metric']}; mean ± 95% CI half-width over seeds {summary['seeds']}.",
+  lines += [f"{summary['metric'].capitalize()}; mean ± 95% CI half-width over seeds {summary['seeds']}.",
             ""]
   main_keys = [k for k in ("overall", "macro") if k in keys]
   modality_keys = [k for k in keys if k.startswith("modality/")]

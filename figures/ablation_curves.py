@@ -1,0 +1,69 @@
+"""Ablation curves: the test metric against a numeric knob the sweep varies (number of negatives,
+temperature, tau, ...), one line per setting of the other knobs, with 95% CI error bars.
+
+Reads only ``summary.json``; the knob is the one numeric override that differs between arms.
+
+  python figures/ablation_curves.py runs/negatives [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import plt  # noqa: E402
+
+
+def _numeric_knob(arms: dict) -> str | None:
+  keys = {k for stats in arms.values() for k in stats.get("overrides", {})}
+  for key in sorted(keys):
+    values = [stats.get("overrides", {}).get(key) for stats in arms.values()]
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numeric) == len(values) and len(set(numeric)) > 1:
+      return key
+  return None
+
+
+def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
+  path = os.path.join(sweep_dir, "summary.json")
+  if not os.path.exists(path):
+    return []
+  summary = common.read_json(path)
+  knob = _numeric_knob(summary["arms"])
+  if knob is None:
+    return []
+  series: dict[str, list] = {}
+  for stats in summary["arms"].values():
+    overrides = dict(stats["overrides"])
+    x = overrides.pop(knob)
+    name = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "all"
+    if stats.get(key, {}).get("mean") is not None:
+      series.setdefault(name, []).append((x, stats[key]["mean"], stats[key].get("ci95") or 0.0))
+  fig, ax = plt.subplots(figsize=(6.2, 4.0))
+  for index, (name, points) in enumerate(sorted(series.items())):
+    points.sort()
+    xs, ys, errs = zip(*points)
+    errs = [e if e == e else 0.0 for e in errs]
+    ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, lw=1.6,
+                color=common.PALETTE[index % len(common.PALETTE)], label=name)
+  if knob in ("negatives", "temperature"):
+    ax.set_xscale("log", base=2 if knob == "negatives" else 10)
+  ax.set_xlabel(knob)
+  ax.set_ylabel(f"test NDCG@10 x100 ({key})")
+  ax.set_title(f"{os.path.basename(os.path.normpath(sweep_dir))}: metric vs {knob} "
+               "(mean ± 95% CI over seeds)", fontsize=10)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return common.save(fig, out_dir, f"ablation_{knob}")
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("sweep")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))

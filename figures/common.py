@@ -1,0 +1,120 @@
+"""Reading sweep directories for figures: numpy and json only (no jax, no model code).
+
+A sweep directory holds ``sweep.json`` (arms and seeds), ``summary.json`` and one workdir per run
+at ``<arm>/seed<k>/`` with ``config.json``, ``steps.jsonl``, ``eval.jsonl``,
+``examples/<step>.npz`` and ``results.json`` (see ``decomp/train/logs.py`` for the columns).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# One colour per (weight, direction) family, used by every figure.
+PALETTE = ["#1b6ca8", "#7fb2d9", "#f1a340", "#d95f02", "#6a3d9a", "#33a02c", "#e31a1c", "#999999",
+           "#b15928", "#a6cee3"]
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """JSON lines; a torn last line (a killed writer) is skipped."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return out
+
+
+def read_examples(workdir: str) -> dict[str, np.ndarray]:
+  """All per-example shards of a run, concatenated column by column."""
+  shards = sorted(glob.glob(os.path.join(workdir, "examples", "*.npz")))
+  columns: dict[str, list[np.ndarray]] = {}
+  for path in shards:
+    with np.load(path) as data:
+      for key in data.files:
+        columns.setdefault(key, []).append(data[key])
+  return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def arms(sweep_dir: str) -> list[dict]:
+  """``[{'name', 'label', 'overrides', 'runs': [workdir, ...]}]`` in the sweep's order."""
+  path = os.path.join(sweep_dir, "sweep.json")
+  if os.path.exists(path):
+    described = read_json(path)["arms"]
+  else:  # a directory of arms without a description: take them alphabetically
+    described = [{"name": d, "label": d, "overrides": {}} for d in sorted(os.listdir(sweep_dir))
+                 if os.path.isdir(os.path.join(sweep_dir, d))]
+  out = []
+  for arm in described:
+    runs = sorted(d for d in glob.glob(os.path.join(sweep_dir, arm["name"], "seed*"))
+                  if os.path.exists(os.path.join(d, "steps.jsonl")))
+    if runs:
+      out.append({**arm, "runs": runs})
+  if not out:
+    raise FileNotFoundError(f"{sweep_dir}: no runs with logs (expected <arm>/seed<k>/steps.jsonl)")
+  return out
+
+
+def run_config(workdir: str) -> dict:
+  return read_json(os.path.join(workdir, "config.json"))
+
+
+def list_softmax_share(examples: dict[str, np.ndarray], temperature: float = 1.0) -> np.ndarray:
+  """Each document's share of its list's softmax over CL scores (yes-logit / temperature).
+
+  For the CL weight this is the natural "probability": W_CL = -(1 - share) for a single positive
+  and W_CL = share for a negative, the same form as SFT's with P(yes) replaced by the share.
+  """
+  keys = np.char.add(examples["step"].astype(str), np.char.add("/", examples["query_id"]))
+  _, group = np.unique(keys, return_inverse=True)
+  scores = examples["cl_score"].astype(np.float64) / temperature
+  peak = np.full(group.max() + 1, -np.inf)
+  np.maximum.at(peak, group, scores)
+  exp = np.exp(scores - peak[group])
+  total = np.zeros(group.max() + 1)
+  np.add.at(total, group, exp)
+  return exp / total[group]
+
+
+def quantile_band(steps: np.ndarray, values: np.ndarray,
+                  q=(0.1, 0.5, 0.9)) -> tuple[np.ndarray, np.ndarray]:
+  """Per distinct step, the given quantiles of ``values``: (unique steps [S], quantiles [S, Q])."""
+  unique = np.unique(steps)
+  return unique, np.stack([np.quantile(values[steps == s], q) for s in unique])
+
+
+def save(fig, out_dir: str, name: str) -> list[str]:
+  """Writes ``<name>.png`` and ``<name>.pdf``; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for ext in ("png", "pdf"):
+    path = os.path.join(out_dir, f"{name}.{ext}")
+    fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
+    paths.append(path)
+  plt.close(fig)
+  return paths
+
+
+def iter_runs(sweep_dir: str) -> Iterator[tuple[int, dict, str]]:
+  """``(arm index, arm, workdir)`` for every run of a sweep."""
+  for index, arm in enumerate(arms(sweep_dir)):
+    for workdir in arm["runs"]:
+      yield index, arm, workdir
