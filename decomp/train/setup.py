@@ -85,13 +85,11 @@ def model_dir(cfg: config_lib.TrainConfig) -> str | None:
 
 
 def load_tokenizer(cfg: config_lib.TrainConfig, directory: str | None):
-  from transformers import AutoTokenizer
-  path = cfg.tokenizer or (directory if directory and os.path.exists(
-      os.path.join(directory, 'tokenizer.json')) else playground_tokenizer_dir())
-  try:
-    return AutoTokenizer.from_pretrained(path)
-  except Exception as e:
-    raise ValueError(f'could not load a tokenizer from {path}: {e}') from e
+  """``cfg.tokenizer``, else the model directory's tokenizer, else the playground's."""
+  from decomp.models.reranker import load_tokenizer as load
+  has_own = directory and any(os.path.exists(os.path.join(directory, f))
+                              for f in ('tokenizer.json', 'tokenizer_config.json'))
+  return load(cfg.tokenizer or (directory if has_own else playground_tokenizer_dir()))
 
 
 def decoder_config(cfg: config_lib.TrainConfig, vocab_size: int) -> DecoderConfig:
@@ -313,9 +311,10 @@ def _load_base(directory: str, cfg, mesh, rules, dtype, param_dtype):
       tensors = load_file(weights_path)
     except Exception as e:
       raise ValueError(f'{weights_path}: corrupt or unreadable ({e})') from e
-    base['multimodal'] = tensors
-    base['vision_config'] = VisionConfig(**meta['vision'])
-  return decoder.config, base
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    base['multimodal'] = {k: jax.device_put(v, replicated) for k, v in tensors.items()}
+    return decoder.config, VisionConfig(**meta['vision']), base
+  return decoder.config, None, base
 
 
 def build_model_state(cfg: config_lib.TrainConfig, mesh, data: PlaygroundData,
@@ -336,8 +335,7 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: PlaygroundData,
     dconfig = decoder_config(cfg, len(tokenizer))
     vconfig = vision_config(cfg) if cfg.vision else None
   else:
-    dconfig, base = _load_base(directory, cfg, mesh, rules, dtype, param_dtype)
-    vconfig = base.get('vision_config') if cfg.vision else None
+    dconfig, vconfig, base = _load_base(directory, cfg, mesh, rules, dtype, param_dtype)
     if cfg.vision and vconfig is None:
       vconfig = vision_config(cfg)  # a text checkpoint: a fresh ViT + projector
     if len(tokenizer) > dconfig.vocab_size:

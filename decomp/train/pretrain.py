@@ -1,0 +1,206 @@
+"""The base-checkpoint recipe: a short pre-training of a small backbone on the playground.
+
+Probing runs (like the paper's) fine-tune a *pretrained* LM, not random weights. This recipe
+trains the playground model (decoder + ViT + projector) with next-token prediction on the
+playground's descriptions and captions, images included: each sequence is an image (as its
+``image_tokens`` placeholders, replaced by projected ViT features) followed by its description,
+or a description alone. The loss covers the text tokens only.
+
+The result is saved in HF layout (decoder ``config.json`` + ``model.safetensors``, the tokenizer)
+plus ``multimodal.json`` / ``multimodal.safetensors`` (ViT and projector) and ``pretrain.json``
+(recipe and loss curve), under ``$DECOMP_CACHE/base-<hash>`` keyed by the recipe's fields: built
+once, reused afterwards; the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from decomp.data import types as data_types
+from decomp.models import hf
+from decomp.models.decoder import Decoder
+from decomp.models.reranker import Reranker, image_token_id, label_token_ids
+from decomp.models.vision import Projector, VisionEncoder, image_preprocess
+from decomp.train import config as config_lib
+from decomp.train import logs
+from decomp.train import setup as setup_lib
+from decomp.train import step as step_lib
+
+RECIPE_VERSION = 1
+# The TrainConfig fields that define a base checkpoint (its cache key).
+RECIPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size',
+                 'vision', 'vision_hidden_size', 'vision_layers', 'vision_heads', 'image_size',
+                 'patch_size', 'pretrain_steps', 'pretrain_learning_rate', 'pretrain_batch_size',
+                 'seed', 'playground', 'label_words')
+TEXT_TOKENS = 40  # description tokens per sequence (after the image placeholders)
+
+
+def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
+  """The JSON-able recipe of ``cfg``'s base checkpoint."""
+  out = {k: getattr(cfg, k) for k in RECIPE_FIELDS}
+  out['label_words'] = list(out['label_words'])
+  out['version'] = RECIPE_VERSION
+  return out
+
+
+def base_checkpoint(cfg: config_lib.TrainConfig, *, quiet: bool | None = None) -> str:
+  """The directory of ``cfg``'s pretrained base (built now if it is not cached)."""
+  spec = recipe(cfg)
+  path = os.path.join(setup_lib.cache_dir(), f'base-{config_lib.config_hash(spec)}')
+  quiet = cfg.quiet if quiet is None else quiet
+  return setup_lib._build_once(path, lambda d: build(cfg, d, quiet=quiet))
+
+
+def _pairs(group: data_types.Group) -> list[tuple[np.ndarray | None, str]]:
+  """(image or None, description) pairs of one group: captions of images, plain descriptions."""
+  positive = [i for i, label in enumerate(group.labels) if label > 0]
+  pairs = []
+  q = group.query
+  for doc in group.docs:
+    if doc.text:  # t2t / i2t documents, it2it image + caption
+      pairs.append((doc.image, doc.text))
+  if q.text and q.image is None:
+    if group.task in ('t2i',):  # the positive image is what the query describes
+      pairs.extend((group.docs[i].image, q.text) for i in positive)
+    else:
+      pairs.append((None, q.text))
+  if q.image is not None and group.task == 'i2t':
+    pairs.extend((q.image, group.docs[i].text) for i in positive)
+  return pairs
+
+
+class _Sequences:
+  """Deterministic stream of ``(input_ids, attention_mask, loss_mask, pixel_values,
+  image_valid)`` batches built from playground groups in index order."""
+
+  def __init__(self, cfg, tokenizer, image_tokens: int, vision_config):
+    from decomp.data.playground import Playground, PlaygroundConfig
+    options = {'seed': cfg.seed, 'image_size': cfg.image_size, **cfg.playground}
+    for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
+      if isinstance(options.get(key), list):
+        options[key] = tuple(options[key])
+    self.playground = Playground(PlaygroundConfig(**options))
+    self.tokenizer = tokenizer
+    self.image_tokens = image_tokens
+    self.vision_config = vision_config
+    self.image_id = image_token_id(tokenizer) if vision_config is not None else None
+    self.pad_id = tokenizer.pad_token_id
+    self.eos_id = tokenizer.eos_token_id
+    self.length = image_tokens + TEXT_TOKENS
+    self.image_size = cfg.image_size
+    self._buffer: list = []
+    self._next_group = 0
+
+  def batch(self, size: int) -> dict[str, np.ndarray]:
+    while len(self._buffer) < size:
+      group = self.playground.group('train', self._next_group)
+      self._next_group += 1
+      self._buffer.extend(_pairs(group))
+    items, self._buffer = self._buffer[:size], self._buffer[size:]
+    texts = self.tokenizer([text for _, text in items], add_special_tokens=False)['input_ids']
+    t = self.length
+    ids = np.full((size, t), self.pad_id, np.int32)
+    mask = np.zeros((size, t), np.int32)
+    loss_mask = np.zeros((size, t), np.float32)
+    pixels = np.zeros((size, 1, self.image_size, self.image_size, 3), np.float32)
+    valid = np.zeros((size, 1), bool)
+    images = []
+    for row, ((image, _), text_ids) in enumerate(zip(items, texts)):
+      prefix = []
+      if image is not None and self.vision_config is not None:
+        prefix = [self.image_id] * self.image_tokens
+        images.append((row, image))
+      seq = (prefix + list(text_ids)[:TEXT_TOKENS - 1] + [self.eos_id])[:t]
+      ids[row, :len(seq)] = seq
+      mask[row, :len(seq)] = 1
+      # Targets are the next tokens: predict every text token (and the eos) from its prefix.
+      loss_mask[row, max(len(prefix), 1) - 1:len(seq) - 1] = 1.0
+    if images:
+      processed = image_preprocess([im for _, im in images], mean=self.vision_config.image_mean,
+                                   std=self.vision_config.image_std, size=self.image_size)
+      for (row, _), pix in zip(images, processed):
+        pixels[row, 0] = pix
+        valid[row, 0] = True
+    out = {'input_ids': ids, 'attention_mask': mask, 'loss_mask': loss_mask}
+    if self.vision_config is not None:
+      out.update(pixel_values=pixels, image_valid=valid)
+    return out
+
+
+def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) -> dict[str, Any]:
+  """Pre-trains ``cfg``'s backbone and writes it to ``directory``; returns ``pretrain.json``."""
+  tokenizer = setup_lib.load_tokenizer(dataclasses.replace(cfg, tokenizer=''), None)
+  labels = label_token_ids(tokenizer, cfg.label_words)
+  dconfig = setup_lib.decoder_config(cfg, len(tokenizer))
+  vconfig = setup_lib.vision_config(cfg) if cfg.vision else None
+  image_id = image_token_id(tokenizer) if vconfig is not None else None
+  rngs = nnx.Rngs(cfg.seed)
+  decoder = Decoder(dconfig, rngs=rngs)
+  vision = VisionEncoder(vconfig, rngs=rngs) if vconfig is not None else None
+  projector = (Projector(vconfig.hidden_size, dconfig.hidden_size, rngs=rngs)
+               if vconfig is not None else None)
+  model = Reranker(decoder, labels, vision=vision, projector=projector, image_token_id=image_id,
+                   rngs=rngs)
+  graphdef, params = nnx.split(model)
+  tx, schedule = step_lib.make_optimizer(
+      peak=cfg.pretrain_learning_rate, steps=max(cfg.pretrain_steps, 1),
+      warmup_steps=max(cfg.pretrain_steps // 10, 1), end_factor=0.1, weight_decay=0.01,
+      b1=0.9, b2=0.98, clip_norm=1.0)
+  opt_state = tx.init(params)
+
+  def loss_fn(params, batch):
+    m = nnx.merge(graphdef, params)
+    if 'pixel_values' in batch:
+      embeds = m._embed_with_images(batch['input_ids'], batch['pixel_values'],
+                                    batch['image_valid'])
+      logits = m.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
+    else:
+      logits = m.decoder(batch['input_ids'], batch['attention_mask'])
+    targets = jnp.roll(batch['input_ids'], -1, axis=1)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    weight = batch['loss_mask']
+    return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  @jax.jit
+  def update(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  stream = _Sequences(cfg, tokenizer, vconfig.num_patches if vconfig else 0, vconfig)
+  losses = []
+  bar = None
+  if not quiet:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.pretrain_steps, desc='pretrain base', dynamic_ncols=True)
+  for _ in range(cfg.pretrain_steps):
+    params, opt_state, loss = update(params, opt_state, stream.batch(cfg.pretrain_batch_size))
+    losses.append(loss)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  losses = [float(x) for x in jax.device_get(losses)]
+  model = nnx.merge(graphdef, params)
+  hf.save_pretrained(model.decoder, directory)
+  tokenizer.save_pretrained(directory)
+  if vconfig is not None:
+    from safetensors.numpy import save_file
+    save_file(setup_lib.multimodal_tensors(model.vision, model.projector),
+              os.path.join(directory, setup_lib.MULTIMODAL_WEIGHTS))
+    logs.write_json_atomic(os.path.join(directory, setup_lib.MULTIMODAL_CONFIG),
+                           {'vision': dataclasses.asdict(vconfig), 'image_token_id': image_id,
+                            'projector': 'llava_mlp2x_gelu'})
+  info = {'recipe': recipe(cfg), 'losses': losses,
+          'parameters': int(sum(x.size for x in jax.tree.leaves(params)))}
+  logs.write_json_atomic(os.path.join(directory, 'pretrain.json'), info)
+  return info

@@ -1,0 +1,65 @@
+"""The base-checkpoint recipe: cached, deterministic, HF layout, and trainable from."""
+
+import json
+import os
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from decomp.models import hf
+from decomp.train import config as config_lib
+from decomp.train import logs
+from decomp.train import pretrain
+from decomp.train.loop import train
+
+
+def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch):
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+      'model=playground', 'pretrain_steps=30', 'pretrain_batch_size=16', 'quiet=true'])
+  monkeypatch.setenv('DECOMP_CACHE', str(tmp_path / 'cache_a'))
+  path = pretrain.base_checkpoint(cfg)
+  assert os.path.basename(path).startswith('base-')
+  assert {'config.json', 'model.safetensors', 'tokenizer.json', 'multimodal.json',
+          'multimodal.safetensors', 'pretrain.json'} <= set(os.listdir(path))
+  info = logs.read_json(os.path.join(path, 'pretrain.json'))
+  losses = np.asarray(info['losses'])
+  assert len(losses) == 30 and losses[-5:].mean() < losses[:5].mean() - 0.5, losses
+  # HF layout: the models' own loader reads it; the shape is the config's.
+  decoder = hf.load_pretrained(path)
+  assert (decoder.config.hidden_size, decoder.config.num_layers) == (cfg.hidden_size,
+                                                                      cfg.num_layers)
+  # Cached: a second call returns the same directory without building.
+  mtime = os.path.getmtime(os.path.join(path, 'model.safetensors'))
+  assert pretrain.base_checkpoint(cfg) == path
+  assert os.path.getmtime(os.path.join(path, 'model.safetensors')) == mtime
+  # Deterministic: a fresh cache with the same seed gives bit-identical weights.
+  monkeypatch.setenv('DECOMP_CACHE', str(tmp_path / 'cache_b'))
+  again = pretrain.base_checkpoint(cfg)
+  assert again != path and os.path.basename(again) == os.path.basename(path)
+  for name in ('model.safetensors', 'multimodal.safetensors'):
+    a, b = load_file(os.path.join(path, name)), load_file(os.path.join(again, name))
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+  # Fine-tuning starts from these weights: the trained run's frozen base equals the checkpoint.
+  workdir = str(tmp_path / 'run')
+  train(config_lib.apply_overrides(cfg, ['steps=2', 'finetune=lora', 'eval_every=0',
+                                          'final_eval=false', 'example_log_every=0']), workdir)
+  from decomp.train.checkpoint import load_state
+  state, _ = load_state(workdir)
+  saved = load_file(os.path.join(again, 'model.safetensors'))
+  embed = state['frozen']['decoder']['embed_tokens']['value']
+  np.testing.assert_array_equal(embed, saved['model.embed_tokens.weight'])
+  mm = load_file(os.path.join(again, 'multimodal.safetensors'))
+  np.testing.assert_array_equal(state['frozen']['projector']['linear_1']['kernel']['value'],
+                                mm['projector.linear_1.kernel'])
+  assert 'lora_a' in json.dumps(list(_paths(state['params'])))
+
+
+def _paths(tree, prefix=''):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _paths(v, f'{prefix}/{k}')
+  else:
+    yield prefix
