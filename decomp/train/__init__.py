@@ -1,12 +1,38 @@
 """The training engine: ``train(config, workdir)``, its config, logs and checkpoints.
 
 ``python -m decomp.train --workdir DIR [--config NAME_OR_FILE] [--set key=value ...]`` is the CLI.
+
+Modules: ``config`` (TrainConfig, presets, overrides, validate), ``mesh`` (device mesh),
+``setup`` (data sources, sharded model init), ``step`` (optimiser, jitted update / eval steps),
+``loop`` (``train``), ``evaluate`` (ranking metrics), ``logs`` (workdir files and readers),
+``checkpoint`` (Orbax), ``pretrain`` (the playground base-checkpoint recipe).
 """
 
-from decomp.train.config import TrainConfig, apply_overrides, from_file, get_config, validate
-from decomp.train.logs import read_evals, read_examples, read_steps
+import sys as _sys
+import types as _types
+
+from decomp.train.checkpoint import load_state
+from decomp.train.config import (TrainConfig, apply_overrides, from_file, get_config, to_dict,
+                                 validate)
+from decomp.train.logs import EXAMPLE_COLUMNS, STEP_KEYS, read_evals, read_examples, read_steps
+from decomp.train.loop import train
+from decomp.train.pretrain import base_checkpoint
 
 __all__ = [
-    'TrainConfig', 'apply_overrides', 'from_file', 'get_config', 'read_evals', 'read_examples',
-    'read_steps', 'validate',
+    'EXAMPLE_COLUMNS', 'STEP_KEYS', 'TrainConfig', 'apply_overrides', 'base_checkpoint',
+    'from_file', 'get_config', 'load_state', 'read_evals', 'read_examples', 'read_steps',
+    'to_dict', 'train', 'validate',
 ]
+
+
+
+class _CallableModule(_types.ModuleType):
+  """Makes the package itself callable, so ``decomp.train(config, workdir)`` runs training while
+  ``decomp.train.config`` & co. stay importable submodules (rebinding ``decomp.train`` to the
+  function would break ``import decomp.train.logs as logs``)."""
+
+  def __call__(self, config, workdir, **kwargs):
+    return train(config, workdir, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

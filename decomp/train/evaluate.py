@@ -58,7 +58,7 @@ class Evaluator:
     groups = self._groups_of(split, count)
     size = self.cfg.eval_batch_size
     procs, rank = jax.process_count(), jax.process_index()
-    n = self.data.eval_list_size
+    n = self.data.eval_list_size(groups)
     out = {'sft': [], 'cl': [], 'labels': [], 'where': []}
     for start in range(0, len(groups), size):
       chunk = list(groups[start:start + size])

@@ -1,7 +1,7 @@
 """From a TrainConfig to data and a sharded reranker state.
 
-* :func:`make_data` -> :class:`PlaygroundData`: deterministic batches by group index (each
-  process encodes only its rows), evaluation groups, and the per-example ids.
+* :func:`make_data` -> :class:`GroupData` over the playground or MRB-style JSONL: deterministic
+  batches by group index (each process encodes only its rows), evaluation groups, per-example ids.
 * :func:`build_model_state` -> :class:`ModelState`: the reranker split into ``graphdef``,
   trainable ``params`` and ``frozen`` state, created directly sharded
   (``nnx.eval_shape`` -> shardings from logical names -> ``jit(init, out_shardings=...)``).
@@ -115,15 +115,19 @@ def vision_config(cfg: config_lib.TrainConfig) -> VisionConfig:
 # --- data --------------------------------------------------------------------------------------------
 
 
-def _take_negatives(group: data_types.Group, negatives: int) -> data_types.Group:
-  """The group's positives and its first ``negatives`` negatives (list order is random)."""
-  keep, seen = [], 0
+def _take_negatives(group: data_types.Group, negatives: int,
+                    positives: int | None = None) -> data_types.Group:
+  """The group's first ``positives`` positives (all when None) and first ``negatives``
+  negatives, in list order (which the data sources randomise)."""
+  keep, seen_neg, seen_pos = [], 0, 0
   for i, label in enumerate(group.labels):
     if label > 0:
+      if positives is None or seen_pos < positives:
+        keep.append(i)
+        seen_pos += 1
+    elif seen_neg < negatives:
       keep.append(i)
-    elif seen < negatives:
-      keep.append(i)
-      seen += 1
+      seen_neg += 1
   pick = lambda seq: tuple(seq[i] for i in keep)
   return dataclasses.replace(group, docs=pick(group.docs), labels=pick(group.labels),
                              doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds))
@@ -148,10 +152,10 @@ def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, 
           'doc_id': as_str(doc_id), 'doc_kind': as_str(doc_kind), 'label': label, 'where': where}
 
 
-class PlaygroundData:
-  """Training and evaluation batches of the playground for one config and tokenizer."""
+class PlaygroundSource:
+  """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
 
-  def __init__(self, cfg: config_lib.TrainConfig, tokenizer=None):
+  def __init__(self, cfg: config_lib.TrainConfig):
     from decomp.data.playground import Playground, PlaygroundConfig
     options = {'seed': cfg.seed, 'image_size': cfg.image_size, **cfg.playground}
     fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
@@ -162,9 +166,77 @@ class PlaygroundData:
       if isinstance(options.get(key), list):
         options[key] = tuple(options[key])
     self.playground = Playground(PlaygroundConfig(**options))
-    self.cfg = cfg
-    self.tokenizer = tokenizer
     self.max_negatives = self.playground.config.negatives
+
+  def train_group(self, index: int) -> data_types.Group:
+    return self.playground.group('train', index)
+
+  def split_groups(self, split: str, count: int) -> list[data_types.Group]:
+    total = self.playground.num_groups(split)
+    count = total if not count else min(count, total)
+    # The playground cycles through tasks by index, so a prefix covers every task.
+    return self.playground.groups(split, 0, count)
+
+
+class JsonlSource:
+  """MRB-style JSONL (``decomp.data.mrb``): ``<dir>/train.jsonl``, ``val.jsonl``, ``test.jsonl``.
+
+  Whole files are read once; documents are shuffled per row with the seed (ties in scores must
+  not favour the positives). Training visits the train groups epoch by epoch, each epoch in a
+  seeded permutation, so group ``index`` is a pure function of (seed, index) as on the playground.
+  """
+
+  SPLIT_FILES = {'train': 'train.jsonl', 'val': 'val.jsonl', 'test': 'test.jsonl'}
+
+  def __init__(self, cfg: config_lib.TrainConfig):
+    from decomp.data import mrb
+    self.directory = cfg.data
+    self.seed = cfg.seed
+    self._load = lambda path: mrb.load_jsonl(
+        path, image_size=cfg.image_size if cfg.vision else None, load_images=cfg.vision,
+        shuffle_seed=cfg.seed)[0]
+    self._splits: dict[str, list[data_types.Group]] = {}
+    train = self._split('train')
+    if not train:
+      raise ValueError(f'{self._path("train")} holds no groups')
+    self.max_negatives = min(sum(1 for label in g.labels if label <= 0) for g in train)
+
+  def _path(self, split: str) -> str:
+    return os.path.join(self.directory, self.SPLIT_FILES[split])
+
+  def _split(self, split: str) -> list[data_types.Group]:
+    if split not in self._splits:
+      path = self._path(split)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'config data={self.directory!r}: {path} does not exist')
+      self._splits[split] = self._load(path)
+    return self._splits[split]
+
+  def train_group(self, index: int) -> data_types.Group:
+    groups = self._split('train')
+    epoch, offset = divmod(index, len(groups))
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
+    return groups[order[offset]]
+
+  def split_groups(self, split: str, count: int) -> list[data_types.Group]:
+    groups = self._split(split)
+    return list(groups if not count else groups[:count])
+
+
+class GroupData:
+  """Training and evaluation batches of a group source for one config and tokenizer.
+
+  Training lists hold one positive and ``cfg.negatives`` negatives (``list_size``); evaluation
+  lists keep every candidate (or ``eval_list_size``).
+  """
+
+  def __init__(self, cfg: config_lib.TrainConfig, source):
+    self.cfg = cfg
+    self.source = source
+    self.max_negatives = source.max_negatives
+    self.tokenizer = None
+    self.image_tokens = 0
+    self.vision = None
 
   def attach(self, tokenizer, *, image_tokens: int, vision: VisionConfig | None) -> None:
     self.tokenizer = tokenizer
@@ -191,39 +263,40 @@ class PlaygroundData:
     """This process's share of the global batch of groups ``start .. start+count-1``."""
     local = count // process_count
     first = start + process_index * local
-    groups = [_take_negatives(g, self.cfg.negatives)
-              for g in self.playground.groups('train', first, local)]
+    groups = [_take_negatives(self.source.train_group(i), self.cfg.negatives, positives=1)
+              for i in range(first, first + local)]
     return self.encode(groups, self.cfg.list_size), group_meta(groups, self.cfg.list_size)
 
   def eval_groups(self, split: str, count: int) -> list[data_types.Group]:
     """The first ``count`` groups of a split (0: all), candidates cut to ``eval_list_size``."""
-    total = self.playground.num_groups(split)
-    count = total if not count else min(count, total)
-    # Interleave tasks: the playground cycles tasks by index, so a prefix covers all of them.
-    groups = self.playground.groups(split, 0, count)
+    groups = self.source.split_groups(split, count)
     if self.cfg.eval_list_size:
-      groups = [_take_negatives(g, self.cfg.eval_list_size - 1) for g in groups]
+      groups = [_take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
     return groups
 
-  @property
-  def eval_list_size(self) -> int:
-    return self.cfg.eval_list_size or self.playground.config.list_size
+  @staticmethod
+  def eval_list_size(groups: Sequence[data_types.Group]) -> int:
+    return max(len(g.docs) for g in groups)
 
 
 def _drop_images(group: data_types.Group) -> data_types.Group:
   """Text-only models read image items by their caption; pure images become a placeholder."""
   def strip(item):
-    if item.image is None:
+    if item.image is None and not getattr(item, 'image_path', None):
       return item
     return data_types.Item(text=item.text or 'image')
   return dataclasses.replace(group, query=strip(group.query),
                              docs=tuple(strip(d) for d in group.docs))
 
 
-def make_data(cfg: config_lib.TrainConfig) -> PlaygroundData:
-  if cfg.data != 'playground':
-    raise ValueError(f'config data={cfg.data!r}: only "playground" is wired into train() so far')
-  return PlaygroundData(cfg)
+def make_data(cfg: config_lib.TrainConfig) -> GroupData:
+  """The config's data: the playground, or a directory of MRB-style JSONL splits."""
+  if cfg.data == 'playground':
+    return GroupData(cfg, PlaygroundSource(cfg))
+  if os.path.isdir(cfg.data):
+    return GroupData(cfg, JsonlSource(cfg))
+  raise ValueError(f'config data={cfg.data!r}: expected "playground" or a directory with '
+                   'train.jsonl / val.jsonl / test.jsonl')
 
 
 # --- model -------------------------------------------------------------------------------------------
@@ -317,7 +390,7 @@ def _load_base(directory: str, cfg, mesh, rules, dtype, param_dtype):
   return decoder.config, None, base
 
 
-def build_model_state(cfg: config_lib.TrainConfig, mesh, data: PlaygroundData,
+def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
                       *, directory: str | None | bool = False) -> ModelState:
   """The reranker of ``cfg`` as sharded ``params``/``frozen`` states on ``mesh``.
 

@@ -201,3 +201,28 @@ def test_checkpoint_round_trip_with_shardings(tmp_path):
   with ckpt_lib.Checkpoints(str(tmp_path)) as ckpts:
     with pytest.raises(ValueError, match='checkpoints/15 could not be restored'):
       ckpts.restore(abstract)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+  from decomp.train.__main__ import main, parse_args
+  args = parse_args(['--workdir', 'w', '--set', 'steps=3', 'weight=cl', '--set', 'seed=2',
+                     '--quiet'])
+  assert args.overrides == [['steps=3', 'weight=cl'], ['seed=2']] and args.quiet
+  assert main(['--workdir', str(tmp_path / 'w'), '--set', 'stpes=3']) == 2
+  assert "unknown config key 'stpes'; did you mean steps" in capsys.readouterr().err
+  assert main(['--workdir', str(tmp_path / 'w'), '--config', 'nope']) == 2
+  assert not (tmp_path / 'w').exists()
+
+
+def test_package_is_callable_and_keeps_submodules(tmp_path):
+  import decomp
+  import decomp.train as package
+  import decomp.train.logs as logs_module
+  from decomp.train.loop import train
+  assert package.train is train and logs_module is logs
+  assert decomp.train is package and callable(decomp.train)
+  with pytest.raises(ValueError, match="unknown weight 'nope'"):  # delegates to train()
+    decomp.train(config_lib.apply_overrides(config_lib.TrainConfig(), ['weight=nope']),
+                 str(tmp_path / 'w'))

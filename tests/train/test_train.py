@@ -214,3 +214,28 @@ def test_kill_and_resume_is_exact(tmp_path):
   assert set(ref_ex) == set(got_ex)
   for key in ref_ex:
     np.testing.assert_array_equal(got_ex[key], ref_ex[key], err_msg=key)
+
+
+def test_trains_on_mrb_jsonl(tmp_path):
+  """A directory of MRB-style JSONL splits (two positives per query) trains and evaluates."""
+  from decomp.data import mrb
+  from decomp.data.playground import Playground, PlaygroundConfig
+  world = Playground(PlaygroundConfig(seed=3, positives=2, negatives=5, tasks=('t2t', 'i2t')))
+  data_dir = tmp_path / 'mrb'
+  data_dir.mkdir()
+  for split, count in (('train', 12), ('val', 4), ('test', 6)):
+    mrb.write_jsonl(world.groups(split, 0, count), str(data_dir / f'{split}.jsonl'))
+  workdir = str(tmp_path / 'run')
+  results = train(quick(*LEAN, f'data={data_dir}', 'steps=3', 'negatives=3', 'final_eval=true',
+                        'test_groups=0', 'example_log_every=1'), workdir)
+  assert results['test']['num_queries'] == 6
+  per_task = results['test']['sft']['per_task']
+  assert set(per_task) == {'t2t', 'i2t'}
+  examples = logs.read_examples(workdir)
+  # Training lists: one positive and 3 negatives per group; 12 groups cycle in seeded epochs.
+  assert len(examples['step']) == 3 * 8 * 4
+  assert (examples['label'].reshape(-1, 4).sum(axis=1) == 1).all()
+  first_epoch = examples['query_id'][examples['step'] <= 1]
+  assert len(set(first_epoch)) == 8 and set(first_epoch) <= {f'train-{i}' for i in range(12)}
+  with pytest.raises(ValueError, match='offers only 5 negatives'):
+    train(quick(*LEAN, f'data={data_dir}', 'negatives=6'), str(tmp_path / 'bad'))
