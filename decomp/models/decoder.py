@@ -52,10 +52,11 @@ class Linear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [..., in] -> [..., out] in the compute dtype."""
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
-    return y
+    return y.reshape(lead + (y.shape[-1],))
 
 
 class RMSNorm(nnx.Module):
