@@ -18,7 +18,8 @@ from decomp.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Text-only, no evaluation: the cheapest compile, for the equivalence tests.
-LEAN = ['vision=false', 'eval_every=0', 'final_eval=false', 'quiet=true', 'example_log_every=0']
+LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'quiet=true',
+        'example_log_every=0']
 
 
 def quick(*overrides):
