@@ -248,7 +248,9 @@ class Decoder(nnx.Module):
                inputs_embeds: jax.Array | None = None) -> jax.Array:
     """Full-vocabulary logits [B, T, V] in the compute dtype."""
     h = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds)
-    return jnp.einsum('btd,vd->btv', h, self._lm_head_matrix().astype(self.dtype))
+    b, t, d = h.shape
+    logits = jnp.einsum('nd,vd->nv', h.reshape(b * t, d), self._lm_head_matrix().astype(self.dtype))
+    return logits.reshape(b, t, -1)
 
   def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
     """LM-head rows [K, d] (compute dtype) of token_ids [K]: those tokens' logits are h @ rows.T."""
