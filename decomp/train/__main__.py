@@ -13,7 +13,8 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m decomp.train', description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m decomp.train',
+                                   description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='run directory (created; resumed if it '
                       'holds checkpoints)')
   parser.add_argument('--config', default='playground',

@@ -60,21 +60,21 @@ class TrainConfig:
   pretrain_batch_size: int = 32  # sequences per pre-training step
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
 
-  # --- what is trained -----------------------------------------------------------------------------
+  # --- what is trained ----------------------------------------------------------------------------
   finetune: str = 'lora'  # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only)
   lora_rank: int = 16  # LoRA rank
   lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / rank)
   lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj')  # adapted projections
   train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
 
-  # --- objective -----------------------------------------------------------------------------------
+  # --- objective ----------------------------------------------------------------------------------
   weight: Any = 'sft'  # weight W: name in WEIGHT_NAMES or callable
   direction: Any = 'sft'  # direction D: name in DIRECTION_NAMES or callable
   weight_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {'tau': 0.1} for tau_mask
   direction_kwargs: dict = dataclasses.field(default_factory=dict)  # extra direction arguments
   temperature: float = 1.0  # InfoNCE temperature for the CL weight / score
 
-  # --- data ----------------------------------------------------------------------------------------
+  # --- data ---------------------------------------------------------------------------------------
   data: str = 'playground'  # 'playground' or a directory of MRB-style JSONL
   playground: dict = dataclasses.field(default_factory=dict)  # PlaygroundConfig overrides
   negatives: int = 4  # negatives per training group (list size = 1 + negatives)
@@ -85,7 +85,7 @@ class TrainConfig:
   eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
   eval_batch_size: int = 16  # groups per evaluation forward pass
 
-  # --- optimiser -----------------------------------------------------------------------------------
+  # --- optimiser ----------------------------------------------------------------------------------
   steps: int = 200  # optimiser steps
   learning_rate: float = 1e-3  # peak learning rate (AdamW)
   warmup_steps: int = 10  # linear warm-up steps
@@ -95,7 +95,7 @@ class TrainConfig:
   b2: float = 0.999  # AdamW beta2
   clip_norm: float = 1.0  # global gradient-norm clip (0 = off)
 
-  # --- numerics and parallelism --------------------------------------------------------------------
+  # --- numerics and parallelism -------------------------------------------------------------------
   dtype: str = 'float32'  # activation dtype
   param_dtype: str = 'float32'  # parameter dtype
   mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'model': 1})  # axis -> size
@@ -103,7 +103,7 @@ class TrainConfig:
   num_devices: int = 0  # use the first num_devices devices (0 = all)
   seed: int = 0  # everything (init, data order, dropout) derives from it
 
-  # --- logging, evaluation, checkpoints ------------------------------------------------------------
+  # --- logging, evaluation, checkpoints -----------------------------------------------------------
   log_every: int = 1  # steps between lines of steps.jsonl
   example_log_every: int = 10  # steps between per-example log rows (0 = off)
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
@@ -364,8 +364,8 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   for key in ('steps', 'batch_size', 'max_length', 'eval_batch_size', 'keep_checkpoints'):
     if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
       bad(key, 'must be a positive integer')
-  for key in ('num_devices', 'log_every', 'example_log_every', 'eval_every', 'checkpoint_every', 'warmup_steps',
-              'eval_groups', 'test_groups', 'eval_list_size', 'pretrain_steps'):
+  for key in ('num_devices', 'log_every', 'example_log_every', 'eval_every', 'checkpoint_every',
+              'warmup_steps', 'eval_groups', 'test_groups', 'eval_list_size', 'pretrain_steps'):
     if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
       bad(key, 'must be a non-negative integer')
   if not isinstance(cfg.negatives, int) or cfg.negatives < 1:

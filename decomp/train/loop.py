@@ -35,8 +35,9 @@ from decomp.train import mesh as mesh_lib
 from decomp.train import setup as setup_lib
 from decomp.train import step as step_lib
 
-# Config keys that may differ between a run and its resumption (they change no computed value).
-RESUMABLE_CHANGES = ('quiet', 'steps', 'eval_every', 'log_every', 'example_log_every',
+# Config keys that may differ between a run and its resumption: they change no trained value.
+# (``steps`` is not among them: it sets the learning-rate schedule of every step.)
+RESUMABLE_CHANGES = ('quiet', 'eval_every', 'log_every', 'example_log_every',
                      'checkpoint_every', 'keep_checkpoints', 'test_groups', 'eval_groups',
                      'final_eval', 'name')
 
@@ -152,6 +153,8 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   if latest is not None:
     state, meta = checkpoints.restore(ckpt_lib.abstract_like(state), latest)
     start = int(meta['step'])
+    if start > cfg.steps:
+      raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.steps}')
     if meta.get('data_index') != start * cfg.batch_size:
       raise ValueError(f'checkpoint {latest} of {workdir}: data_index {meta.get("data_index")} '
                        f'does not match step {start} x batch {cfg.batch_size}')

@@ -112,7 +112,7 @@ def vision_config(cfg: config_lib.TrainConfig) -> VisionConfig:
                       image_size=cfg.image_size, patch_size=cfg.patch_size)
 
 
-# --- data --------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 def _take_negatives(group: data_types.Group, negatives: int,
@@ -143,7 +143,8 @@ def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, 
   where = np.zeros((b, list_size), bool)
   for i, g in enumerate(groups):
     k = len(g.docs)
-    doc_id[i, :k], doc_kind[i, :k], label[i, :k], where[i, :k] = g.doc_ids, g.doc_kinds, g.labels, True
+    doc_id[i, :k], doc_kind[i, :k] = g.doc_ids, g.doc_kinds
+    label[i, :k], where[i, :k] = g.labels, True
   as_str = lambda a: np.asarray(a.tolist(), dtype=str)
   return {'query_id': np.asarray([g.query_id for g in groups], dtype=str),
           'task': np.asarray([g.task for g in groups], dtype=str),
@@ -299,7 +300,7 @@ def make_data(cfg: config_lib.TrainConfig) -> GroupData:
                    'train.jsonl / val.jsonl / test.jsonl')
 
 
-# --- model -------------------------------------------------------------------------------------------
+# --- model ----------------------------------------------------------------------------------------
 
 
 def rules_for(layout: str) -> Mapping[str, Any]:

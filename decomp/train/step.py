@@ -178,7 +178,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return step_fn
 
 
-def make_eval_step(graphdef: nnx.GraphDef, *, readout: Callable[[nnx.Module, Batch, bool], Readout]):
+def make_eval_step(graphdef: nnx.GraphDef, *,
+                   readout: Callable[[nnx.Module, Batch, bool], Readout]):
   """``(params, frozen, batch) -> {'sft': z_y - z_n, 'cl': z_y}`` ranking scores ``[B, n]``.
 
   The SFT score P(yes) = sigmoid(z_y - z_n) ranks like its logit, which does not saturate.

@@ -16,7 +16,7 @@ from decomp.train import logs
 from decomp.train import mesh as mesh_lib
 
 
-# --- config ----------------------------------------------------------------------------------------
+# --- config ---------------------------------------------------------------------------------------
 
 def test_overrides_coerce_types():
   cfg = config_lib.get_config('playground_quick')
@@ -96,7 +96,7 @@ def test_validate_accepts_presets_and_callables():
   assert weight_fn.keywords == {'temperature': 0.5}
 
 
-# --- logs ------------------------------------------------------------------------------------------
+# --- logs -----------------------------------------------------------------------------------------
 
 def test_step_log_survives_torn_line_and_truncates(tmp_path):
   workdir = str(tmp_path)
@@ -150,7 +150,7 @@ def test_disabled_loggers_write_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-# --- mesh ------------------------------------------------------------------------------------------
+# --- mesh -----------------------------------------------------------------------------------------
 
 def test_mesh_shapes():
   assert jax.device_count() == 8
@@ -171,7 +171,7 @@ def test_mesh_shapes():
   assert mesh_lib.batch_sharding(mesh_fsdp).spec == P(('data', 'fsdp'))
 
 
-# --- checkpoints -----------------------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------
 
 def test_checkpoint_round_trip_with_shardings(tmp_path):
   mesh = mesh_lib.make_mesh({'data': 4, 'model': 2})
@@ -203,7 +203,7 @@ def test_checkpoint_round_trip_with_shardings(tmp_path):
       ckpts.restore(abstract)
 
 
-# --- CLI -------------------------------------------------------------------------------------------
+# --- CLI ------------------------------------------------------------------------------------------
 
 def test_cli_reports_bad_config(tmp_path, capsys):
   from decomp.train.__main__ import main, parse_args

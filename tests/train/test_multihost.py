@@ -14,8 +14,8 @@ from decomp.train import logs
 from decomp.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OVERRIDES = ['vision=false', 'num_layers=1', 'steps=4', 'checkpoint_every=2', 'eval_every=2', 'eval_groups=8',
-             'test_groups=8', 'example_log_every=2', 'quiet=true']
+OVERRIDES = ['vision=false', 'num_layers=1', 'steps=4', 'checkpoint_every=2', 'eval_every=2',
+             'eval_groups=8', 'test_groups=8', 'example_log_every=2', 'quiet=true']
 
 
 def _free_port() -> int:
