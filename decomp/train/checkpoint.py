@@ -37,7 +37,7 @@ class Checkpoints:
         # A killed run can leave a half-written step directory behind; remove it on start.
         cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'meta'))
+        self.directory, options=options, item_handlers=_handlers())
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or None."""
@@ -64,6 +64,8 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    _check_matches(os.path.join(self.directory, str(step)),
+                   self._manager.item_metadata(step)['state'], abstract_state)
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(
@@ -90,6 +92,34 @@ class Checkpoints:
     self.close()
 
 
+def _handlers() -> dict:
+  return {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+
+
+def _key_name(path) -> str:
+  """'params/decoder/embed_tokens/value' for dict keys, attributes and sequence indices alike
+  (Orbax stores an nnx Variable's ``.value`` attribute as a dict key)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def _check_matches(path: str, metadata: Any, abstract_state: Any) -> None:
+  """Names the first array whose saved shape/dtype differs from the restore target."""
+  if metadata is None:
+    raise ValueError(f'checkpoint {path} has no array metadata (corrupt or not a decomp '
+                     'checkpoint)')
+  saved = {_key_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(
+      getattr(metadata, 'tree', metadata),
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))[0]}
+  for key, want in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    name = _key_name(key)
+    got = saved.get(name)
+    if got is None:
+      raise ValueError(f'checkpoint {path} has no array {name} (written by a different config?)')
+    if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
+      raise ValueError(f'checkpoint {path}: array {name} is {got.dtype}{list(got.shape)}, the run '
+                       f'expects {want.dtype}{list(want.shape)} (written by a different config?)')
+
+
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
   return jax.tree.map(
@@ -106,8 +136,7 @@ def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+  with ocp.CheckpointManager(directory, options=options, item_handlers=_handlers()) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
