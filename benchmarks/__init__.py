@@ -1,0 +1,1 @@
+"""Benchmarks against a PyTorch reference (not part of the test suite)."""
