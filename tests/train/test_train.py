@@ -172,7 +172,7 @@ def test_sharded_matches_single_device(tmp_path):
 def test_kill_and_resume_is_exact(tmp_path):
   """SIGKILL a CLI run after its first checkpoint; `train` on the same workdir must finish with
   bit-identical parameters and step log to an uninterrupted run."""
-  overrides = [*LEAN, 'steps=30', 'checkpoint_every=3', 'example_log_every=1']
+  overrides = [*LEAN, 'steps=40', 'checkpoint_every=3', 'example_log_every=1']
   reference = str(tmp_path / 'reference')
   train(quick(*overrides), reference)
 
@@ -200,7 +200,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     proc.wait()
   logged = [r['step'] for r in logs.read_steps(killed)]
   latest = ckpt_lib.Checkpoints(killed).latest_step()
-  assert latest is not None and latest < logged[-1] < 30, (latest, logged[-1])
+  assert latest is not None and latest < logged[-1] < 40, (latest, logged[-1])
 
   train(quick(*overrides), killed)
 
