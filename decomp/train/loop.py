@@ -140,18 +140,27 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
       end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
       b2=cfg.b2, clip_norm=cfg.clip_norm)
 
-  # State shardings: params/frozen from the logical names, optimizer state mirrors params.
+  # The whole train state as shapes + shardings (nothing allocated yet): params/frozen from the
+  # models' logical names, the optimizer state mirroring the params.
   opt_shardings = setup_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
   replicated = mesh_lib.replicated(mesh)
-  init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
-  state = {'params': run.params, 'frozen': run.frozen, 'opt_state': init_opt(run.params),
-           'rng': jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), replicated)}
+  key_data = jax.random.key_data(jax.random.key(cfg.seed))
+  abstract = {
+      'params': run.params, 'frozen': run.frozen,
+      'opt_state': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                jax.eval_shape(tx.init, run.params), opt_shardings),
+      'rng': jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=replicated)}
 
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
   start = 0
   latest = checkpoints.latest_step()
-  if latest is not None:
-    state, meta = checkpoints.restore(ckpt_lib.abstract_like(state), latest)
+  if latest is None:  # a fresh run: create the state directly sharded
+    params, frozen = run.initialize()
+    state = {'params': params, 'frozen': frozen,
+             'opt_state': jax.jit(tx.init, out_shardings=opt_shardings)(params),
+             'rng': jax.device_put(key_data, replicated)}
+  else:  # resume: restore straight into the sharded layout, no initialisation
+    state, meta = checkpoints.restore(abstract, latest)
     start = int(meta['step'])
     if start > cfg.steps:
       raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.steps}')

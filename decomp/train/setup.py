@@ -34,6 +34,7 @@ from decomp.models.reranker import Reranker, encode_groups, image_token_id, labe
 from decomp.models.vision import Projector, VisionConfig, VisionEncoder
 from decomp.readout import Readout
 from decomp.train import config as config_lib
+from decomp.train import logs
 
 MULTIMODAL_CONFIG = 'multimodal.json'
 MULTIMODAL_WEIGHTS = 'multimodal.safetensors'
@@ -324,10 +325,12 @@ def trainable(cfg: config_lib.TrainConfig):
 
 @dataclasses.dataclass
 class ModelState:
-  """A sharded reranker, split for functional training.
+  """A reranker split for functional training, before any weight is allocated.
 
-  ``params`` (trainable) and ``frozen`` are ``nnx.State`` of jax arrays; ``graphdef`` rebuilds the
-  :class:`Reranker` with ``nnx.merge(graphdef, params, frozen)``.
+  ``params`` (trainable) and ``frozen`` are ``nnx.State`` of ``jax.ShapeDtypeStruct`` with their
+  shardings (restore targets); ``initialize()`` creates the real, sharded states (random init
+  and/or pretrained weights). ``graphdef`` rebuilds the :class:`Reranker` with
+  ``nnx.merge(graphdef, params, frozen)``.
   """
   graphdef: Any
   params: Any
@@ -336,6 +339,7 @@ class ModelState:
   frozen_shardings: Any
   tokenizer: Any
   rules: Mapping[str, Any]
+  initialize: Callable[[], tuple[Any, Any]]
 
   @staticmethod
   def readout(model: Reranker, batch: Mapping[str, jax.Array], log_normalizer: bool) -> Readout:
@@ -368,27 +372,38 @@ class ModelState:
     return direction == 'cl_logprob' or callable(direction)
 
 
-def _load_base(directory: str, cfg, mesh, rules, dtype, param_dtype):
-  """Pretrained weights of a base-checkpoint directory, already sharded: decoder state and,
-  when present, the multimodal (ViT + projector) state."""
+def _base_configs(directory: str, cfg) -> tuple[DecoderConfig, VisionConfig | None]:
+  """Shapes of a base-checkpoint directory, read from its JSON files (no weights loaded)."""
+  from decomp.models import hf
+  dconfig = hf.read_config(directory)
+  mm_config = os.path.join(directory, MULTIMODAL_CONFIG)
+  if not (cfg.vision and os.path.exists(mm_config)):
+    return dconfig, None
+  meta = logs.read_json(mm_config)
+  try:
+    return dconfig, VisionConfig(**meta['vision'])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'{mm_config}: bad vision config ({e})') from None
+
+
+def _load_base(directory: str, cfg, mesh, rules, dtype, param_dtype,
+               multimodal: bool) -> dict[str, Any]:
+  """Pretrained weights of a base-checkpoint directory, already on ``mesh``: the decoder's nnx
+  state and, with ``multimodal``, the ViT + projector tensors (replicated)."""
   from decomp.models import hf
   decoder = hf.load_pretrained(directory, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
                                rules=rules)
   base = {'decoder': nnx.state(decoder)}
-  mm_config = os.path.join(directory, MULTIMODAL_CONFIG)
-  if cfg.vision and os.path.exists(mm_config):
+  if multimodal:
     from safetensors.numpy import load_file
-    with open(mm_config) as f:
-      meta = json.load(f)
     weights_path = os.path.join(directory, MULTIMODAL_WEIGHTS)
     try:
       tensors = load_file(weights_path)
     except Exception as e:
-      raise ValueError(f'{weights_path}: corrupt or unreadable ({e})') from e
+      raise ValueError(f'{weights_path}: missing, corrupt or unreadable ({e})') from e
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     base['multimodal'] = {k: jax.device_put(v, replicated) for k, v in tensors.items()}
-    return decoder.config, VisionConfig(**meta['vision']), base
-  return decoder.config, None, base
+  return base
 
 
 def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
@@ -404,12 +419,13 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
   rules = rules_for(cfg.layout)
   tokenizer = load_tokenizer(cfg, directory)
   labels = label_token_ids(tokenizer, cfg.label_words)
-  base = None
+  pretrained_vision = False
   if directory is None:
     dconfig = decoder_config(cfg, len(tokenizer))
     vconfig = vision_config(cfg) if cfg.vision else None
   else:
-    dconfig, vconfig, base = _load_base(directory, cfg, mesh, rules, dtype, param_dtype)
+    dconfig, vconfig = _base_configs(directory, cfg)
+    pretrained_vision = vconfig is not None
     if cfg.vision and vconfig is None:
       vconfig = vision_config(cfg)  # a text checkpoint: a fresh ViT + projector
     if len(tokenizer) > dconfig.vocab_size:
@@ -433,7 +449,7 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
       vision = VisionEncoder(vconfig, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
       projector = Projector(vconfig.hidden_size, dconfig.hidden_size, dtype=dtype,
                             param_dtype=param_dtype, rngs=rngs)
-      if base is not None and 'multimodal' in base:
+      if base is not None and base.get('multimodal') is not None:
         _assign_multimodal(vision, projector, base['multimodal'])
     model = Reranker(decoder, labels, vision=vision, projector=projector,
                      image_token_id=image_id, projection_direction=projection, rngs=rngs)
@@ -453,9 +469,18 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
                      'nothing to train')
   params_sh = sharding_lib.model_shardings(abs_params, mesh, rules)
   frozen_sh = sharding_lib.model_shardings(abs_frozen, mesh, rules)
-  params, frozen = jax.jit(init, out_shardings=(params_sh, frozen_sh))(base)
-  return ModelState(graphdef=graphdef, params=params, frozen=frozen, params_shardings=params_sh,
-                    frozen_shardings=frozen_sh, tokenizer=tokenizer, rules=rules)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+  def initialize():
+    base = None
+    if directory is not None:
+      base = _load_base(directory, cfg, mesh, rules, dtype, param_dtype, pretrained_vision)
+    return jax.jit(init, out_shardings=(params_sh, frozen_sh))(base)
+
+  return ModelState(graphdef=graphdef, params=jax.tree.map(with_sharding, abs_params, params_sh),
+                    frozen=jax.tree.map(with_sharding, abs_frozen, frozen_sh),
+                    params_shardings=params_sh, frozen_shardings=frozen_sh, tokenizer=tokenizer,
+                    rules=rules, initialize=initialize)
 
 
 def multimodal_tensors(vision: VisionEncoder, projector: Projector) -> dict[str, np.ndarray]:

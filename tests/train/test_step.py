@@ -25,6 +25,8 @@ def model_and_batch():
   mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
   data = setup_lib.make_data(cfg)
   run = setup_lib.build_model_state(cfg, mesh, data)
+  params, frozen = run.initialize()
+  run = dataclasses.replace(run, params=params, frozen=frozen)
   arrays, meta = data.train_batch(0, cfg.batch_size)
   batch = {k: jnp.asarray(v) for k, v in arrays.items()}
   return cfg, run, batch
