@@ -48,19 +48,28 @@ def cache_dir() -> str:
 
 
 def _build_once(path: str, build: Callable[[str], Any]) -> str:
-  """Builds ``path`` (a directory) once: into a temporary sibling, then an atomic rename, so
-  concurrent processes and killed builds never leave a half-written directory behind."""
+  """Builds ``path`` (a directory) once: into a temporary sibling, then an atomic rename, so a
+  killed build never leaves a half-written directory behind. Concurrent callers (parallel runs
+  of a sweep, the processes of a multi-host run) wait on a lock file and reuse the result."""
+  import fcntl
+  import shutil
   if os.path.isdir(path):
     return path
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(path) + '.')
-  build(tmp)
-  try:
-    os.rename(tmp, path)
-  except OSError:  # another process finished first
-    import shutil
-    shutil.rmtree(tmp, ignore_errors=True)
+  with open(path + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder exits, even if killed
+    try:
+      if os.path.isdir(path):
+        return path
+      tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(path) + '.')
+      try:
+        build(tmp)
+        os.rename(tmp, path)
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return path
 
 
