@@ -230,6 +230,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
         pending = None
         validation = {'step': step, **evaluator.run('val', params, frozen, cfg.eval_groups)}
         eval_log.log(validation)
+        last_time = time.perf_counter()  # throughput counts training only
       if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
         if pending is not None:
           finish(pending)
@@ -237,13 +238,15 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
         checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state,
                                 'rng': state['rng']},
                          {'data_index': step * cfg.batch_size})
+        last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
     progress.close()
     checkpoints.wait()
     if cfg.eval_every:
       validation = {'step': cfg.steps, **evaluator.run('val', params, frozen, cfg.eval_groups)}
-      if start < cfg.steps:  # a finished run started again only re-evaluates
+      # A finished run started again re-evaluates but logs the final validation only once.
+      if primary and not any(e.get('step') == cfg.steps for e in logs.read_evals(workdir)):
         eval_log.log(validation)
     test = evaluator.run('test', params, frozen, cfg.test_groups) if cfg.final_eval else {}
     if not last_record and primary:
