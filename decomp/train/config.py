@@ -100,6 +100,8 @@ class TrainConfig:
   param_dtype: str = 'float32'  # parameter dtype
   mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'model': 1})  # axis -> size
   layout: str = 'data'  # 'data' (replicated params), 'fsdp' (params sharded over 'data'), 'tensor'
+  axis_rules: dict = dataclasses.field(default_factory=dict)  # logical name -> mesh axis, on top
+  #   of the layout's rules, e.g. {"embed": "data", "vision_embed": null}
   num_devices: int = 0  # use the first num_devices devices (0 = all)
   seed: int = 0  # everything (init, data order, dropout) derives from it
 
@@ -384,6 +386,11 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('lora_rank', 'must be >= 1')
   if cfg.layout not in LAYOUTS:
     bad('layout', f'expected one of {LAYOUTS}')
+  for name, axes in cfg.axis_rules.items():
+    axes = (axes,) if isinstance(axes, str) or axes is None else tuple(axes)
+    unknown = [a for a in axes if a is not None and a not in cfg.mesh]
+    if unknown:
+      bad('axis_rules', f'logical name {name!r} maps to {unknown}, not axes of mesh {cfg.mesh}')
   for key in ('dtype', 'param_dtype'):
     if getattr(cfg, key) not in DTYPES:
       bad(key, f'expected one of {DTYPES}')

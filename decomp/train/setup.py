@@ -425,7 +425,8 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
   """
   directory = model_dir(cfg) if directory is False else directory
   dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-  rules = rules_for(cfg.layout)
+  rules = {**rules_for(cfg.layout), **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in cfg.axis_rules.items()}}
   tokenizer = load_tokenizer(cfg, directory)
   labels = label_token_ids(tokenizer, cfg.label_words)
   pretrained_vision = False

@@ -75,6 +75,7 @@ def test_config_json_round_trip(tmp_path):
     (['finetune=some'], {}, 'finetune'),
     (['dtype=float8'], {}, 'dtype'),
     (['steps=0'], {}, 'steps=0'),
+    (['axis_rules={"embed": "fsdp"}'], {}, "'embed' maps to \\['fsdp'\\], not axes of mesh"),
 ])
 def test_validate_rejects(override, kwargs, message):
   cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), override)

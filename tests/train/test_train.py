@@ -148,7 +148,8 @@ def test_sharded_matches_single_device(tmp_path):
   common = [*LEAN, 'steps=3', 'checkpoint_every=0', 'finetune=full']
   runs = {
       'single': ['num_devices=1', 'mesh={"data": 1}'],
-      'data8': ['mesh={"data": -1, "model": 1}', 'layout=data'],
+      # Data parallel, plus a custom rule splitting the MLP width over the 8 devices.
+      'data8': ['mesh={"data": -1, "model": 1}', 'layout=data', 'axis_rules={"mlp": "data"}'],
       'fsdp': ['mesh={"data": 4, "model": 2}', 'layout=fsdp'],
   }
   losses, params = {}, {}
