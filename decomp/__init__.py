@@ -15,6 +15,31 @@ from decomp.url import resolve_direction, resolve_weight, url_loss, url_surrogat
 
 __version__ = "0.1.0"
 
+# The heavy parts (flax models, the training engine, data) load on first use, so that the math
+# core above stays importable on its own, quickly. ``decomp.train(config, workdir)`` trains.
+_LAZY = {
+    "data": ("decomp.data", None),
+    "models": ("decomp.models", None),
+    "train": ("decomp.train", None),
+    "TrainConfig": ("decomp.train", "TrainConfig"),
+    "get_config": ("decomp.train", "get_config"),
+    "read_steps": ("decomp.train", "read_steps"),
+    "read_examples": ("decomp.train", "read_examples"),
+    "read_evals": ("decomp.train", "read_evals"),
+    "load_state": ("decomp.train", "load_state"),
+}
+
+
+def __getattr__(name):
+  if name not in _LAZY:
+    raise AttributeError(f"module 'decomp' has no attribute {name!r}")
+  import importlib
+  module_name, attribute = _LAZY[name]
+  module = importlib.import_module(module_name)
+  value = module if attribute is None else getattr(module, attribute)
+  globals()[name] = value
+  return value
+
 __all__ = [
     "Readout",
     "aggregate",
@@ -35,4 +60,5 @@ __all__ = [
     "url_loss",
     "url_surrogate",
     "weights",
+    *_LAZY,
 ]

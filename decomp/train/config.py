@@ -103,7 +103,8 @@ class TrainConfig:
   axis_rules: dict = dataclasses.field(default_factory=dict)  # logical name -> mesh axis, on top
   #   of the layout's rules, e.g. {"embed": "data", "vision_embed": null}
   num_devices: int = 0  # use the first num_devices devices (0 = all)
-  seed: int = 0  # everything (init, data order, dropout) derives from it
+  seed: int = 0  # the run's seed: adapter/head init and the order of training groups
+  base_seed: int = 0  # seed of the pretrained base (shared by every run's seed, as in the paper)
 
   # --- logging, evaluation, checkpoints -----------------------------------------------------------
   log_every: int = 1  # steps between lines of steps.jsonl
@@ -111,7 +112,7 @@ class TrainConfig:
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
   eval_every: int = 100  # steps between validation evaluations (0 = none)
   final_eval: bool = True  # evaluate on the test split at the end (results.json)
-  eval_score: str = 'auto'  # ranking score at evaluation: 'sft' (P(yes)), 'cl' (z_y) or 'auto'
+  eval_score: str = 'auto'  # ranking score: 'sft' (P(yes)), 'cl' (z_y), 'auto' (the direction's)
   checkpoint_every: int = 50  # steps between checkpoints (0 = only the last step)
   keep_checkpoints: int = 2  # checkpoints kept on disk
   quiet: bool = False  # no progress bar (CI)

@@ -30,8 +30,9 @@ def primary_score(cfg: config_lib.TrainConfig) -> str:
   """The score a config is judged by: its ``eval_score``, or for 'auto' the weight's family."""
   if cfg.eval_score != 'auto':
     return cfg.eval_score
-  return 'cl' if cfg.weight in step_lib.CL_WEIGHTS and cfg.direction in ('cl', 'cl_logprob') \
-      else 'sft'
+  # The direction is what training moves, so a run is ranked by its direction's score: D_CL
+  # trains only z_y (z_n keeps its pretrained value, noise to z_y - z_n), D_SFT trains z_y - z_n.
+  return 'cl' if cfg.direction in ('cl', 'cl_logprob') else 'sft'
 
 
 class Evaluator:

@@ -40,7 +40,7 @@ RECIPE_VERSION = 1
 RECIPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size',
                  'vision', 'vision_hidden_size', 'vision_layers', 'vision_heads', 'image_size',
                  'patch_size', 'pretrain_steps', 'pretrain_learning_rate', 'pretrain_batch_size',
-                 'seed', 'playground', 'label_words')
+                 'base_seed', 'playground', 'label_words')
 TEXT_TOKENS = 40  # description tokens per sequence (after the image placeholders)
 
 
@@ -84,7 +84,7 @@ class _Sequences:
 
   def __init__(self, cfg, tokenizer, image_tokens: int, vision_config):
     from decomp.data.playground import Playground, PlaygroundConfig
-    options = {'seed': cfg.seed, 'image_size': cfg.image_size, **cfg.playground}
+    options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}  # the same world
     for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
       if isinstance(options.get(key), list):
         options[key] = tuple(options[key])
@@ -143,7 +143,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   dconfig = setup_lib.decoder_config(cfg, len(tokenizer))
   vconfig = setup_lib.vision_config(cfg) if cfg.vision else None
   image_id = image_token_id(tokenizer) if vconfig is not None else None
-  rngs = nnx.Rngs(cfg.seed)
+  rngs = nnx.Rngs(cfg.base_seed)
   decoder = Decoder(dconfig, rngs=rngs)
   vision = VisionEncoder(vconfig, rngs=rngs) if vconfig is not None else None
   projector = (Projector(vconfig.hidden_size, dconfig.hidden_size, rngs=rngs)

@@ -163,12 +163,17 @@ def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, 
           'doc_id': as_str(doc_id), 'doc_kind': as_str(doc_kind), 'label': label, 'where': where}
 
 
+TRAIN_STREAM_STRIDE = 10_000_000  # train groups per run seed before streams would overlap
+
+
 class PlaygroundSource:
   """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
 
   def __init__(self, cfg: config_lib.TrainConfig):
     from decomp.data.playground import Playground, PlaygroundConfig
-    options = {'seed': cfg.seed, 'image_size': cfg.image_size, **cfg.playground}
+    # The world (and so the val/test benchmark) is fixed by playground.seed, not the run's seed:
+    # seeds then differ in initialisation and training order only, over one benchmark.
+    options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}
     fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -178,9 +183,11 @@ class PlaygroundSource:
         options[key] = tuple(options[key])
     self.playground = Playground(PlaygroundConfig(**options))
     self.max_negatives = self.playground.config.negatives
+    # Each run seed reads its own stretch of the unbounded train stream.
+    self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed
 
   def train_group(self, index: int) -> data_types.Group:
-    return self.playground.group('train', index)
+    return self.playground.group('train', self.train_offset + index)
 
   def split_groups(self, split: str, count: int) -> list[data_types.Group]:
     total = self.playground.num_groups(split)
