@@ -229,8 +229,11 @@ def load_decoder(path: str, *, remat: bool = False):
   return load_pretrained(path, remat=remat)
 
 
-def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = False) -> JaxStep:
-  """A plain SFT update: full-vocabulary logits (``full_vocab``) or decomp's label readout."""
+def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = False,
+                        global_norms: bool = False) -> JaxStep:
+  """A plain SFT update: full-vocabulary logits (``full_vocab``) or decomp's label readout.
+  ``global_norms``: also return the gradient, update and parameter norms that
+  `decomp.train.step` logs (three extra passes over every parameter)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -261,7 +264,12 @@ def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = Fal
   def step(params, opt_state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {'loss': loss}
+    new_params = optax.apply_updates(params, updates)
+    metrics = {'loss': loss}
+    if global_norms:
+      metrics.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
+                     param_norm=optax.global_norm(new_params))
+    return new_params, opt_state, metrics
 
   dbatch = jax.device_put({k: batch[k] for k in ('input_ids', 'attention_mask', 'labels')})
   compiled, compile_s, memory, flops = _compiled(step, (params, opt_state, dbatch))

@@ -7,12 +7,14 @@ analysis, and scaling. Writes benchmarks/results.json and benchmarks/RESULTS.md.
   python -m benchmarks.run --sections compare,overhead   # a subset
 
 Sections:
-  compare   torch_full / torch_keep1 / jax_full / jax_readout at several model and list sizes,
-            alternating in one process (medians, examples/s, ratios, % of matmul peak).
+  compare   torch_full (2 and 1 threads) / torch_keep1 (1 thread) / jax_full / jax_readout at
+            several model and list sizes, alternating in one process (medians, examples/s,
+            paired ratios, % of matmul peak).
   memory    peak resident memory of one step, each side in its own subprocess
             (benchmarks/memory.py), plus XLA's own buffer analysis.
   overhead  plain SFT step vs decomp's training step with the url surrogate, diagnostics and
-            per-example logging written every step; exact per-example gradient norms.
+            per-example logging written every step; the plain step plus the three global norms
+            the engine logs (attribution); exact per-example gradient norms.
   breakdown forward / forward+backward / full update of each side (where the time goes).
   scaling   step time vs number of negatives (1..31) and vs sequence length; fitted exponents.
 """
@@ -68,7 +70,6 @@ def compare(name: str, groups: int, list_size: int, length: int, *, warmup: int,
   jax_readout = C.make_jax_plain_step(ck.path, batch, full_vocab=False)
   steps = {
       'torch_full': C.make_torch_step(ck.torch_model, batch, keep_last=False, threads=2),
-      'torch_keep1': C.make_torch_step(ck.torch_model, batch, keep_last=True, threads=2),
       'torch_full_1t': C.make_torch_step(ck.torch_model, batch, keep_last=False, threads=1),
       'torch_keep1_1t': C.make_torch_step(ck.torch_model, batch, keep_last=True, threads=1),
       'jax_full': lambda: C.block(jax_full.run()),
@@ -77,7 +78,6 @@ def compare(name: str, groups: int, list_size: int, length: int, *, warmup: int,
   timing = C.time_alternating(steps, warmup=warmup, repeats=repeats)
   sequences = groups * list_size
   flops = {'torch_full': C.step_flops(name, sequences, length, full_head=True),
-           'torch_keep1': C.step_flops(name, sequences, length, full_head=False),
            'torch_full_1t': C.step_flops(name, sequences, length, full_head=True),
            'torch_keep1_1t': C.step_flops(name, sequences, length, full_head=False),
            'jax_full': C.step_flops(name, sequences, length, full_head=True),
@@ -92,19 +92,17 @@ def compare(name: str, groups: int, list_size: int, length: int, *, warmup: int,
                        xla_gflop=(step.flops or 0) / 1e9)
   med = {k: v['median_s'] for k, v in sides.items()}
   best_full = min(med['torch_full'], med['torch_full_1t'])
-  best_keep1 = min(med['torch_keep1'], med['torch_keep1_1t'])
+  best_keep1 = med['torch_keep1_1t']
   pair = lambda a, b: C.paired_ratio(timing, a, b)
   paired = {'full_vs_torch_full': pair('torch_full', 'jax_full'),
             'full_vs_torch_full_1t': pair('torch_full_1t', 'jax_full'),
             'readout_vs_torch_full': pair('torch_full', 'jax_readout'),
             'readout_vs_torch_full_1t': pair('torch_full_1t', 'jax_readout'),
-            'readout_vs_torch_keep1': pair('torch_keep1', 'jax_readout'),
             'readout_vs_torch_keep1_1t': pair('torch_keep1_1t', 'jax_readout')}
   ratios = {'full_vs_torch_full': med['torch_full'] / med['jax_full'],
             'full_vs_best_torch_full': best_full / med['jax_full'],
             'readout_vs_torch_full': med['torch_full'] / med['jax_readout'],
             'readout_vs_best_torch_full': best_full / med['jax_readout'],
-            'readout_vs_torch_keep1': med['torch_keep1'] / med['jax_readout'],
             'readout_vs_best_torch_keep1': best_keep1 / med['jax_readout']}
   ck.tmp.cleanup()
   result = {'config': name, 'params': C.param_count(name), 'groups': groups,
@@ -150,6 +148,7 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   ck = C.make_checkpoint(name)
   batch = C.make_batch(groups, list_size, length, C.CONFIGS[name]['vocab_size'])
   plain = C.make_jax_plain_step(ck.path, batch, full_vocab=False)
+  plain_norms = C.make_jax_plain_step(ck.path, batch, full_vocab=False, global_norms=True)
   url = C.make_jax_url_step(ck.path, batch)
   norms = C.make_jax_url_step(ck.path, batch, example_grad_norms=True)
   workdir = tempfile.TemporaryDirectory(prefix='decomp-bench-logs-')
@@ -178,7 +177,9 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
     return run
 
   plain_finish = lambda m: float(m['loss'])  # a plain loop logs its loss
-  steps = {'plain_sft': loop(plain, plain_finish), 'url_diag_logs': loop(url, write_logs),
+  steps = {'plain_sft': loop(plain, plain_finish),
+           'plain_sft_norms': loop(plain_norms, plain_finish),
+           'url_diag_logs': loop(url, write_logs),
            'url_grad_norms': loop(norms, write_logs)}
   timing = C.time_alternating(steps, warmup=warmup, repeats=repeats)
   for t in timing.values():
@@ -191,8 +192,12 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
             # Rounds run the sides back to back: the median of per-round ratios cancels most of
             # the load that other processes put on the machine between rounds.
             'url_overhead_paired': C.paired_ratio(timing, 'url_diag_logs', 'plain_sft') - 1,
+            'norms_overhead_paired': C.paired_ratio(timing, 'plain_sft_norms', 'plain_sft') - 1,
+            'url_vs_plain_norms_paired':
+                C.paired_ratio(timing, 'url_diag_logs', 'plain_sft_norms') - 1,
             'grad_norms_ratio_paired': C.paired_ratio(timing, 'url_grad_norms', 'plain_sft'),
-            'compile_s': {'plain_sft': plain.compile_s, 'url_diag_logs': url.compile_s,
+            'compile_s': {'plain_sft': plain.compile_s, 'plain_sft_norms': plain_norms.compile_s,
+                          'url_diag_logs': url.compile_s,
                           'url_grad_norms': norms.compile_s},
             'url_overhead': timing['url_diag_logs']['median_s'] / base - 1,
             'grad_norms_ratio': timing['url_grad_norms']['median_s'] / base,
@@ -201,8 +206,8 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   workdir.cleanup()
   ck.tmp.cleanup()
   log(f'  plain {base:.3f}s, url+diag+logs {timing["url_diag_logs"]["median_s"]:.3f}s '
-      f'({100 * result["url_overhead"]:+.1f}%, paired {100 * result["url_overhead_paired"]:+.1f}%)'
-      f', grad norms x{result["grad_norms_ratio"]:.2f} (paired '
+      f'({100 * result["url_overhead"]:+.1f}%, paired {100 * result["url_overhead_paired"]:+.1f}%'
+      f'; global norms alone {100 * result["norms_overhead_paired"]:+.1f}%), grad norms x{result["grad_norms_ratio"]:.2f} (paired '
       f'x{result["grad_norms_ratio_paired"]:.2f})')
   return result
 
@@ -360,7 +365,9 @@ def main(argv=None) -> int:
   peak = max(results['matmul_peak'].values())
   log(f'matmul peak (2048^2 fp32): {results["matmul_peak"]}')
 
-  shapes = [('10m', 4, 4, 128)] if quick else [('10m', 4, 4, 128), ('10m', 4, 8, 128),
+  # The second list size regroups the same 16 sequences (8 documents per query): step cost
+  # follows the number of sequences, which the scaling section varies.
+  shapes = [('10m', 4, 4, 128)] if quick else [('10m', 4, 4, 128), ('10m', 2, 8, 128),
                                                ('31m', 4, 4, 128)]
   if 'compare' in sections:
     results['compare'] = [compare(*s, warmup=warmup, repeats=repeats, peak_gflops=peak)
@@ -376,7 +383,7 @@ def main(argv=None) -> int:
     negatives = (1, 3, 7, 15) if quick else (1, 3, 7, 15, 31)
     lengths = (32, 64, 128, 256) if quick else (32, 64, 128, 256, 512)
     results['scaling'] = scaling('10m', negatives=negatives, lengths=lengths,
-                                 list_size_for_length=4, warmup=warmup, repeats=repeats)
+                                 list_size_for_length=4, warmup=2, repeats=repeats)
   results['machine']['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
   results['total_s'] = time.perf_counter() - started
   with open(args.out, 'w') as f:
