@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: venv test test-fast demo demo-quick figures bench clean
+SWEEP ?= runs/probe
+
+.PHONY: venv test test-fast demo demo-quick decomposition figures clean
 
 venv: $(STAMP)
 
@@ -26,8 +28,24 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow"
 
+# The main job: the paper's Table-1 probe ({W_SFT, W_CL} x {D_SFT, D_CL}, 3 seeds) on the
+# built-in playground, its summary table with confidence intervals, and its figures.
 demo: $(STAMP)
+	$(PY) experiments/probe_weight_direction.py --out runs/probe
+	$(PY) figures/make_all.py runs/probe
+
+demo-quick: $(STAMP)
+	$(PY) experiments/probe_weight_direction.py --quick --out runs/probe_quick
+	$(PY) figures/make_all.py runs/probe_quick
+
+# A worked weight x direction decomposition of one list, printed (seconds).
+decomposition: $(STAMP)
 	$(PY) -m decomp.demo
+
+figures: $(STAMP)
+	$(PY) figures/make_all.py $(SWEEP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+include benchmarks/Makefile.bench

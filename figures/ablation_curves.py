@@ -18,9 +18,11 @@ from common import plt  # noqa: E402
 
 
 def _numeric_knob(arms: dict) -> str | None:
+  """The override that takes several numeric values across arms (arms without it are drawn as
+  reference lines)."""
   keys = {k for stats in arms.values() for k in stats.get("overrides", {})}
   for key in sorted(keys):
-    values = [stats.get("overrides", {}).get(key) for stats in arms.values()]
+    values = [stats["overrides"][key] for stats in arms.values() if key in stats["overrides"]]
     numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(numeric) == len(values) and len(set(numeric)) > 1:
       return key
@@ -36,9 +38,15 @@ def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
   if knob is None:
     return []
   series: dict[str, list] = {}
+  references = []
   for stats in summary["arms"].values():
     overrides = dict(stats["overrides"])
+    if knob not in overrides:
+      if stats.get(key, {}).get("mean") is not None:
+        references.append((stats["label"], stats[key]["mean"]))
+      continue
     x = overrides.pop(knob)
+    overrides = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
     name = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "all"
     if stats.get(key, {}).get("mean") is not None:
       series.setdefault(name, []).append((x, stats[key]["mean"], stats[key].get("ci95") or 0.0))
@@ -49,6 +57,10 @@ def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
     errs = [e if e == e else 0.0 for e in errs]
     ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, lw=1.6,
                 color=common.PALETTE[index % len(common.PALETTE)], label=name)
+  for index, (label, value) in enumerate(references):
+    ax.axhline(value, color="black", ls="--", lw=1, alpha=0.7)
+    ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
+                va="bottom")
   if knob in ("negatives", "temperature"):
     ax.set_xscale("log", base=2 if knob == "negatives" else 10)
   ax.set_xlabel(knob)

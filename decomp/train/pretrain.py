@@ -35,7 +35,7 @@ from decomp.train import logs
 from decomp.train import setup as setup_lib
 from decomp.train import step as step_lib
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: paraphrase and edit pairs
 # The TrainConfig fields that define a base checkpoint (its cache key).
 RECIPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size',
                  'vision', 'vision_hidden_size', 'vision_layers', 'vision_heads', 'image_size',
@@ -44,10 +44,27 @@ RECIPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'inte
 TEXT_TOKENS = 40  # description tokens per sequence (after the image placeholders)
 
 
+# Knobs that choose reranking tasks and shape their lists, not the world's scenes, words and
+# images: the base does not depend on them (it always reads every task family's texts and
+# images), so sweeps over tasks, list size or hard negatives share one pretrained base.
+LIST_KNOBS = ('tasks', 'negatives', 'hard_ratio', 'hard_attribute_diffs', 'positives',
+              'num_eval_queries', 'shuffle_docs')
+
+
+def pretraining_world(cfg: config_lib.TrainConfig):
+  """The run's playground world with the list-shaping knobs at their defaults."""
+  from decomp.data.playground import PlaygroundConfig
+  defaults = PlaygroundConfig()
+  world = setup_lib.playground_config(cfg)
+  return dataclasses.replace(world, **{k: getattr(defaults, k) for k in LIST_KNOBS})
+
+
 def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   """The JSON-able recipe of ``cfg``'s base checkpoint."""
   out = {k: getattr(cfg, k) for k in RECIPE_FIELDS}
   out['label_words'] = list(out['label_words'])
+  # The resolved world, not just the overrides: a changed default must not reuse a stale base.
+  out['playground'] = dataclasses.asdict(pretraining_world(cfg))
   out['version'] = RECIPE_VERSION
   return out
 
@@ -75,6 +92,14 @@ def _pairs(group: data_types.Group) -> list[tuple[np.ndarray | None, str]]:
       pairs.append((None, q.text))
   if q.image is not None and group.task == 'i2t':
     pairs.extend((q.image, group.docs[i].text) for i in positive)
+  # Two wordings of one scene in a row (and an edit followed by its result): predicting the
+  # second from the first teaches which words mean the same thing, the world knowledge a real
+  # LLM brings to reranking and that no description alone reveals.
+  if group.task == 't2t':
+    pairs.extend((None, f'{q.text} . {group.docs[i].text}') for i in positive)
+  if group.task == 'it2it':
+    pairs.extend((q.image, f'{q.text} . {group.docs[i].text}') for i in positive
+                 if group.docs[i].text)
   return pairs
 
 
@@ -83,12 +108,8 @@ class _Sequences:
   image_valid)`` batches built from playground groups in index order."""
 
   def __init__(self, cfg, tokenizer, image_tokens: int, vision_config):
-    from decomp.data.playground import Playground, PlaygroundConfig
-    options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}  # the same world
-    for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
-      if isinstance(options.get(key), list):
-        options[key] = tuple(options[key])
-    self.playground = Playground(PlaygroundConfig(**options))
+    from decomp.data.playground import Playground
+    self.playground = Playground(pretraining_world(cfg))
     self.tokenizer = tokenizer
     self.image_tokens = image_tokens
     self.vision_config = vision_config

@@ -163,6 +163,24 @@ def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, 
           'doc_id': as_str(doc_id), 'doc_kind': as_str(doc_kind), 'label': label, 'where': where}
 
 
+def playground_config(cfg: config_lib.TrainConfig):
+  """The run's PlaygroundConfig: defaults, the config's image size, then ``cfg.playground``.
+
+  The world (and so the val/test benchmark) is fixed by ``playground.seed`` (default 0), not the
+  run's seed: seeds differ in initialisation and training order only, over one benchmark.
+  """
+  from decomp.data.playground import PlaygroundConfig
+  options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}
+  fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise ValueError(f'config playground: unknown PlaygroundConfig keys {unknown}')
+  for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
+    if isinstance(options.get(key), list):
+      options[key] = tuple(options[key])
+  return PlaygroundConfig(**options)
+
+
 TRAIN_STREAM_STRIDE = 10_000_000  # train groups per run seed before streams would overlap
 
 
@@ -170,18 +188,8 @@ class PlaygroundSource:
   """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
 
   def __init__(self, cfg: config_lib.TrainConfig):
-    from decomp.data.playground import Playground, PlaygroundConfig
-    # The world (and so the val/test benchmark) is fixed by playground.seed, not the run's seed:
-    # seeds then differ in initialisation and training order only, over one benchmark.
-    options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}
-    fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-      raise ValueError(f'config playground: unknown PlaygroundConfig keys {unknown}')
-    for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
-      if isinstance(options.get(key), list):
-        options[key] = tuple(options[key])
-    self.playground = Playground(PlaygroundConfig(**options))
+    from decomp.data.playground import Playground
+    self.playground = Playground(playground_config(cfg))
     self.max_negatives = self.playground.config.negatives
     # Each run seed reads its own stretch of the unbounded train stream.
     self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed

@@ -1,0 +1,89 @@
+"""The sweep runner's statistics and the end-to-end path of the main job: sweep -> summary ->
+figures, on a tiny real sweep (two arms, two seeds, a few steps of the quick config)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+sys.path.insert(0, os.path.join(ROOT, "figures"))
+
+import sweep  # noqa: E402
+
+
+def test_mean_ci_matches_student_t():
+  values = [58.1, 57.2, 59.3, 58.8]
+  out = sweep.mean_ci(values)
+  low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                               scale=stats.sem(values))
+  assert out["mean"] == pytest.approx(np.mean(values))
+  assert out["std"] == pytest.approx(np.std(values, ddof=1))
+  assert out["ci95"] == pytest.approx((high - low) / 2)
+  single = sweep.mean_ci([3.0])
+  assert single["n"] == 1 and single["std"] == 0.0
+  assert sweep.mean_ci([])["mean"] is None
+
+
+def _fake_results(workdir, overall, per_task):
+  os.makedirs(workdir, exist_ok=True)
+  block = {"queries": {"ndcg@10": overall}, "tasks": {"ndcg@10": np.mean(list(per_task.values()))},
+           "per_task": {t: {"ndcg@10": v, "num_queries": 5} for t, v in per_task.items()},
+           "per_modality": {"single": {"ndcg@10": overall, "num_queries": 10}}}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"test": {"score": "sft", "sft": block}}, f)
+
+
+def test_summary_contrasts_are_paired_over_seeds(tmp_path):
+  arms = [sweep.Arm("a", {"weight": "sft"}), sweep.Arm("b", {"weight": "cl"})]
+  a = [0.60, 0.70, 0.65]
+  b = [0.58, 0.69, 0.62]
+  for seed in range(3):
+    _fake_results(sweep.run_dir(str(tmp_path), arms[0], seed), a[seed], {"t2t": a[seed]})
+    _fake_results(sweep.run_dir(str(tmp_path), arms[1], seed), b[seed], {"t2t": b[seed]})
+  summary = sweep.summarize(str(tmp_path), arms, range(3), contrasts=[("a - b", "a", "b")])
+  diff = 100 * (np.array(a) - np.array(b))
+  contrast = summary["contrasts"]["a - b"]["overall"]
+  assert contrast["mean"] == pytest.approx(diff.mean())
+  assert contrast["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(diff))
+  # Paired CI is far tighter than the unpaired spread of either arm.
+  assert contrast["ci95"] < summary["arms"]["a"]["overall"]["ci95"]
+  text = (tmp_path / "summary.md").read_text()
+  assert "| a - b |" in text and "t2t" in text
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+  """Runs the real probe script (two arms only via --set) and regenerates its figures."""
+  import make_all
+  import probe_weight_direction as probe
+
+  out = tmp_path / "probe"
+  argv = ["--quick", "--seeds", "2", "--out", str(out), "--jobs", "2", "--set", "steps=4",
+          "eval_every=2", "example_log_every=2", "checkpoint_every=2", "test_groups=12",
+          "eval_groups=12"]
+  original = probe.ARMS
+  try:
+    probe.ARMS = original[::3]  # W_SFT x D_SFT and W_CL x D_CL
+    summary = probe.main(argv)
+  finally:
+    probe.ARMS = original
+  for arm in ("w_sft-d_sft", "w_cl-d_cl"):
+    assert summary["arms"][arm]["overall"]["n"] == 2
+    with open(out / arm / "seed1" / "results.json") as f:
+      results = json.load(f)
+    assert results["test"]["score"] == ("sft" if arm == "w_sft-d_sft" else "cl")
+  # Resumable: a second call runs nothing and gives the same summary.
+  again = probe.main(argv)
+  assert again["arms"] == summary["arms"]
+  paths = make_all.main([str(out)])
+  names = {os.path.basename(p) for p in paths}
+  for name in ("probe_heatmap.png", "weight_vs_score.png", "update_over_training.png",
+               "update_by_difficulty.png", "val_ndcg.png"):
+    assert name in names
+  for path in paths:
+    assert os.path.getsize(path) > 5000
