@@ -54,17 +54,20 @@ class TrainConfig:
   vision_layers: int = 2  # ViT layers
   vision_heads: int = 4  # ViT heads
   image_size: int = 32  # images are resized to image_size x image_size
-  patch_size: int = 8  # ViT patch size; image_tokens = (image_size / patch_size) ** 2
+  patch_size: int = 16  # ViT patch size; image_tokens = (image_size / patch_size) ** 2
   pretrain_steps: int = 300  # steps of the base-checkpoint recipe ('playground' model)
   pretrain_learning_rate: float = 3e-3  # peak learning rate of the base-checkpoint recipe
   pretrain_batch_size: int = 32  # sequences per pre-training step
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
 
   # --- what is trained ----------------------------------------------------------------------------
-  finetune: str = 'lora'  # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only)
+  # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only). The playground base is
+  # tiny (1M parameters): full fine-tuning is both cheaper on CPU and what learns in budget.
+  finetune: str = 'full'
   lora_rank: int = 16  # LoRA rank
   lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / rank)
-  lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj')  # adapted projections
+  lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
+                                   'down_proj')  # adapted projections
   train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
 
   # --- objective ----------------------------------------------------------------------------------
@@ -76,12 +79,15 @@ class TrainConfig:
 
   # --- data ---------------------------------------------------------------------------------------
   data: str = 'playground'  # 'playground' or a directory of MRB-style JSONL
-  playground: dict = dataclasses.field(default_factory=dict)  # PlaygroundConfig overrides
+  # PlaygroundConfig overrides. The calibrated default probe reranks text (T->T, 256 val and
+  # 256 test queries); the image task families need longer budgets (README, calibration).
+  playground: dict = dataclasses.field(
+      default_factory=lambda: {'tasks': ['t2t'], 'num_eval_queries': 256})
   negatives: int = 4  # negatives per training group (list size = 1 + negatives)
   batch_size: int = 16  # groups per step (global, over all hosts)
-  max_length: int = 96  # tokens per prompt (image placeholders included); fixed batch shape
-  eval_groups: int = 64  # validation groups per periodic evaluation (0 = the whole split)
-  test_groups: int = 128  # test groups of the final evaluation (0 = the whole split)
+  max_length: int = 64  # tokens per prompt (image placeholders included); fixed batch shape
+  eval_groups: int = 128  # validation groups per periodic evaluation (0 = the whole split)
+  test_groups: int = 0  # test groups of the final evaluation (0 = the whole split)
   eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
   eval_batch_size: int = 16  # groups per evaluation forward pass
 
@@ -110,10 +116,10 @@ class TrainConfig:
   log_every: int = 1  # steps between lines of steps.jsonl
   example_log_every: int = 10  # steps between per-example log rows (0 = off)
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
-  eval_every: int = 100  # steps between validation evaluations (0 = none)
+  eval_every: int = 50  # steps between validation evaluations (0 = none)
   final_eval: bool = True  # evaluate on the test split at the end (results.json)
   eval_score: str = 'auto'  # ranking score: 'sft' (P(yes)), 'cl' (z_y), 'auto' (the direction's)
-  checkpoint_every: int = 50  # steps between checkpoints (0 = only the last step)
+  checkpoint_every: int = 100  # steps between checkpoints (0 = only the last step)
   keep_checkpoints: int = 2  # checkpoints kept on disk
   quiet: bool = False  # no progress bar (CI)
 
@@ -124,7 +130,8 @@ class TrainConfig:
 
 
 def playground() -> TrainConfig:
-  """The built-in CPU config: a small pretrained playground reranker, LoRA, SFT objective."""
+  """The built-in CPU config: the pretrained playground reranker, fully fine-tuned with SFT on
+  the T->T playground (calibrated: ~0.5 s/step on one core, test NDCG@10 0.6-0.7 at 200 steps)."""
   return TrainConfig(name='playground')
 
 
@@ -136,7 +143,8 @@ def playground_quick() -> TrainConfig:
       vision_heads=2, image_size=16, patch_size=8, pretrain_steps=50, finetune='full',
       negatives=3, batch_size=8, max_length=64, eval_groups=16, test_groups=16, eval_batch_size=8,
       steps=20, learning_rate=3e-3, warmup_steps=2, log_every=1, example_log_every=5,
-      eval_every=10, checkpoint_every=10)
+      eval_every=10, checkpoint_every=10,
+      playground={})  # every task family (images included): the smoke runs exercise all paths
 
 
 NAMED_CONFIGS: dict[str, Callable[[], TrainConfig]] = {

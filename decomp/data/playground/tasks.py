@@ -48,8 +48,8 @@ class PlaygroundConfig:
   hard_ratio: float = 0.5  # (knob) fraction of negatives that are hard (the paper: 1:1)
   hard_attribute_diffs: tuple[int, ...] = (1, 2)  # (knob) a hard negative differs in d of these
   positives: int = 1  # relevant documents per query (renders / captions of the target scene)
-  synonym_rate: float = 0.3  # (knob) chance of a non-canonical synonym per value
-  paraphrase_rate: float = 0.5  # (knob) chance of a non-canonical description template
+  synonym_rate: float = 0.1  # (knob) chance of a non-canonical synonym per value
+  paraphrase_rate: float = 0.3  # (knob) chance of a non-canonical description template
   paraphrase_instructions: bool = False  # vary the instruction wording per query
   image_size: int = 32
   position_jitter: float = 0.03  # (knob) render-to-render variation, fraction of the side
