@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     print(f'{args.config} {tag}: before {timing[f"before:{tag}"]["median_s"]:.3f}s, after '
           f'{timing[f"after:{tag}"]["median_s"]:.3f}s, speed-up '
           f'{C.paired_ratio(timing, f"before:{tag}", f"after:{tag}"):.2f}x; XLA temp buffers '
-          f'{before[full].memory.get("temp_mb", 0):.0f} -> {after[full].memory.get("temp_mb", 0):.0f} MB')
+          f'{before[full].memory.get("temp_mb", 0):.0f} -> '
+          f'{after[full].memory.get("temp_mb", 0):.0f} MB')
   print(f'load average {os.getloadavg()}')
   ck.tmp.cleanup()
   return 0

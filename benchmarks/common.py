@@ -327,16 +327,11 @@ def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
                                    readout=readout, label_rows=lambda m: m.label_rows(),
                                    example_grad_norms=example_grad_norms)
 
-  def step(params, opt_state, frozen, batch):
+  def step(params, opt_state, batch):  # ``frozen`` is empty here: every weight trains
     return inner(params, frozen, opt_state, 0, batch)
 
   dbatch = jax.device_put(dict(batch))
-  dfrozen = frozen
-
-  def wrapped(params, opt_state, batch):
-    return step(params, opt_state, dfrozen, batch)
-
-  compiled, compile_s, memory, flops = _compiled(wrapped, (params, opt_state, dbatch))
+  compiled, compile_s, memory, flops = _compiled(step, (params, opt_state, dbatch))
   return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
 
 

@@ -109,8 +109,9 @@ def markdown(r: dict) -> str:
                  f'{s["url_grad_norms"]["median_s"]:.3f} | {o["grad_norms_ratio_paired"]:.2f}x |')
     out += ['', 'Each side runs 3 consecutive steps in the training loop\'s pattern (the host '
             'fetches step k-1\'s metrics and writes steps.jsonl and the per-example .npz while '
-            'step k runs), per-example logs every step (the default is every 10). Overhead and ratio '
-            'are medians of per-round ratios (each round runs the sides back to back). "3 global norms": '
+            'step k runs), per-example logs every step (the default is every 10). Overhead and '
+            'ratio are medians of per-round ratios (each round runs the sides back to back). '
+            '"3 global norms": '
             'the plain step plus the gradient, update and parameter norms that '
             '`decomp.train.step` logs every step.', '']
   if 'breakdown' in r:
@@ -130,16 +131,19 @@ def markdown(r: dict) -> str:
     out += ['', '| T (4 documents) | step s | gradient only s |', '|---|---|---|']
     for row in sc['lengths']:
       out.append(f'| {row["length"]} | {row["step_s"]:.3f} | {row["grad_s"]:.3f} |')
-    out += ['', '| fit | exponent (all points) | exponent (upper half) | affine fixed s | '
-            'affine per unit ms | exponent of (t - fixed) |', '|---|---|---|---|---|---|']
+    out += ['', f'Fixed part of a step (step - gradient, median over list sizes: AdamW, global '
+            f'norms, dense embedding/LM-head gradient buffers): {sc["fixed_s"]:.3f} s.', '',
+            '| fit | exponent (all points) | exponent (upper half) | affine fixed s | '
+            'affine per unit ms | affine R^2 |', '|---|---|---|---|---|---|']
     for key, label in (('negatives_fit_step', 'step vs list size'),
                        ('negatives_fit_grad', 'gradient vs list size'),
                        ('length_fit_step', 'step vs T'), ('length_fit_grad', 'gradient vs T')):
       f = sc[key]
       out.append(f'| {label} | {f["exponent"]:.2f} | {_m(f.get("exponent_upper_half"))} | '
                  f'{f["affine_fixed_s"]:.3f} | {1e3 * f["affine_per_unit_s"]:.1f} | '
-                 f'{_m(f.get("exponent_minus_fixed"))} |')
-    out.append('')
+                 f'{f.get("affine_r2", float("nan")):.3f} |')
+    out += ['', 'All points of a sweep are compiled first and timed in rounds (one call of each '
+            'point per round).', '']
   notes_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'NOTES.md')
   if os.path.exists(notes_path):
     with open(notes_path) as f:

@@ -129,7 +129,8 @@ def memory(name: str, groups: int, list_size: int, length: int) -> dict:
       if proc.returncode:
         raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
       out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-      log(f'  {side}: step {out[side]["step_mb"]:.0f} MB, peak RSS {out[side]["peak_rss_mb"]:.0f} MB')
+      log(f'  {side}: training {out[side]["train_mb"]:.0f} MB, peak RSS '
+          f'{out[side]["peak_rss_mb"]:.0f} MB')
   finally:
     ck.tmp.cleanup()
   return {'config': name, 'groups': groups, 'list_size': list_size, 'length': length,
@@ -207,7 +208,8 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   ck.tmp.cleanup()
   log(f'  plain {base:.3f}s, url+diag+logs {timing["url_diag_logs"]["median_s"]:.3f}s '
       f'({100 * result["url_overhead"]:+.1f}%, paired {100 * result["url_overhead_paired"]:+.1f}%'
-      f'; global norms alone {100 * result["norms_overhead_paired"]:+.1f}%), grad norms x{result["grad_norms_ratio"]:.2f} (paired '
+      f'; global norms alone {100 * result["norms_overhead_paired"]:+.1f}%), grad norms '
+      f'x{result["grad_norms_ratio"]:.2f} (paired '
       f'x{result["grad_norms_ratio_paired"]:.2f})')
   return result
 
@@ -283,12 +285,15 @@ def breakdown(name: str, groups: int, list_size: int, length: int, *, repeats: i
 
 
 def _fit(xs, ys) -> dict:
+  """Power-law exponent of ys ~ xs (log-log least squares), over all points and over the upper
+  half of xs, and an affine fit ``t = a + b x`` with its R^2."""
   xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-  slope, intercept = np.polyfit(np.log(xs), np.log(ys), 1)
-  lin_b, lin_a = np.polyfit(xs, ys, 1)  # t = a + b x
-  out = {'exponent': float(slope), 'affine_fixed_s': float(lin_a), 'affine_per_unit_s': float(lin_b)}
-  if lin_a > 0 and np.all(ys - lin_a > 0):
-    out['exponent_minus_fixed'] = float(np.polyfit(np.log(xs), np.log(ys - lin_a), 1)[0])
+  slope = np.polyfit(np.log(xs), np.log(ys), 1)[0]
+  lin_b, lin_a = np.polyfit(xs, ys, 1)
+  residual = ys - (lin_a + lin_b * xs)
+  r2 = 1 - float(np.sum(residual ** 2) / np.sum((ys - ys.mean()) ** 2))
+  out = {'exponent': float(slope), 'affine_fixed_s': float(lin_a),
+         'affine_per_unit_s': float(lin_b), 'affine_r2': r2}
   half = xs >= np.median(xs)
   if half.sum() >= 2:
     out['exponent_upper_half'] = float(np.polyfit(np.log(xs[half]), np.log(ys[half]), 1)[0])
@@ -299,30 +304,35 @@ def scaling(name: str, *, negatives, lengths, list_size_for_length: int, warmup:
             repeats: int) -> dict:
   """Step time of decomp's training step (url + diagnostics) and of its gradient alone vs the
   number of negatives (one group, T=128) and vs sequence length (one group of
-  ``list_size_for_length`` documents)."""
-  import jax
+  ``list_size_for_length`` documents). All points of a sweep are compiled first and then timed
+  in rounds (one call of every point per round), so a change of machine load between points
+  does not bend the curve."""
   log(f'scaling {name}: negatives {list(negatives)}, lengths {list(lengths)}')
   ck = C.make_checkpoint(name)
   vocab = C.CONFIGS[name]['vocab_size']
 
-  def measure(list_size, length):
-    batch = C.make_batch(1, list_size, length, vocab)
-    step = C.make_jax_url_step(ck.path, batch)
-    grad_only = C.make_jax_grad_only(ck.path, batch)
-    timing = C.time_alternating({'step': lambda: C.block(step.run()),
-                                 'grad': lambda: C.block(grad_only())},
-                                warmup=warmup, repeats=repeats)
-    return timing['step']['median_s'], timing['grad']['median_s']
+  def sweep(points):
+    steps = {}
+    for key, (list_size, length) in points.items():
+      batch = C.make_batch(1, list_size, length, vocab)
+      step = C.make_jax_url_step(ck.path, batch)
+      grad_only = C.make_jax_grad_only(ck.path, batch)
+      steps[(key, 'step')] = lambda s=step: C.block(s.run())
+      steps[(key, 'grad')] = lambda g=grad_only: C.block(g())
+    timing = C.time_alternating(steps, warmup=warmup, repeats=repeats)
+    return {key: (timing[(key, 'step')]['median_s'], timing[(key, 'grad')]['median_s'])
+            for key in points}
 
-  neg_rows, len_rows = [], []
-  for k in negatives:
-    s, g = measure(k + 1, 128)
-    neg_rows.append({'negatives': k, 'list_size': k + 1, 'step_s': s, 'grad_s': g})
-    log(f'  negatives {k}: step {s:.3f}s, gradient {g:.3f}s')
-  for t in lengths:
-    s, g = measure(list_size_for_length, t)
-    len_rows.append({'length': t, 'step_s': s, 'grad_s': g})
-    log(f'  length {t}: step {s:.3f}s, gradient {g:.3f}s')
+  by_negatives = sweep({k: (k + 1, 128) for k in negatives})
+  neg_rows = [{'negatives': k, 'list_size': k + 1, 'step_s': s, 'grad_s': g}
+              for k, (s, g) in by_negatives.items()]
+  for row in neg_rows:
+    log(f'  negatives {row["negatives"]}: step {row["step_s"]:.3f}s, gradient '
+        f'{row["grad_s"]:.3f}s')
+  by_length = sweep({t: (list_size_for_length, t) for t in lengths})
+  len_rows = [{'length': t, 'step_s': s, 'grad_s': g} for t, (s, g) in by_length.items()]
+  for row in len_rows:
+    log(f'  length {row["length"]}: step {row["step_s"]:.3f}s, gradient {row["grad_s"]:.3f}s')
   ck.tmp.cleanup()
   docs = [r['list_size'] for r in neg_rows]
   return {
@@ -330,6 +340,7 @@ def scaling(name: str, *, negatives, lengths, list_size_for_length: int, warmup:
       'negatives': neg_rows,
       'negatives_fit_step': _fit(docs, [r['step_s'] for r in neg_rows]),
       'negatives_fit_grad': _fit(docs, [r['grad_s'] for r in neg_rows]),
+      'fixed_s': float(np.median([r['step_s'] - r['grad_s'] for r in neg_rows])),
       'lengths': len_rows,
       'length_fit_step': _fit(lengths, [r['step_s'] for r in len_rows]),
       'length_fit_grad': _fit(lengths, [r['grad_s'] for r in len_rows]),
@@ -383,7 +394,7 @@ def main(argv=None) -> int:
     negatives = (1, 3, 7, 15) if quick else (1, 3, 7, 15, 31)
     lengths = (32, 64, 128, 256) if quick else (32, 64, 128, 256, 512)
     results['scaling'] = scaling('10m', negatives=negatives, lengths=lengths,
-                                 list_size_for_length=4, warmup=2, repeats=repeats)
+                                 list_size_for_length=4, warmup=1, repeats=repeats)
   results['machine']['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
   results['total_s'] = time.perf_counter() - started
   with open(args.out, 'w') as f:
