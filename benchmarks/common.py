@@ -335,6 +335,45 @@ def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
   return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
 
 
+def make_jax_url_step_without_norms(path: str, batch) -> JaxStep:
+  """`make_jax_url_step` minus the three global norms `decomp.train.step` logs (grad, update,
+  param): the same surrogate, diagnostics, logged losses, quantiles and per-document arrays,
+  built from the engine's own pieces (`url_surrogate`, `objective_terms`). Isolates the cost
+  of the decomposition itself from the engine's optimizer telemetry."""
+  import jax
+  import optax
+  from flax import nnx
+  from decomp.models import Reranker
+  from decomp.train import step as step_lib
+  from decomp.url import resolve_direction, resolve_weight, url_surrogate
+
+  model = Reranker(load_decoder(path), (YES_ID, NO_ID), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
+  opt_state = tx.init(params)
+  objective = step_lib.Objective(weight=resolve_weight('sft'), direction=resolve_direction('sft'))
+
+  def surrogate(params, batch):
+    m = nnx.merge(graphdef, params)
+    out = m.readout(batch['input_ids'], batch['attention_mask'])
+    value = url_surrogate(out, batch['labels'], weight=objective.weight,
+                          direction=objective.direction, where=batch['where'])
+    return value, (out, m)
+
+  def step(params, opt_state, batch):
+    (value, (out, m)), grads = jax.value_and_grad(surrogate, has_aux=True)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    terms = step_lib.objective_terms(out, batch['labels'], batch['where'], objective,
+                                     label_rows=m.label_rows(), readout_fn=None)
+    scalars = dict(terms['scalars'], objective=value)
+    return (optax.apply_updates(params, updates), opt_state,
+            {'scalars': scalars, 'per_doc': terms['per_doc']})
+
+  dbatch = jax.device_put(dict(batch))
+  compiled, compile_s, memory, flops = _compiled(step, (params, opt_state, dbatch))
+  return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
+
+
 # --- timing --------------------------------------------------------------------------------------
 
 
