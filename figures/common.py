@@ -62,6 +62,11 @@ def arms(sweep_dir: str) -> list[dict]:
   else:  # a directory of arms without a description: take them alphabetically
     described = [{"name": d, "label": d, "overrides": {}} for d in sorted(os.listdir(sweep_dir))
                  if os.path.isdir(os.path.join(sweep_dir, d))]
+  # Arms added beside the sweep's own (e.g. a user's hybrid trained into the same folder).
+  named = {a["name"] for a in described}
+  described = described + [{"name": d, "label": d, "overrides": {}}
+                           for d in sorted(os.listdir(sweep_dir))
+                           if d not in named and os.path.isdir(os.path.join(sweep_dir, d))]
   out = []
   for arm in described:
     runs = sorted(d for d in glob.glob(os.path.join(sweep_dir, arm["name"], "seed*"))

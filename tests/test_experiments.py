@@ -70,16 +70,18 @@ def test_tiny_sweep_end_to_end(tmp_path):
   try:
     probe.ARMS = original[::3]  # W_SFT x D_SFT and W_CL x D_CL
     summary = probe.main(argv)
+    for arm in ("w_sft-d_sft", "w_cl-d_cl"):
+      assert summary["arms"][arm]["overall"]["n"] == 2
+      with open(out / arm / "seed1" / "results.json") as f:
+        results = json.load(f)
+      assert results["test"]["score"] == ("sft" if arm == "w_sft-d_sft" else "cl")
+    # Resumable: a second call runs nothing and gives the same summary.
+    stamps = {p: os.path.getmtime(p) for p in out.glob("*/seed*/results.json")}
+    again = probe.main(argv)
   finally:
     probe.ARMS = original
-  for arm in ("w_sft-d_sft", "w_cl-d_cl"):
-    assert summary["arms"][arm]["overall"]["n"] == 2
-    with open(out / arm / "seed1" / "results.json") as f:
-      results = json.load(f)
-    assert results["test"]["score"] == ("sft" if arm == "w_sft-d_sft" else "cl")
-  # Resumable: a second call runs nothing and gives the same summary.
-  again = probe.main(argv)
   assert again["arms"] == summary["arms"]
+  assert stamps == {p: os.path.getmtime(p) for p in out.glob("*/seed*/results.json")}
   paths = make_all.main([str(out)])
   names = {os.path.basename(p) for p in paths}
   for name in ("probe_heatmap.png", "weight_vs_score.png", "update_over_training.png",
