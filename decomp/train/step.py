@@ -151,7 +151,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         return jnp.sum(objective.direction(readout(model, doc, objective.log_normalizer)))
 
       g = jax.grad(f)(params)
-      return jnp.abs(w) * optax.global_norm(g)
+      return jnp.abs(w) * optax.tree.norm(g)
 
     docs = {k: v.reshape((b * n,) + v.shape[2:]) for k, v in batch.items()
             if k not in ('labels', 'where')}
@@ -168,8 +168,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                             label_rows=label_rows(model), readout_fn=from_hidden)
     scalars = dict(terms['scalars'])
     scalars.update(
-        objective=value, learning_rate=schedule(step), grad_norm=optax.global_norm(grads),
-        update_norm=optax.global_norm(updates), param_norm=optax.global_norm(new_params))
+        objective=value, learning_rate=schedule(step), grad_norm=optax.tree.norm(grads),
+        update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(new_params))
     per_doc = dict(terms['per_doc'])
     if example_grad_norms:
       per_doc['grad_norm'] = per_doc_grad_norms(params, frozen, batch, per_doc['weight'])
