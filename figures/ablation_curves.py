@@ -8,7 +8,6 @@ Reads only ``summary.json``; the knob is the one numeric override that differs b
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -73,9 +72,4 @@ def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
 
 
 if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("sweep")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
-  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+  common.main(make, __doc__)

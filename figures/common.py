@@ -118,6 +118,25 @@ def save(fig, out_dir: str, name: str) -> list[str]:
   return paths
 
 
+def pooled_examples(arm: dict) -> dict[str, np.ndarray]:
+  """The per-example logs of all of an arm's runs, concatenated ({} when none logged any)."""
+  pooled = [p for p in (read_examples(w) for w in arm["runs"]) if p]
+  if not pooled:
+    return {}
+  return {k: np.concatenate([p[k] for p in pooled]) for k in pooled[0]}
+
+
+def main(make, doc: str) -> None:
+  """The command line every figure script shares: ``SWEEP [--out DIR]``."""
+  import argparse
+  parser = argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("sweep", help="sweep directory (arms of seed workdirs)")
+  parser.add_argument("--out", default=None, help="output folder (default: <sweep>/figures)")
+  args = parser.parse_args()
+  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+
+
 def iter_runs(sweep_dir: str) -> Iterator[tuple[int, dict, str]]:
   """``(arm index, arm, workdir)`` for every run of a sweep."""
   for index, arm in enumerate(arms(sweep_dir)):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,9 +22,9 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
   arms = common.arms(sweep_dir)
   data = []
   for arm in arms:
-    pooled = [p for p in (common.read_examples(w) for w in arm["runs"]) if p]
-    if pooled:
-      data.append((arm, {k: np.concatenate([p[k] for p in pooled]) for k in pooled[0]}))
+    ex = common.pooled_examples(arm)
+    if ex:
+      data.append((arm, ex))
   if not data:
     return []
   tasks = sorted(set(np.concatenate([ex["task"] for _, ex in data])))
@@ -59,9 +58,4 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
 
 
 if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("sweep")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
-  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+  common.main(make, __doc__)

@@ -8,7 +8,6 @@ The paper's observation to check: W_CL stays below W_SFT throughout training.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,11 +23,9 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
   fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
   drawn = False
   for index, arm in enumerate(arms):
-    pooled = [common.read_examples(w) for w in arm["runs"]]
-    pooled = [p for p in pooled if p]
-    if not pooled:
+    ex = common.pooled_examples(arm)
+    if not ex:
       continue
-    ex = {k: np.concatenate([p[k] for p in pooled]) for k in pooled[0]}
     colour = common.PALETTE[index % len(common.PALETTE)]
     for row, (column, ylabel) in enumerate((("weight", "|W|"), ("update", "|W| x ||D||"))):
       values = np.abs(ex[column])
@@ -57,9 +54,4 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
 
 
 if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("sweep")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
-  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+  common.main(make, __doc__)

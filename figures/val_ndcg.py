@@ -6,7 +6,6 @@ Each run is scored with its own primary ranking score (see results.json 'score')
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -51,9 +50,4 @@ def make(sweep_dir: str, out_dir: str, metric: str = "ndcg@10") -> list[str]:
 
 
 if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("sweep")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
-  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+  common.main(make, __doc__)

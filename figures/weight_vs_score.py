@@ -11,7 +11,6 @@ x-axes: the figure shows where the logged documents sit on them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -69,9 +68,4 @@ def make(sweep_dir: str, out_dir: str, max_points: int = 4000) -> list[str]:
 
 
 if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("sweep")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
-  print("\n".join(make(args.sweep, args.out or os.path.join(args.sweep, "figures"))))
+  common.main(make, __doc__)
