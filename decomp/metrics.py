@@ -33,8 +33,8 @@ import numpy as np
 Array = Any
 ReduceFn = Callable[..., Array]
 
-# MRB's grouping of task families by modality. decomp.data.types.TASK_MODALITY is the same table
-# (a test keeps them equal); it is repeated here so the math core imports nothing from data.
+# MRB's grouping of task families by modality (decomp.data.types.TASK_MODALITY is this table;
+# it lives here so that the math core imports nothing from data).
 MRB_MODALITY = {
     "t2t": "single",
     "i2i": "single",
