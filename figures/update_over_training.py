@@ -18,6 +18,9 @@ import common  # noqa: E402
 from common import plt  # noqa: E402
 
 
+FLOOR = 1e-4
+
+
 def make(sweep_dir: str, out_dir: str) -> list[str]:
   arms = common.arms(sweep_dir)
   fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
@@ -28,7 +31,8 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
       continue
     colour = common.PALETTE[index % len(common.PALETTE)]
     for row, (column, ylabel) in enumerate((("weight", "|W|"), ("update", "|W| x ||D||"))):
-      values = np.abs(ex[column])
+      # Log axes: a zero weight (e.g. tau-masked, learned documents) is drawn at the floor.
+      values = np.maximum(np.abs(ex[column]), FLOOR)
       for col, is_pos in enumerate((1, 0)):
         sel = ex["label"] == is_pos
         if not sel.any():
@@ -48,7 +52,8 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
   for ax in axes.flat:
     ax.set_yscale("log")
   axes[0, 0].legend(fontsize=7)
-  fig.suptitle("Per-example weight and update over training (median, 10-90% band)", fontsize=11)
+  fig.suptitle("Per-example weight and update over training (median, 10-90% band; zeros drawn "
+               f"at {FLOOR:g})", fontsize=11)
   fig.tight_layout()
   return common.save(fig, out_dir, "update_over_training")
 
