@@ -25,7 +25,7 @@ import math
 import os
 import re
 import tempfile
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -93,15 +93,20 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+def _write_atomic(path: str, write: Callable[[Any], None], *, binary: bool = False) -> None:
+  """Calls ``write(file)`` on a temporary sibling of ``path``, fsyncs it, renames it into place.
+
+  A reader (or a run killed mid-write) sees the old file or the new one, never half of one.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
+  # The suffix keeps the real extension (np.savez appends '.npz' to names without it).
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path),
+                             suffix='.tmp' + os.path.splitext(path)[1])
   try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-      f.write('\n')
+    os.fchmod(fd, 0o644)  # readable like any other log file (mkstemp creates it 0600)
+    with os.fdopen(fd, 'wb' if binary else 'w') as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -110,6 +115,16 @@ def write_json_atomic(path: str, obj: Any) -> None:
       os.remove(tmp)
     raise
   _fsync_dir(directory)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+
+  def write(f):
+    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write('\n')
+
+  _write_atomic(path, write)
 
 
 def read_json(path: str) -> Any:
@@ -232,18 +247,8 @@ class ExampleLogger:
     if len(set(lengths.values())) > 1:
       raise ValueError(f'per-example columns of step {step} have different lengths: {lengths}')
     path = os.path.join(self.directory, f'{step:08d}{self.suffix}.npz')
-    fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{step:08d}',
-                               suffix=f'{self.suffix}.tmp.npz')
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in columns.items()})
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    _write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in columns.items()}),
+                  binary=True)
     return path
 
 
