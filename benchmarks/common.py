@@ -235,10 +235,8 @@ def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = Fal
   ``global_norms``: also return the gradient, update and parameter norms that
   `decomp.train.step` logs (three extra passes over every parameter)."""
   import jax
-  import jax.numpy as jnp
   import optax
   from flax import nnx
-  from decomp.losses import sft_loss
   from decomp.models import Reranker
 
   decoder = load_decoder(path, remat=remat)
@@ -246,20 +244,9 @@ def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = Fal
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
   opt_state = tx.init(params)
-  b, n, t = batch['input_ids'].shape
 
   def loss_fn(params, batch):
-    m = nnx.merge(graphdef, params)
-    ids = batch['input_ids'].reshape(b * n, t)
-    mask = batch['attention_mask'].reshape(b * n, t)
-    if full_vocab:
-      last = m.decoder(ids, mask)[:, -1, :]
-      yes, no = last[:, YES_ID], last[:, NO_ID]
-    else:
-      out = m.readout(ids, mask)
-      yes, no = out.yes, out.no
-    return sft_loss(yes.reshape(b, n).astype(jnp.float32), no.reshape(b, n).astype(jnp.float32),
-                    batch['labels'])
+    return _sft_loss_of(nnx.merge(graphdef, params), batch, full_vocab=full_vocab)
 
   def step(params, opt_state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
@@ -267,8 +254,8 @@ def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = Fal
     new_params = optax.apply_updates(params, updates)
     metrics = {'loss': loss}
     if global_norms:
-      metrics.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-                     param_norm=optax.global_norm(new_params))
+      metrics.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
+                     param_norm=optax.tree.norm(new_params))
     return new_params, opt_state, metrics
 
   dbatch = jax.device_put({k: batch[k] for k in ('input_ids', 'attention_mask', 'labels')})
@@ -276,31 +263,37 @@ def make_jax_plain_step(path: str, batch, *, full_vocab: bool, remat: bool = Fal
   return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
 
 
+def _sft_loss_of(model, batch, *, full_vocab: bool):
+  """SFT loss of a Reranker on a [B, n, T] batch: yes/no read from the full-vocabulary logits at
+  the last position (the usual recipe) or from the label-token readout (decomp's path)."""
+  import jax.numpy as jnp
+  from decomp.losses import sft_loss
+  b, n, t = batch['input_ids'].shape
+  ids = jnp.asarray(batch['input_ids']).reshape(b * n, t)
+  mask = jnp.asarray(batch['attention_mask']).reshape(b * n, t)
+  if full_vocab:
+    last = model.decoder(ids, mask)[:, -1, :]
+    yes, no = last[:, YES_ID], last[:, NO_ID]
+  else:
+    out = model.readout(ids, mask)
+    yes, no = out.yes, out.no
+  return sft_loss(yes.reshape(b, n).astype(jnp.float32), no.reshape(b, n).astype(jnp.float32),
+                  jnp.asarray(batch['labels']))
+
+
 def jax_loss_and_grad_norm(path: str, batch, *, full_vocab: bool):
   import jax
-  import jax.numpy as jnp
   import optax
   from flax import nnx
-  from decomp.losses import sft_loss
   from decomp.models import Reranker
   model = Reranker(load_decoder(path), (YES_ID, NO_ID), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  b, n, t = batch['input_ids'].shape
 
   def loss_fn(params):
-    m = nnx.merge(graphdef, params)
-    ids = jnp.asarray(batch['input_ids']).reshape(b * n, t)
-    mask = jnp.asarray(batch['attention_mask']).reshape(b * n, t)
-    if full_vocab:
-      last = m.decoder(ids, mask)[:, -1, :]
-      yes, no = last[:, YES_ID], last[:, NO_ID]
-    else:
-      out = m.readout(ids, mask)
-      yes, no = out.yes, out.no
-    return sft_loss(yes.reshape(b, n), no.reshape(b, n), jnp.asarray(batch['labels']))
+    return _sft_loss_of(nnx.merge(graphdef, params), batch, full_vocab=full_vocab)
 
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
-  return float(loss), float(optax.global_norm(grads))
+  return float(loss), float(optax.tree.norm(grads))
 
 
 def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
@@ -460,19 +453,14 @@ def make_jax_grad_only(path: str, batch) -> Callable[[], Any]:
   """The readout SFT loss's value and parameter gradient, without the optimizer update: the
   part of a step that scales with the batch."""
   import jax
-  import jax.numpy as jnp
   from flax import nnx
-  from decomp.losses import sft_loss
   from decomp.models import Reranker
   model = Reranker(load_decoder(path), (YES_ID, NO_ID), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  b, n, t = batch['input_ids'].shape
   dbatch = jax.device_put({k: batch[k] for k in ('input_ids', 'attention_mask', 'labels')})
 
   def loss_fn(params, batch):
-    out = nnx.merge(graphdef, params).readout(batch['input_ids'].reshape(b * n, t),
-                                              batch['attention_mask'].reshape(b * n, t))
-    return sft_loss(out.yes.reshape(b, n), out.no.reshape(b, n), batch['labels'])
+    return _sft_loss_of(nnx.merge(graphdef, params), batch, full_vocab=False)
 
   compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, dbatch).compile()
   return lambda: compiled(params, dbatch)
