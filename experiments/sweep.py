@@ -77,6 +77,19 @@ def mean_ci(values: Sequence[float]) -> dict[str, Any]:
   return {"mean": float(x.mean()), "std": std, "ci95": half, "n": n, "values": x.tolist()}
 
 
+def seeds_for_ci(std: float | None, half_width: float = 1.0, *, limit: int = 10_000) -> int | None:
+  """The fewest seeds whose 95% t-interval half-width is at most ``half_width``, if the spread
+  stays ``std`` (a planning estimate: ``std`` is itself measured from few seeds)."""
+  if std is None or math.isnan(std):
+    return None
+  n = 2
+  while _t_quantile_975(n - 1) * std / math.sqrt(n) > half_width:
+    n += 1
+    if n > limit:
+      return None
+  return n
+
+
 def test_metrics(results: Mapping[str, Any], metric: str = METRIC) -> dict[str, float]:
   """Flat ``{'overall': ..., 'task/<t>': ..., 'modality/<m>': ...}`` of one run's test metric, in
   points (x100) like the paper's tables; the run's primary score (its own ranking score)."""
@@ -128,6 +141,9 @@ def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
         "a": a, "b": b, "seeds": paired,
         **{k: mean_ci([ra[s][k] - rb[s][k] for s in paired if k in ra[s] and k in rb[s]])
            for k in ("overall", "macro")}}
+    overall = summary["contrasts"][name]["overall"]
+    # How many seeds would resolve a 1-point difference in this contrast (the issue's target).
+    overall["seeds_for_ci1"] = seeds_for_ci(overall["std"]) if overall["n"] > 1 else None
   with open(os.path.join(sweep_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(sweep_dir, "summary.md"), "w") as f:
@@ -168,21 +184,77 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
                    + f" | {n} |")
     lines.append("")
   if summary.get("contrasts"):
-    lines += ["| contrast (paired over seeds) | overall | macro over tasks |", "|---|---|---|"]
+    lines += ["| contrast (paired over seeds) | overall | macro over tasks | paired std | "
+              "seeds for ± 1 |", "|---|---|---|---|---|"]
     for name, c in summary["contrasts"].items():
-      lines.append(f"| {name} | {_fmt(c['overall'])} | {_fmt(c['macro'])} |")
+      overall = c["overall"]
+      std = f"{overall['std']:.2f}" if overall.get("n", 0) > 1 else "-"
+      need = overall.get("seeds_for_ci1")
+      lines.append(f"| {name} | {_fmt(overall)} | {_fmt(c['macro'])} | {std} | "
+                   f"{need if need is not None else '-'} |")
     lines.append("")
   return "\n".join(lines)
 
 
+def _run_overrides(arm: Arm, seed: int, overrides: Sequence[str]) -> list[str]:
+  return [*_override_strings({**arm.overrides, "seed": seed}), *overrides]
+
+
+def _completed_runs(directory: str) -> Iterable[str]:
+  """Workdirs with a results.json under ``directory`` (``<arm>/seed<k>`` or one level deeper)."""
+  for root, dirs, files in os.walk(directory, followlinks=False):
+    dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "examples", "figures")
+                     and not d.startswith("."))
+    if "results.json" in files and "config.json" in files:
+      dirs[:] = []
+      yield root
+
+
+def link_completed(sweep_dir: str, todo: Sequence[tuple[Arm, int]], *, config: str,
+                   overrides: Sequence[str], reuse: Sequence[str],
+                   log: Callable[[str], None] = print) -> list[tuple[Arm, int]]:
+  """Links runs of other sweeps whose config equals a pending run's; returns what is left to run.
+
+  Sweeps share arms (the probe's SFT and CL runs are the reference arms of four other sweeps):
+  a completed run elsewhere with the very same ``config.json`` (every field, the seed included)
+  is the run this sweep would train, so it is linked (a relative symlink) instead of trained
+  again.
+  """
+  from decomp.train import config as config_lib  # only here: the runner itself needs no JAX
+
+  def key(cfg_dict):
+    return json.dumps({k: v for k, v in cfg_dict.items() if k != "quiet"}, sort_keys=True)
+
+  available: dict[str, str] = {}
+  for directory in reuse:
+    for workdir in _completed_runs(directory):
+      with open(os.path.join(workdir, "config.json")) as f:
+        available.setdefault(key(json.load(f)), workdir)
+  left = []
+  for arm, seed in todo:
+    cfg = config_lib.apply_overrides(config_lib.get_config(config),
+                                     _run_overrides(arm, seed, overrides))
+    source = available.get(key(json.loads(json.dumps(config_lib.to_dict(cfg)))))
+    target = run_dir(sweep_dir, arm, seed)
+    if source is None or os.path.lexists(target):
+      left.append((arm, seed))
+      continue
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.symlink(os.path.relpath(os.path.abspath(source), os.path.dirname(os.path.abspath(target))),
+               target)
+    log(f"  {arm.name} seed {seed}: the same run as {source} (linked)")
+  return left
+
+
 def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
               overrides: Sequence[str] = (), jobs: int = 1, quiet: bool = True,
-              log: Callable[[str], None] = print) -> None:
+              reuse: Sequence[str] = (), log: Callable[[str], None] = print) -> None:
   """Runs every (arm, seed) whose results.json is missing, ``jobs`` at a time.
 
   Each run is a ``python -m decomp.train`` process (a crash or a kill of one run loses nothing of
   the others; its checkpoints let it resume). With ``jobs > 1`` each process is pinned to its own
-  CPU core: small models use one core better than two processes share two.
+  CPU core: small models use one core better than two processes share two. ``reuse``: sweep
+  directories whose completed runs of an identical config are linked, not trained again.
   """
   os.makedirs(sweep_dir, exist_ok=True)
   with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
@@ -191,6 +263,9 @@ def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, conf
                         for a in arms]}, f, indent=2)
   todo = [(arm, seed) for arm in arms for seed in seeds
           if not os.path.exists(os.path.join(run_dir(sweep_dir, arm, seed), "results.json"))]
+  if reuse and todo:
+    todo = link_completed(sweep_dir, todo, config=config, overrides=overrides, reuse=reuse,
+                          log=log)
   done = len(arms) * len(seeds) - len(todo)
   if done:
     log(f"{done} run(s) already complete in {sweep_dir}; {len(todo)} to go")
@@ -222,7 +297,7 @@ def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, conf
     workdir = run_dir(sweep_dir, arm, seed)
     os.makedirs(workdir, exist_ok=True)
     cmd = [sys.executable, "-m", "decomp.train", "--workdir", workdir, "--config", config,
-           "--set", *_override_strings({**arm.overrides, "seed": seed}), *overrides]
+           "--set", *_run_overrides(arm, seed, overrides)]
     if quiet:
       cmd.append("--quiet")
     if jobs > 1 and hasattr(os, "sched_setaffinity"):
@@ -256,6 +331,9 @@ def parse_args(description: str, default_out: str, argv=None) -> argparse.Namesp
                       metavar="KEY=VALUE", help="overrides for every run of the sweep")
   parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                       help="runs at a time, each pinned to one core (default %(default)s)")
+  parser.add_argument("--reuse", nargs="+", default=[], metavar="SWEEP_DIR",
+                      help="link completed runs of these sweeps whose config is identical to a "
+                           "pending run's (e.g. --reuse runs/probe) instead of training them")
   parser.add_argument("--summary-only", action="store_true",
                       help="only (re)write the summary from completed runs")
   args = parser.parse_args(argv)
@@ -276,7 +354,8 @@ def main(description: str, name: str, arms: Iterable[Arm], *, argv=None,
   if not args.summary_only:
     start = time.time()
     print(f"{name}: {len(arms)} arms x {len(seeds)} seeds -> {args.out}")
-    run_sweep(args.out, arms, seeds, config=args.config, overrides=overrides, jobs=args.jobs)
+    run_sweep(args.out, arms, seeds, config=args.config, overrides=overrides, jobs=args.jobs,
+              reuse=args.reuse)
     print(f"{name}: runs finished in {time.time() - start:.0f} s")
   summary = summarize(args.out, arms, seeds, contrasts=contrasts, title=title or name)
   print()

@@ -17,6 +17,13 @@ sys.path.insert(0, os.path.join(ROOT, "figures"))
 import sweep  # noqa: E402
 
 
+def test_seeds_for_ci():
+  assert sweep.seeds_for_ci(0.0) == 2
+  assert sweep.seeds_for_ci(None) is None
+  assert sweep.seeds_for_ci(1.0) == 7  # t(6) * 1 / sqrt(7) = 0.925; t(5) / sqrt(6) = 1.05
+  assert sweep.seeds_for_ci(2.0, half_width=2.0) == 7
+
+
 def test_mean_ci_matches_student_t():
   values = [58.1, 57.2, 59.3, 58.8]
   out = sweep.mean_ci(values)
@@ -53,8 +60,13 @@ def test_summary_contrasts_are_paired_over_seeds(tmp_path):
   assert contrast["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(diff))
   # Paired CI is far tighter than the unpaired spread of either arm.
   assert contrast["ci95"] < summary["arms"]["a"]["overall"]["ci95"]
+  # Seeds for a +-1-point interval: the smallest n with t(n-1) * std / sqrt(n) <= 1.
+  need = contrast["seeds_for_ci1"]
+  std = np.std(diff, ddof=1)
+  assert stats.t.ppf(0.975, need - 1) * std / np.sqrt(need) <= 1.0
+  assert stats.t.ppf(0.975, need - 2) * std / np.sqrt(need - 1) > 1.0
   text = (tmp_path / "summary.md").read_text()
-  assert "| a - b |" in text and "t2t" in text
+  assert "| a - b |" in text and "t2t" in text and f"| {need} |" in text
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
@@ -89,3 +101,36 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert name in names
   for path in paths:
     assert os.path.getsize(path) > 5000
+
+
+def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
+  from decomp.train import config as config_lib
+
+  def fake_run(workdir, arm, seed, extra=()):
+    cfg = config_lib.apply_overrides(config_lib.get_config("playground_quick"),
+                                     [*sweep._run_overrides(arm, seed, []), *extra])
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_lib.to_dict(cfg), f)
+    _fake_results(workdir, 0.5, {"t2t": 0.5})
+
+  sft, cl = sweep.Arm("sft", {"weight": "sft"}), sweep.Arm("cl", {"weight": "cl"})
+  other = tmp_path / "other"
+  fake_run(str(other / "w_sft" / "seed0"), sft, 0)  # same run under another arm name
+  fake_run(str(other / "w_sft" / "seed1"), sft, 1, ["learning_rate=0.5"])  # not the same run
+  fake_run(str(other / "w_cl" / "seed0"), cl, 0)
+  here = tmp_path / "here"
+  todo = [(sft, 0), (sft, 1), (cl, 0), (cl, 1)]
+  logged = []
+  left = sweep.link_completed(str(here), todo, config="playground_quick", overrides=[],
+                              reuse=[str(other)], log=logged.append)
+  assert left == [(sft, 1), (cl, 1)]
+  assert len(logged) == 2
+  for arm, source in ((sft, "w_sft"), (cl, "w_cl")):
+    target = sweep.run_dir(str(here), arm, 0)
+    assert os.path.islink(target) and not os.path.isabs(os.readlink(target))
+    assert os.path.samefile(target, other / source / "seed0")
+  # A sweep-wide override is part of the config: nothing matches any more.
+  assert sweep.link_completed(str(tmp_path / "third"), todo, config="playground_quick",
+                              overrides=["steps=3"], reuse=[str(other)],
+                              log=logged.append) == todo

@@ -15,11 +15,12 @@ from decomp.train.checkpoint import load_state
 from decomp.train.config import (TrainConfig, apply_overrides, from_file, get_config, to_dict,
                                  validate)
 from decomp.train.logs import EXAMPLE_COLUMNS, STEP_KEYS, read_evals, read_examples, read_steps
-from decomp.train.loop import train
+from decomp.train.loop import evaluate_workdir, train
 from decomp.train.pretrain import base_checkpoint
 
 __all__ = [
     'EXAMPLE_COLUMNS', 'STEP_KEYS', 'TrainConfig', 'apply_overrides', 'base_checkpoint',
+    'evaluate_workdir',
     'from_file', 'get_config', 'load_state', 'read_evals', 'read_examples', 'read_steps',
     'to_dict', 'train', 'validate',
 ]

@@ -28,14 +28,19 @@ class Checkpoints:
     keep: how many most recent checkpoints to keep.
     async_save: write in a background thread (the device->host copy still happens in ``save``,
       so the saved buffers may be donated right after it returns).
+    read_only: only read (nothing is created, cleaned up or saved).
   """
 
-  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-        # A killed run can leave a half-written step directory behind; remove it on start.
-        cleanup_tmp_directories=True)
+    if read_only:  # e.g. evaluating a run that may still be training: touch nothing
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+          # A killed run can leave a half-written step directory behind; remove it on start.
+          cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_handlers=_handlers())
 

@@ -101,6 +101,28 @@ def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
   return {k: v[valid] for k, v in cols.items()}
 
 
+def _optimizer(cfg: config_lib.TrainConfig):
+  return step_lib.make_optimizer(
+      peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+      end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
+      b2=cfg.b2, clip_norm=cfg.clip_norm)
+
+
+def _abstract_state(cfg: config_lib.TrainConfig, run, tx, mesh):
+  """The whole train state as shapes + shardings (nothing allocated): params/frozen from the
+  models' logical names, the optimizer state mirroring the params. Returns it and the optimizer
+  state's shardings."""
+  opt_shardings = setup_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
+  key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  abstract = {
+      'params': run.params, 'frozen': run.frozen,
+      'opt_state': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                jax.eval_shape(tx.init, run.params), opt_shardings),
+      'rng': jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
+                                  sharding=mesh_lib.replicated(mesh))}
+  return abstract, opt_shardings
+
+
 def train(config: config_lib.TrainConfig | str, workdir: str, *,
           overrides: tuple[str, ...] = ()) -> dict:
   """Trains a reranker as ``config`` says; writes and resumes ``workdir``; returns the results.
@@ -135,21 +157,11 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
       weight=weight_fn, direction=direction_fn,
       loss_kind='cl' if cfg.weight in step_lib.CL_WEIGHTS else 'sft',
       temperature=cfg.temperature, log_normalizer=run.needs_log_normalizer(cfg.direction))
-  tx, schedule = step_lib.make_optimizer(
-      peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-      end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
-      b2=cfg.b2, clip_norm=cfg.clip_norm)
+  tx, schedule = _optimizer(cfg)
 
-  # The whole train state as shapes + shardings (nothing allocated yet): params/frozen from the
-  # models' logical names, the optimizer state mirroring the params.
-  opt_shardings = setup_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
+  abstract, opt_shardings = _abstract_state(cfg, run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
   key_data = jax.random.key_data(jax.random.key(cfg.seed))
-  abstract = {
-      'params': run.params, 'frozen': run.frozen,
-      'opt_state': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(tx.init, run.params), opt_shardings),
-      'rng': jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=replicated)}
 
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
   start = 0
@@ -262,3 +274,60 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     step_log.close()
     eval_log.close()
     checkpoints.close()
+
+
+# Config keys ``evaluate_workdir`` may change: what is evaluated, not what was trained.
+EVALUATION_CHANGES = ('eval_groups', 'test_groups', 'eval_list_size', 'eval_batch_size',
+                      'eval_score', 'num_devices', 'mesh', 'layout', 'quiet')
+# Playground keys it may change: the size of the evaluation splits (the world stays the same).
+PLAYGROUND_EVALUATION_CHANGES = ('num_eval_queries',)
+
+
+def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = None,
+                     overrides: tuple[str, ...] = (), output: str | None = None) -> dict:
+  """Evaluates a checkpoint of a finished (or interrupted) run again, e.g. on a larger test set.
+
+  The run's ``config.json`` rebuilds the model; ``overrides`` may change only how it is evaluated
+  (``EVALUATION_CHANGES``, and ``playground.num_eval_queries``: more queries from the same
+  world). Training state is read, never written.
+
+  Args:
+    workdir: a training run's directory.
+    split: ``'val'`` or ``'test'``.
+    step: the checkpoint to read (default: the latest).
+    overrides: ``key=value`` strings, e.g. ``('playground.num_eval_queries=2048',)``.
+    output: a file name inside ``workdir`` to write the results to (JSON), or None.
+
+  Returns:
+    The evaluation dict (as ``results.json['test']``) plus ``step`` and ``overrides``.
+  """
+  workdir = os.path.abspath(workdir)
+  trained = config_lib.from_file(os.path.join(workdir, logs.CONFIG_FILE))
+  cfg = config_lib.apply_overrides(trained, overrides)
+  for field in dataclasses.fields(cfg):
+    old, new = getattr(trained, field.name), getattr(cfg, field.name)
+    if field.name == 'playground' and old != new:
+      changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+      if not changed <= set(PLAYGROUND_EVALUATION_CHANGES):
+        raise ValueError(f'evaluate_workdir: playground keys {sorted(changed)} change the world '
+                         f'the run was trained in; only {PLAYGROUND_EVALUATION_CHANGES} may change')
+    elif old != new and field.name not in EVALUATION_CHANGES:
+      raise ValueError(f'evaluate_workdir: {field.name!r} changes what was trained '
+                       f'({old!r} -> {new!r}); only {EVALUATION_CHANGES} may change')
+  if split not in ('val', 'test'):
+    raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+  data = setup_lib.make_data(cfg)
+  devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
+  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
+  run = setup_lib.build_model_state(cfg, mesh, data)
+  tx, _ = _optimizer(cfg)
+  abstract, _ = _abstract_state(cfg, run, tx, mesh)
+  with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
+    state, meta = checkpoints.restore(abstract, step)
+  count = cfg.test_groups if split == 'test' else cfg.eval_groups
+  results = {'step': int(meta['step']), 'overrides': list(overrides),
+             **evaluate_lib.Evaluator(cfg, run, data, mesh).run(
+                 split, state['params'], state['frozen'], count)}
+  if output and jax.process_index() == 0:
+    logs.write_json_atomic(os.path.join(workdir, output), results)
+  return results

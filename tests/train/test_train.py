@@ -14,7 +14,7 @@ import pytest
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import logs
-from decomp.train.loop import train
+from decomp.train.loop import evaluate_workdir, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Text-only, no evaluation: the cheapest compile, for the equivalence tests.
@@ -120,6 +120,37 @@ def test_finished_run_started_again_changes_nothing(quick_run):
   assert [e['step'] for e in logs.read_evals(workdir)] == [6, 12]
   with pytest.raises(ValueError, match='different config.*seed: 0 -> 1'):
     train(config_lib.apply_overrides(cfg, ['seed=1']), workdir)
+
+
+def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
+  workdir, cfg, results, _ = quick_run
+  files = sorted(os.listdir(workdir))
+  steps_log = open(os.path.join(workdir, 'steps.jsonl')).read()
+  again = evaluate_workdir(workdir)
+  assert again['step'] == cfg.steps and again['num_queries'] == 24
+  for score in ('sft', 'cl'):
+    assert again[score]['queries'] == pytest.approx(results['test'][score]['queries'], abs=1e-6)
+  # An earlier checkpoint scores differently (the model moved between steps 6 and 12).
+  early = evaluate_workdir(workdir, step=6)
+  assert early['step'] == 6 and early['sft']['queries'] != again['sft']['queries']
+  larger = evaluate_workdir(workdir, overrides=('test_groups=40',), output='test_40.json')
+  assert larger['num_queries'] == 40 and larger['overrides'] == ['test_groups=40']
+  assert logs.read_json(os.path.join(workdir, 'test_40.json')) == json.loads(json.dumps(larger))
+  os.remove(os.path.join(workdir, 'test_40.json'))
+  # Read only: nothing else in the workdir changed.
+  assert sorted(os.listdir(workdir)) == files
+  assert open(os.path.join(workdir, 'steps.jsonl')).read() == steps_log
+  assert ckpt_lib.Checkpoints(workdir).all_steps() == [6, 12]
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'overrides': ('learning_rate=1.0',)}, "'learning_rate' changes what was trained"),
+    ({'overrides': ('playground.synonym_rate=0.5',)}, r"playground keys \['synonym_rate'\]"),
+    ({'split': 'train'}, "split must be 'val' or 'test'"),
+])
+def test_evaluate_workdir_refuses_training_changes(quick_run, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    evaluate_workdir(quick_run[0], **kwargs)
 
 
 @pytest.mark.parametrize('override, message', [
