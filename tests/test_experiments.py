@@ -3,7 +3,6 @@ figures, on a tiny real sweep (two arms, two seeds, a few steps of the quick con
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np

@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
