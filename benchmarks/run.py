@@ -223,7 +223,6 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
 def breakdown(name: str, groups: int, list_size: int, length: int, *, repeats: int) -> dict:
   """Forward only, forward+backward, and the full update of torch_full and jax_full/readout."""
   import jax
-  import jax.numpy as jnp
   import torch
   from flax import nnx
   from decomp.losses import sft_loss

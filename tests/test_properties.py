@@ -4,7 +4,6 @@ Every loss: masking == slicing, extra batch axes, jit == eager, finite-differenc
 (``jax.test_util.check_grads``), no NaN gradients on extreme or fully masked inputs.
 """
 
-import functools
 import itertools
 
 import jax

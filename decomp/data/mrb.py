@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 

@@ -15,7 +15,6 @@ once, reused afterwards; the same seed gives the same weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 

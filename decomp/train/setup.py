@@ -15,7 +15,6 @@ decoder ``config.json`` + ``model.safetensors`` + tokenizer, optionally ``multim
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from typing import Any, Callable, Mapping, Sequence

@@ -1,6 +1,5 @@
 """The playground tokenizer: loads with AutoTokenizer, covers the playground, round-trips."""
 
-import dataclasses
 import re
 
 import pytest

@@ -1,7 +1,6 @@
 """Config parsing/validation, crash-safe logs, mesh construction and Orbax round trips."""
 
 import dataclasses
-import json
 import os
 
 import jax
