@@ -28,32 +28,46 @@ def _numeric_knob(arms: dict) -> str | None:
   return None
 
 
+def curves(summary: dict, key: str = "overall"):
+  """``(knob, {series name: [(x, mean, ci95)]}, [(reference label, mean)])`` of a summary."""
+  arms = summary["arms"]
+  knob = _numeric_knob(arms)
+  if knob is None:
+    return None, {}, []
+  # Overrides every arm shares (e.g. the evaluation list size) name no series.
+  first = next(iter(arms.values()))["overrides"]
+  shared = {k for k, v in first.items()
+            if all(k in s["overrides"] and s["overrides"][k] == v for s in arms.values())}
+  series: dict[str, list] = {}
+  references = []
+  for stats in arms.values():
+    overrides = dict(stats["overrides"])
+    if stats.get(key, {}).get("mean") is None:
+      continue
+    if knob not in overrides:
+      references.append((stats["label"], stats[key]["mean"]))
+      continue
+    x = overrides.pop(knob)
+    overrides = {k: v for k, v in overrides.items()
+                 if not isinstance(v, dict) and k not in shared}
+    name = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "all"
+    ci = stats[key].get("ci95")
+    series.setdefault(name, []).append((x, stats[key]["mean"], ci if ci == ci and ci else 0.0))
+  for points in series.values():
+    points.sort()
+  return knob, series, references
+
+
 def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
   path = os.path.join(sweep_dir, "summary.json")
   if not os.path.exists(path):
     return []
-  summary = common.read_json(path)
-  knob = _numeric_knob(summary["arms"])
+  knob, series, references = curves(common.read_json(path), key)
   if knob is None:
     return []
-  series: dict[str, list] = {}
-  references = []
-  for stats in summary["arms"].values():
-    overrides = dict(stats["overrides"])
-    if knob not in overrides:
-      if stats.get(key, {}).get("mean") is not None:
-        references.append((stats["label"], stats[key]["mean"]))
-      continue
-    x = overrides.pop(knob)
-    overrides = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
-    name = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "all"
-    if stats.get(key, {}).get("mean") is not None:
-      series.setdefault(name, []).append((x, stats[key]["mean"], stats[key].get("ci95") or 0.0))
   fig, ax = plt.subplots(figsize=(6.2, 4.0))
   for index, (name, points) in enumerate(sorted(series.items())):
-    points.sort()
     xs, ys, errs = zip(*points)
-    errs = [e if e == e else 0.0 for e in errs]
     ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, lw=1.6,
                 color=common.PALETTE[index % len(common.PALETTE)], label=name)
   for index, (label, value) in enumerate(references):

@@ -133,3 +133,36 @@ def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
   assert sweep.link_completed(str(tmp_path / "third"), todo, config="playground_quick",
                               overrides=["steps=3"], reuse=[str(other)],
                               log=logged.append) == todo
+
+
+def test_ablation_curves_from_a_real_summary(tmp_path):
+  """Negatives-like sweep: a numeric knob across two objectives, a shared override, a reference."""
+  import ablation_curves
+
+  arms, truth = [], {}
+  for objective, offset in (("sft", 0.0), ("cl", -0.05)):
+    for k in (1, 3, 7):
+      arms.append(sweep.Arm(f"{objective}-neg{k}", {"weight": objective, "negatives": k,
+                                                     "eval_list_size": 8}))
+      truth[(objective, k)] = [0.5 + offset + 0.02 * k + 0.01 * s for s in range(3)]
+  arms.append(sweep.Arm("reference", {"weight": "sft", "eval_list_size": 8}, "SFT reference"))
+  for seed in range(3):
+    for arm in arms[:-1]:
+      objective, k = arm.overrides["weight"], arm.overrides["negatives"]
+      value = truth[(objective, k)][seed]
+      _fake_results(sweep.run_dir(str(tmp_path), arm, seed), value, {"t2t": value})
+    _fake_results(sweep.run_dir(str(tmp_path), arms[-1], seed), 0.61, {"t2t": 0.61})
+  summary = sweep.summarize(str(tmp_path), arms, range(3))
+  knob, series, references = ablation_curves.curves(summary)
+  assert knob == "negatives"
+  assert sorted(series) == ["weight=cl", "weight=sft"]  # eval_list_size is shared: no name
+  for objective in ("sft", "cl"):
+    xs, means, cis = zip(*series[f"weight={objective}"])
+    assert xs == (1, 3, 7)
+    np.testing.assert_allclose(means, [100 * np.mean(truth[(objective, k)]) for k in xs])
+    assert all(c > 0 for c in cis)
+  assert references == [("SFT reference", pytest.approx(61.0))]
+  paths = ablation_curves.make(str(tmp_path), str(tmp_path / "figures"))
+  assert [os.path.basename(p) for p in paths] == ["ablation_negatives.png",
+                                                  "ablation_negatives.pdf"]
+  assert os.path.getsize(paths[0]) > 5000
