@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 SWEEP ?= runs/probe
 
-.PHONY: venv test test-fast demo demo-quick decomposition figures clean
+.PHONY: venv test test-fast demo demo-quick decomposition figures docs clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ decomposition: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) figures/make_all.py $(SWEEP)
+
+# Every table and figure the README shows, rebuilt from the logs of the sweeps under runs/.
+docs: $(STAMP)
+	$(PY) figures/publish.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -246,6 +246,38 @@ def link_completed(sweep_dir: str, todo: Sequence[tuple[Arm, int]], *, config: s
   return left
 
 
+SWEEP_FILE = "sweep.json"
+
+
+def write_description(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
+                      overrides: Sequence[str] = (), contrasts: Sequence[tuple[str, str, str]] = (),
+                      title: str = "") -> None:
+  """``sweep.json``: everything :func:`summarize_dir` needs to rebuild the summary from logs."""
+  os.makedirs(sweep_dir, exist_ok=True)
+  description = {"title": title, "config": config, "overrides": list(overrides),
+                 "seeds": list(seeds),
+                 "arms": [{"name": a.name, "label": a.title, "overrides": dict(a.overrides)}
+                          for a in arms],
+                 "contrasts": [list(c) for c in contrasts]}
+  path = os.path.join(sweep_dir, SWEEP_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(description, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def summarize_dir(sweep_dir: str) -> dict[str, Any]:
+  """Rebuilds ``summary.json`` / ``summary.md`` of a sweep from its ``sweep.json`` and run logs."""
+  path = os.path.join(sweep_dir, SWEEP_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist (not a sweep directory?)")
+  with open(path) as f:
+    description = json.load(f)
+  arms = [Arm(a["name"], a["overrides"], a.get("label", "")) for a in description["arms"]]
+  return summarize(sweep_dir, arms, description["seeds"],
+                   contrasts=[tuple(c) for c in description.get("contrasts", [])],
+                   title=description.get("title", ""))
+
+
 def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
               overrides: Sequence[str] = (), jobs: int = 1, quiet: bool = True,
               reuse: Sequence[str] = (), log: Callable[[str], None] = print) -> None:
@@ -257,10 +289,8 @@ def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, conf
   directories whose completed runs of an identical config are linked, not trained again.
   """
   os.makedirs(sweep_dir, exist_ok=True)
-  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-    json.dump({"config": config, "overrides": list(overrides), "seeds": list(seeds),
-               "arms": [{"name": a.name, "label": a.title, "overrides": dict(a.overrides)}
-                        for a in arms]}, f, indent=2)
+  if not os.path.exists(os.path.join(sweep_dir, SWEEP_FILE)):
+    write_description(sweep_dir, arms, seeds, config=config, overrides=overrides)
   todo = [(arm, seed) for arm in arms for seed in seeds
           if not os.path.exists(os.path.join(run_dir(sweep_dir, arm, seed), "results.json"))]
   if reuse and todo:
@@ -351,6 +381,8 @@ def main(description: str, name: str, arms: Iterable[Arm], *, argv=None,
   arms = list(arms)
   seeds = list(range(args.seeds))
   overrides = [*(quick_overrides if args.quick else ()), *args.overrides]
+  write_description(args.out, arms, seeds, config=args.config, overrides=overrides,
+                    contrasts=contrasts, title=title or name)
   if not args.summary_only:
     start = time.time()
     print(f"{name}: {len(arms)} arms x {len(seeds)} seeds -> {args.out}")

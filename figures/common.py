@@ -106,11 +106,14 @@ def quantile_band(steps: np.ndarray, values: np.ndarray,
   return unique, np.stack([np.quantile(values[steps == s], q) for s in unique])
 
 
+FORMATS = ("png", "pdf")  # what save() writes (publish.py keeps PNG only for the docs)
+
+
 def save(fig, out_dir: str, name: str) -> list[str]:
-  """Writes ``<name>.png`` and ``<name>.pdf``; returns their paths."""
+  """Writes ``<name>.png`` and ``<name>.pdf`` (``FORMATS``); returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  for ext in ("png", "pdf"):
+  for ext in FORMATS:
     path = os.path.join(out_dir, f"{name}.{ext}")
     fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
     paths.append(path)

@@ -100,6 +100,18 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert name in names
   for path in paths:
     assert os.path.getsize(path) > 5000
+  # The docs are rebuilt from the logs alone: summary from sweep.json + results, PNG figures.
+  import publish
+  os.remove(out / "summary.json")
+  written = publish.main([str(out), "--docs", str(tmp_path / "docs")])
+  assert json.loads((out / "summary.json").read_text())["arms"] == json.loads(
+      json.dumps(summary["arms"]))
+  assert (tmp_path / "docs" / "probe_summary.md").read_text() == (out / "summary.md").read_text()
+  assert json.loads((out / "summary.json").read_text())["contrasts"] == json.loads(
+      json.dumps(summary["contrasts"]))
+  pngs = sorted(os.listdir(tmp_path / "docs" / "figures" / "probe"))
+  assert "probe_heatmap.png" in pngs and all(p.endswith(".png") for p in pngs)
+  assert len(written) == 1 + len(pngs)
 
 
 def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
