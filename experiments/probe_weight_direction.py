@@ -33,6 +33,15 @@ CONTRASTS = [
     ("weight effect under D_CL (W_SFT - W_CL)", "w_sft-d_cl", "w_cl-d_cl"),
     ("direction effect under W_SFT (D_SFT - D_CL)", "w_sft-d_sft", "w_sft-d_cl"),
     ("direction effect under W_CL (D_SFT - D_CL)", "w_cl-d_sft", "w_cl-d_cl"),
+    ("SFT - CL (the two objectives)", "w_sft-d_sft", "w_cl-d_cl"),
+    # The 2x2 design's main effects (each averaged over the other factor, as the paper reports
+    # them) and the interaction (how much the weight's effect depends on the direction).
+    ("weight main effect (W_SFT - W_CL)",
+     {"w_sft-d_sft": 0.5, "w_sft-d_cl": 0.5, "w_cl-d_sft": -0.5, "w_cl-d_cl": -0.5}),
+    ("direction main effect (D_SFT - D_CL)",
+     {"w_sft-d_sft": 0.5, "w_cl-d_sft": 0.5, "w_sft-d_cl": -0.5, "w_cl-d_cl": -0.5}),
+    ("interaction (weight effect under D_SFT - under D_CL)",
+     {"w_sft-d_sft": 1.0, "w_cl-d_sft": -1.0, "w_sft-d_cl": -1.0, "w_cl-d_cl": 1.0}),
 ]
 
 

@@ -117,12 +117,25 @@ def collect(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int],
   return table
 
 
+def contrast_coefficients(contrast: Sequence[Any]) -> tuple[str, dict[str, float]]:
+  """``(name, a, b)`` or ``(name, {arm: coefficient})`` -> ``(name, {arm: coefficient})``."""
+  if len(contrast) == 3:
+    name, a, b = contrast
+    return name, {a: 1.0, b: -1.0}
+  if len(contrast) == 2 and isinstance(contrast[1], Mapping) and contrast[1]:
+    return contrast[0], {str(k): float(v) for k, v in contrast[1].items()}
+  raise ValueError(f"a contrast is (name, arm_a, arm_b) or (name, {{arm: coefficient}}), "
+                   f"got {contrast!r}")
+
+
 def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
-              metric: str = METRIC, contrasts: Sequence[tuple[str, str, str]] = (),
+              metric: str = METRIC, contrasts: Sequence[Sequence[Any]] = (),
               title: str = "") -> dict[str, Any]:
   """Writes ``summary.json`` and ``summary.md``; returns the summary.
 
-  ``contrasts`` are ``(name, arm_a, arm_b)``: the paired (same seed) difference a - b with its CI.
+  ``contrasts`` are ``(name, arm_a, arm_b)``: the paired (same seed) difference a - b with its
+  CI, or ``(name, {arm: coefficient, ...})``: any linear combination, paired over the seeds all
+  its arms share (e.g. a 2x2 design's main effects and interaction).
   """
   table = collect(sweep_dir, arms, seeds, metric)
   keys = sorted({k for runs in table.values() for m in runs.values() for k in m},
@@ -134,12 +147,14 @@ def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
     summary["arms"][arm.name] = {
         "label": arm.title, "overrides": dict(arm.overrides),
         **{k: mean_ci([runs[s].get(k) for s in sorted(runs)]) for k in keys}}
-  for name, a, b in contrasts:
-    ra, rb = table.get(a, {}), table.get(b, {})
-    paired = sorted(set(ra) & set(rb))
+  for contrast in contrasts:
+    name, coefficients = contrast_coefficients(contrast)
+    runs = {arm: table.get(arm, {}) for arm in coefficients}
+    paired = sorted(set.intersection(*(set(r) for r in runs.values())))
     summary["contrasts"][name] = {
-        "a": a, "b": b, "seeds": paired,
-        **{k: mean_ci([ra[s][k] - rb[s][k] for s in paired if k in ra[s] and k in rb[s]])
+        "coefficients": coefficients, "seeds": paired,
+        **{k: mean_ci([sum(c * runs[arm][s][k] for arm, c in coefficients.items())
+                       for s in paired if all(k in runs[arm][s] for arm in coefficients)])
            for k in ("overall", "macro")}}
     overall = summary["contrasts"][name]["overall"]
     # How many seeds would resolve a 1-point difference in this contrast (the issue's target).
@@ -250,7 +265,7 @@ SWEEP_FILE = "sweep.json"
 
 
 def write_description(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
-                      overrides: Sequence[str] = (), contrasts: Sequence[tuple[str, str, str]] = (),
+                      overrides: Sequence[str] = (), contrasts: Sequence[Sequence[Any]] = (),
                       title: str = "") -> None:
   """``sweep.json``: everything :func:`summarize_dir` needs to rebuild the summary from logs."""
   os.makedirs(sweep_dir, exist_ok=True)
@@ -374,7 +389,7 @@ def parse_args(description: str, default_out: str, argv=None) -> argparse.Namesp
 
 
 def main(description: str, name: str, arms: Iterable[Arm], *, argv=None,
-         contrasts: Sequence[tuple[str, str, str]] = (), quick_overrides: Sequence[str] = (),
+         contrasts: Sequence[Sequence[Any]] = (), quick_overrides: Sequence[str] = (),
          title: str = "") -> dict[str, Any]:
   """Runs a sweep from the command line and prints its summary table."""
   args = parse_args(description, os.path.join("runs", name), argv)

@@ -52,7 +52,12 @@ def test_summary_contrasts_are_paired_over_seeds(tmp_path):
   for seed in range(3):
     _fake_results(sweep.run_dir(str(tmp_path), arms[0], seed), a[seed], {"t2t": a[seed]})
     _fake_results(sweep.run_dir(str(tmp_path), arms[1], seed), b[seed], {"t2t": b[seed]})
-  summary = sweep.summarize(str(tmp_path), arms, range(3), contrasts=[("a - b", "a", "b")])
+  summary = sweep.summarize(str(tmp_path), arms, range(3), contrasts=[
+      ("a - b", "a", "b"), ("mean of a and b", {"a": 0.5, "b": 0.5})])
+  mean = summary["contrasts"]["mean of a and b"]["overall"]
+  assert mean["values"] == pytest.approx(list(50 * (np.array(a) + np.array(b))))
+  with pytest.raises(ValueError, match="a contrast is"):
+    sweep.contrast_coefficients(("only a name", {}))
   diff = 100 * (np.array(a) - np.array(b))
   contrast = summary["contrasts"]["a - b"]["overall"]
   assert contrast["mean"] == pytest.approx(diff.mean())
