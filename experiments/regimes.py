@@ -37,6 +37,16 @@ ARMS = [
 
 CONTRASTS = [(f"SFT - CL ({init}, {finetune})", f"{init}-{finetune}-sft", f"{init}-{finetune}-cl")
              for init in ("pretrained", "random") for finetune in ("lora", "full")]
+# Does the regime move the SFT - CL gap? (difference of gaps, paired over seeds)
+CONTRASTS += [
+    (f"gap change, pretrained - random ({finetune})",
+     {f"pretrained-{finetune}-sft": 1, f"pretrained-{finetune}-cl": -1,
+      f"random-{finetune}-sft": -1, f"random-{finetune}-cl": 1})
+    for finetune in ("lora", "full")]
+CONTRASTS += [
+    (f"gap change, LoRA - full ({init})",
+     {f"{init}-lora-sft": 1, f"{init}-lora-cl": -1, f"{init}-full-sft": -1, f"{init}-full-cl": 1})
+    for init in ("pretrained", "random")]
 
 
 def main(argv=None):
