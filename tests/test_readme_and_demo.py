@@ -36,3 +36,14 @@ def test_demo_prints_decomposition_and_exact_identity(capsys):
   assert "W_SFT x D_CL" in out and "W_CL x D_SFT" in out
   errors = [float(x) for x in re.findall(r"max relative error ([0-9.e+-]+)", out)]
   assert len(errors) == 2 and max(errors) < 1e-12
+
+
+def test_readme_points_only_at_files_that_exist():
+  """Every docs/ figure, table or other local file the README links or shows is in the repo."""
+  text = README.read_text()
+  targets = set(re.findall(r'src="([^"]+)"', text))
+  targets |= {t for t in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in t}
+  targets |= set(re.findall(r"`(docs/[^`\s]+)`", text))
+  assert targets, "no local links found: the pattern is wrong"
+  missing = sorted(t for t in targets if not (README.parent / t).exists())
+  assert not missing, f"README points at missing files: {missing}"
