@@ -20,15 +20,15 @@ import jax
 import jax.numpy as jnp
 
 from decomp import _lists
-from decomp.readout import Readout
+from decomp.readout import Readout, pool_label_logits
 from decomp.url import resolve_direction, resolve_weight
 
 Array = Any
 
 
-def label_readout_fn(label_rows) -> Callable[[Array], Readout]:
+def label_readout_fn(label_rows, label_pooling: str = "first") -> Callable[[Array], Readout]:
   """``h -> Readout`` from the LM-head rows ``[K >= 2, d]`` of the label tokens (yes first, no
-  second).
+  second; more pooled as ``label_pooling`` says, :func:`decomp.readout.pool_label_logits`).
 
   Only ``yes``/``no``/``hidden`` are recomputed from ``h``; a direction that needs more (the
   vocabulary log-normaliser, a projection score) must be given its own ``readout_fn``.
@@ -39,7 +39,8 @@ def label_readout_fn(label_rows) -> Callable[[Array], Readout]:
 
   def readout_fn(hidden):
     logits = jnp.einsum("...d,kd->...k", hidden, rows.astype(hidden.dtype))
-    return Readout(yes=logits[..., 0], no=logits[..., 1], hidden=hidden)
+    yes, no = pool_label_logits(logits, label_pooling)
+    return Readout(yes=yes, no=no, hidden=hidden)
 
   return readout_fn
 

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from decomp.models.vision import ImageEncoder, Projector, image_preprocess
-from decomp.readout import Readout
+from decomp.readout import LABEL_POOLINGS, Readout, pool_label_logits
 
 Array = jax.Array
 
@@ -451,6 +451,9 @@ class Reranker(nnx.Module):
     decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states``,
       ``lm_head_rows``, ``log_normalizer`` and ``config.hidden_size``).
     label_ids: label token ids, "yes" first, "no" second, more allowed.
+    label_pooling: how the label logits become ``yes``/``no``
+      (:func:`decomp.readout.pool_label_logits`): ``'first'`` reads the first two labels,
+      ``'pairs'`` pools alternating positive/negative words by log-sum-exp.
     vision: an :class:`~decomp.models.vision.ImageEncoder` (None: text only).
     projector: maps vision features to the LM width; default a fresh LLaVA :class:`Projector`.
     image_token_id: the placeholder token id (required with ``vision``).
@@ -461,16 +464,23 @@ class Reranker(nnx.Module):
 
   def __init__(self, decoder, label_ids: Sequence[int], *, vision: ImageEncoder | None = None,
                projector: nnx.Module | None = None, image_token_id: int | None = None,
-               projection_direction: bool = False, rngs: nnx.Rngs):
+               projection_direction: bool = False, label_pooling: str = "first",
+               rngs: nnx.Rngs):
     label_ids = tuple(int(i) for i in label_ids)
     if len(label_ids) < 2:
       raise ValueError(f"label_ids needs at least yes and no, got {label_ids}")
+    if label_pooling not in LABEL_POOLINGS:
+      raise ValueError(f"unknown label_pooling {label_pooling!r}; known: {LABEL_POOLINGS}")
+    if label_pooling == "pairs" and len(label_ids) % 2:
+      raise ValueError(f"label_pooling='pairs' needs an even number of labels (positive, negative "
+                       f"pairs), got {len(label_ids)}")
     vocab_size = decoder.config.vocab_size
     bad = [i for i in label_ids if not 0 <= i < vocab_size]
     if bad:
       raise ValueError(f"label ids {bad} are outside the vocabulary [0, {vocab_size})")
     self.decoder = decoder
     self.label_ids = label_ids
+    self.label_pooling = label_pooling
     d = decoder.config.hidden_size
     self.vision = vision
     if vision is not None:
@@ -582,7 +592,8 @@ class Reranker(nnx.Module):
     if len(self.label_ids) > 2:
       extra["label_logits"] = logits.reshape(lead + (len(self.label_ids),))
     lognorm = self.decoder.log_normalizer(h_last).reshape(lead) if log_normalizer else None
-    return Readout(yes=logits[:, 0].reshape(lead), no=logits[:, 1].reshape(lead),
+    yes, no = pool_label_logits(logits, self.label_pooling)
+    return Readout(yes=yes.reshape(lead), no=no.reshape(lead),
                    log_normalizer=lognorm, hidden=h_last.reshape(lead + (h_last.shape[-1],)),
                    extra_scores=extra or None)
 
@@ -626,6 +637,7 @@ def load_tokenizer(path: str):
 def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.float32,
                   param_dtype=None, vision_path: str | None = None,
                   feature_layer: int | None = -2, label_words: Sequence[str] = ("yes", "no"),
+                  label_pooling: str = "first",
                   image_token: str | None = None, projection_direction: bool = False,
                   mesh: jax.sharding.Mesh | None = None, rules=None, remat: bool = False,
                   seed: int = 0):
@@ -651,7 +663,8 @@ def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.flo
     vision = load_vision_pretrained(vision_path, dtype=dtype, param_dtype=param_dtype,
                                     feature_layer=feature_layer, mesh=mesh, rules=rules)
   reranker = Reranker(decoder, labels, vision=vision, image_token_id=image_id,
-                      projection_direction=projection_direction, rngs=nnx.Rngs(seed))
+                      projection_direction=projection_direction, label_pooling=label_pooling,
+                      rngs=nnx.Rngs(seed))
   if mesh is not None:
     shard_model(reranker, mesh, rules)
   return reranker, tokenizer

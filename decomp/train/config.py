@@ -22,6 +22,8 @@ import os
 import typing
 from typing import Any, Callable, Mapping, Sequence
 
+from decomp.readout import LABEL_POOLINGS
+
 WEIGHT_NAMES = ('sft', 'cl', 'constant', 'tau_mask', 'one_plus_sft', 'cl_rescaled')
 DIRECTION_NAMES = ('sft', 'cl', 'cl_logprob', 'projection')
 LAYOUTS = ('data', 'fsdp', 'tensor')
@@ -59,6 +61,9 @@ class TrainConfig:
   pretrain_learning_rate: float = 3e-3  # peak learning rate of the base-checkpoint recipe
   pretrain_batch_size: int = 32  # sequences per pre-training step
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
+  # 'first': z_y, z_n are the first two words' logits; 'pairs': the words alternate positive,
+  # negative (yes, no, true, false, ...) and each side is the log-sum-exp of its words' logits.
+  label_pooling: str = 'first'
 
   # --- what is trained ----------------------------------------------------------------------------
   # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only). The playground base is
@@ -408,6 +413,11 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('eval_score', f'expected one of {EVAL_SCORES}')
   if len(cfg.label_words) < 2:
     bad('label_words', 'needs at least the yes and the no word')
+  if cfg.label_pooling not in LABEL_POOLINGS:
+    bad('label_pooling', f'expected one of {LABEL_POOLINGS}')
+  elif cfg.label_pooling == 'pairs' and len(cfg.label_words) % 2:
+    bad('label_words', "label_pooling='pairs' needs (positive, negative) word pairs: an even "
+                       f'count, got {len(cfg.label_words)}')
   if cfg.vision and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
   if num_devices is not None and cfg.num_devices:

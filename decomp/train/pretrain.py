@@ -39,7 +39,7 @@ RECIPE_VERSION = 2  # 2: paraphrase and edit pairs
 RECIPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size',
                  'vision', 'vision_hidden_size', 'vision_layers', 'vision_heads', 'image_size',
                  'patch_size', 'pretrain_steps', 'pretrain_learning_rate', 'pretrain_batch_size',
-                 'base_seed', 'playground', 'label_words')
+                 'base_seed', 'playground')
 TEXT_TOKENS = 40  # description tokens per sequence (after the image placeholders)
 
 
@@ -61,7 +61,6 @@ def pretraining_world(cfg: config_lib.TrainConfig):
 def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   """The JSON-able recipe of ``cfg``'s base checkpoint."""
   out = {k: getattr(cfg, k) for k in RECIPE_FIELDS}
-  out['label_words'] = list(out['label_words'])
   # The resolved world, not just the overrides: a changed default must not reuse a stale base.
   out['playground'] = dataclasses.asdict(pretraining_world(cfg))
   out['version'] = RECIPE_VERSION
@@ -159,7 +158,7 @@ class _Sequences:
 def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) -> dict[str, Any]:
   """Pre-trains ``cfg``'s backbone and writes it to ``directory``; returns ``pretrain.json``."""
   tokenizer = setup_lib.load_tokenizer(dataclasses.replace(cfg, tokenizer=''), None)
-  labels = label_token_ids(tokenizer, cfg.label_words)
+  labels = label_token_ids(tokenizer)  # the LM objective reads no label: any pair will do
   dconfig = setup_lib.decoder_config(cfg, len(tokenizer))
   vconfig = setup_lib.vision_config(cfg) if cfg.vision else None
   image_id = image_token_id(tokenizer) if vconfig is not None else None

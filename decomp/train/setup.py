@@ -31,7 +31,7 @@ from decomp.models.decoder import Decoder
 from decomp.models.lora import apply_lora, is_lm_head, trainable_filter
 from decomp.models.reranker import Reranker, encode_groups, image_token_id, label_token_ids
 from decomp.models.vision import Projector, VisionConfig, VisionEncoder
-from decomp.readout import Readout
+from decomp.readout import Readout, pool_label_logits
 from decomp.train import config as config_lib
 from decomp.train import logs
 
@@ -385,8 +385,9 @@ class ModelState:
       if model.projection is not None:
         extra = {'projection': jnp.einsum('...d,d->...', h.astype(jnp.float32),
                                           model.projection[...].astype(jnp.float32))}
-      return Readout(yes=logits[..., 0], no=logits[..., 1],
-                     log_normalizer=model.decoder.log_normalizer(h), hidden=h, extra_scores=extra)
+      yes, no = pool_label_logits(logits, model.label_pooling)
+      return Readout(yes=yes, no=no, log_normalizer=model.decoder.log_normalizer(h), hidden=h,
+                     extra_scores=extra)
 
     return fn
 
@@ -476,7 +477,8 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
       if base is not None and base.get('multimodal') is not None:
         _assign_multimodal(vision, projector, base['multimodal'])
     model = Reranker(decoder, labels, vision=vision, projector=projector,
-                     image_token_id=image_id, projection_direction=projection, rngs=rngs)
+                     image_token_id=image_id, projection_direction=projection,
+                     label_pooling=cfg.label_pooling, rngs=rngs)
     if cfg.finetune == 'lora':
       apply_lora(model.decoder, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                  targets=cfg.lora_targets, rngs=rngs)

@@ -13,6 +13,7 @@ from decomp.models import reranker as rr
 from decomp.models import vision
 from decomp.models.config import DecoderConfig
 from decomp.models.decoder import Decoder
+from decomp.readout import pool_label_logits
 
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
@@ -279,6 +280,35 @@ def test_more_label_tokens_and_no_log_normalizer(tokenizer):
   np.testing.assert_allclose(np.asarray(k[..., 0]), np.asarray(out.yes))
   np.testing.assert_allclose(np.asarray(k[..., 2]), np.asarray(out.hidden) @ np.asarray(
       model.label_rows()[2]), atol=1e-5)
+
+
+def test_label_pooling_pairs(tokenizer):
+  """'pairs': yes/no are the log-sum-exps of the alternating positive / negative words; the
+  gradient direction of z_y - z_n is the softmax-weighted mix of their LM-head rows."""
+  labels = rr.label_token_ids(tokenizer, ("yes", "no", "Relevant", "maybe"))
+  decoder = tiny_decoder(len(tokenizer.get_vocab()))
+  pooled = rr.Reranker(decoder, labels, label_pooling="pairs", rngs=nnx.Rngs(0))
+  first = rr.Reranker(decoder, labels, rngs=nnx.Rngs(0))
+  batch = _text_batch(tokenizer, "left")
+  out = pooled.readout(batch["input_ids"], batch["attention_mask"])
+  k = np.asarray(out.extra_scores["label_logits"], np.float64)
+  np.testing.assert_allclose(out.yes, np.logaddexp(k[..., 0], k[..., 2]), rtol=1e-6)
+  np.testing.assert_allclose(out.no, np.logaddexp(k[..., 1], k[..., 3]), rtol=1e-6)
+  plain = first.readout(batch["input_ids"], batch["attention_mask"])
+  np.testing.assert_array_equal(plain.yes, k[..., 0].astype(np.float32))
+  # Direction: d(z_y - z_n)/dh = sum_j softmax(positive logits)_j M_j - (same for negatives).
+  rows = np.asarray(pooled.label_rows(), np.float64)
+  h = jnp.asarray(out.hidden[0, 0], jnp.float32)
+  grad = jax.grad(lambda x: jnp.subtract(*pool_label_logits(
+      jnp.asarray(rows, jnp.float32) @ x, "pairs")))(h)
+  z = rows @ np.asarray(h, np.float64)
+  soft = lambda v: np.exp(v - v.max()) / np.exp(v - v.max()).sum()
+  expected = soft(z[0::2]) @ rows[0::2] - soft(z[1::2]) @ rows[1::2]
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="even number of labels"):
+    rr.Reranker(decoder, labels[:3], label_pooling="pairs", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unknown label_pooling"):
+    rr.Reranker(decoder, labels, label_pooling="mean", rngs=nnx.Rngs(0))
 
 
 def test_readout_never_builds_full_vocabulary_logits(model, tokenizer):

@@ -120,3 +120,32 @@ def test_exact_per_example_gradient_norms(model_and_batch):
   for g, d in [(0, 0), (1, 2), (3, 1)]:
     doc = {k: v[g:g + 1, d:d + 1] for k, v in batch.items()}
     np.testing.assert_allclose(norms[g, d], abs(w[g, d]) * grad_norm(run.params, doc), rtol=1e-4)
+
+
+def test_pooled_label_words_reach_the_step_and_its_diagnostics():
+  """label_pooling='pairs': the trainer's readout and the diagnostics' readout-from-h agree, and
+  the logged SFT direction norm is ||grad_h (z_y - z_n)|| of the pooled scores."""
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+      'vision=false', 'num_layers=1', 'finetune=full', 'batch_size=4', 'negatives=3',
+      'max_length=48', 'label_words=["yes","no","true","false"]', 'label_pooling=pairs'])
+  mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
+  data = setup_lib.make_data(cfg)
+  run = setup_lib.build_model_state(cfg, mesh, data)
+  params, frozen = run.initialize()
+  run = dataclasses.replace(run, params=params, frozen=frozen)
+  batch = {k: jnp.asarray(v) for k, v in data.train_batch(0, cfg.batch_size)[0].items()}
+  model = nnx.merge(run.graphdef, params, frozen)
+  out = run.readout(model, batch, False)
+  again = run.readout_from_hidden(model)(out.hidden)
+  np.testing.assert_allclose(again.yes, out.yes, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(again.no, out.no, rtol=1e-5, atol=1e-5)
+  k = np.asarray(out.extra_scores['label_logits'])
+  np.testing.assert_allclose(out.yes, np.logaddexp(k[..., 0], k[..., 2]), rtol=1e-5)
+  fn, tx = _step(cfg, run, 'sft', 'sft')
+  _, _, metrics = fn(params, frozen, tx.init(params), jnp.int32(0), batch)
+  per_doc = jax.device_get(metrics['per_doc'])
+  grad = jax.vmap(jax.grad(lambda h: jnp.subtract(
+      *(lambda r: (r.yes, r.no))(run.readout_from_hidden(model)(h)))))(
+          out.hidden.reshape(-1, out.hidden.shape[-1]))
+  np.testing.assert_allclose(per_doc['direction_norm'].reshape(-1),
+                             np.linalg.norm(np.asarray(grad), axis=-1), rtol=1e-4)

@@ -160,6 +160,8 @@ def test_evaluate_workdir_refuses_training_changes(quick_run, kwargs, message):
     (['mesh={"data": 3}'], 'uses 3 devices but 8'),
     (['batch_size=6'], 'batch_size=6: must be divisible by the 8'),
     (['playground={"bogus": 1}'], "unknown PlaygroundConfig keys \\['bogus'\\]"),
+    (['label_words=["yes","no","true"]', 'label_pooling=pairs'], 'word pairs: an even count'),
+    (['label_pooling=mean'], "label_pooling='mean': expected one of"),
 ])
 def test_bad_config_fails_before_compute(tmp_path, override, message):
   workdir = str(tmp_path / 'run')
