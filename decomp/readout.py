@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 Array = Any
 
