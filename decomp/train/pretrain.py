@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -67,12 +68,53 @@ def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   return out
 
 
+# The code whose numerics a base's weights depend on (model, data, this recipe).
+_SOURCE_DIRS = ('models', 'data')
+_SOURCE_FILES = ('train/pretrain.py', 'train/step.py', 'train/setup.py', 'readout.py')
+
+
+def source_fingerprint() -> str:
+  """A hash of the library sources a base build runs through (model, data, recipe code).
+
+  The cache key is the recipe, not the code: a base built before a numerics-changing edit (even
+  a reordered float sum) is reused, and training on it no longer matches what a fresh machine
+  builds. The fingerprint, stored with the base, lets :func:`base_checkpoint` say so.
+  """
+  import hashlib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = [os.path.join(root, f) for f in _SOURCE_FILES]
+  for d in _SOURCE_DIRS:
+    for folder, _, files in os.walk(os.path.join(root, d)):
+      paths += [os.path.join(folder, f) for f in files if f.endswith('.py')]
+  digest = hashlib.sha256()
+  for path in sorted(paths):
+    digest.update(os.path.relpath(path, root).encode())
+    with open(path, 'rb') as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:16]
+
+
 def base_checkpoint(cfg: config_lib.TrainConfig, *, quiet: bool | None = None) -> str:
-  """The directory of ``cfg``'s pretrained base (built now if it is not cached)."""
+  """The directory of ``cfg``'s pretrained base (built now if it is not cached).
+
+  A cached base built by other library sources is still used (a sweep keeps one base), with a
+  warning: delete the directory (or point ``DECOMP_CACHE`` elsewhere) to rebuild it.
+  """
   spec = recipe(cfg)
   path = os.path.join(setup_lib.cache_dir(), f'base-{config_lib.config_hash(spec)}')
   quiet = cfg.quiet if quiet is None else quiet
-  return setup_lib._build_once(path, lambda d: build(cfg, d, quiet=quiet))
+  path = setup_lib._build_once(path, lambda d: build(cfg, d, quiet=quiet))
+  try:
+    built_by = logs.read_json(os.path.join(path, 'pretrain.json')).get('source_fingerprint')
+  except (OSError, ValueError):
+    built_by = None
+  current = source_fingerprint()
+  if built_by != current:
+    how = ('before decomp recorded source fingerprints' if built_by is None else
+           f'by other decomp sources (fingerprint {built_by}, now {current})')
+    warnings.warn(f'the cached base {path} was built {how}: runs on it may not match a fresh '
+                  'build; delete it to rebuild', stacklevel=2)
+  return path
 
 
 def _pairs(group: data_types.Group) -> list[tuple[np.ndarray | None, str]]:
@@ -219,7 +261,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
     logs.write_json_atomic(os.path.join(directory, setup_lib.MULTIMODAL_CONFIG),
                            {'vision': dataclasses.asdict(vconfig), 'image_token_id': image_id,
                             'projector': 'llava_mlp2x_gelu'})
-  info = {'recipe': recipe(cfg), 'losses': losses,
+  info = {'recipe': recipe(cfg), 'source_fingerprint': source_fingerprint(), 'losses': losses,
           'parameters': int(sum(x.size for x in jax.tree.leaves(params)))}
   logs.write_json_atomic(os.path.join(directory, 'pretrain.json'), info)
   return info

@@ -2,8 +2,10 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from decomp.models import hf
@@ -28,10 +30,19 @@ def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch)
   decoder = hf.load_pretrained(path)
   assert (decoder.config.hidden_size, decoder.config.num_layers) == (cfg.hidden_size,
                                                                       cfg.num_layers)
-  # Cached: a second call returns the same directory without building.
+  # Cached: a second call returns the same directory without building, and says nothing.
+  assert info['source_fingerprint'] == pretrain.source_fingerprint()
   mtime = os.path.getmtime(os.path.join(path, 'model.safetensors'))
-  assert pretrain.base_checkpoint(cfg) == path
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert pretrain.base_checkpoint(cfg) == path
   assert os.path.getmtime(os.path.join(path, 'model.safetensors')) == mtime
+  # A base built by other sources is still used (a sweep keeps one base), with a warning.
+  monkeypatch.setattr(pretrain, 'source_fingerprint', lambda: 'edited-sources')
+  with pytest.warns(UserWarning, match='built by other decomp sources'):
+    assert pretrain.base_checkpoint(cfg) == path
+  monkeypatch.undo()
+  monkeypatch.setenv('DECOMP_CACHE', str(tmp_path / 'cache_a'))
   # Deterministic: a fresh cache with the same seed gives bit-identical weights.
   monkeypatch.setenv('DECOMP_CACHE', str(tmp_path / 'cache_b'))
   again = pretrain.base_checkpoint(cfg)
