@@ -122,11 +122,28 @@ def save(fig, out_dir: str, name: str) -> list[str]:
 
 
 def pooled_examples(arm: dict) -> dict[str, np.ndarray]:
-  """The per-example logs of all of an arm's runs, concatenated ({} when none logged any)."""
-  pooled = [p for p in (read_examples(w) for w in arm["runs"]) if p]
+  """The per-example logs of all of an arm's runs, concatenated ({} when none logged any), with
+  a ``run`` column (the run's index in the arm) so lists of different seeds stay apart."""
+  pooled = []
+  for index, workdir in enumerate(arm["runs"]):
+    examples = read_examples(workdir)
+    if examples:
+      examples["run"] = np.full(len(examples["step"]), index, np.int32)
+      pooled.append(examples)
   if not pooled:
     return {}
   return {k: np.concatenate([p[k] for p in pooled]) for k in pooled[0]}
+
+
+def list_sums(examples: dict[str, np.ndarray], values: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Per logged training list (run, step, query): ``(step [L], sum of values [L], row -> list
+  index [N])``."""
+  keys = np.stack([examples["run"].astype(np.int64), examples["step"].astype(np.int64)], 1)
+  _, query = np.unique(examples["query_id"], return_inverse=True)
+  keys = np.concatenate([keys, query.reshape(-1, 1)], 1)
+  unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  return unique[:, 1], np.bincount(inverse, weights=values, minlength=len(unique)), inverse
 
 
 def main(make, doc: str) -> None:

@@ -101,8 +101,18 @@ def test_tiny_sweep_end_to_end(tmp_path):
   paths = make_all.main([str(out)])
   names = {os.path.basename(p) for p in paths}
   for name in ("probe_heatmap.png", "weight_vs_score.png", "update_over_training.png",
-               "update_by_difficulty.png", "val_ndcg.png"):
+               "update_by_difficulty.png", "net_push.png", "val_ndcg.png"):
     assert name in names
+  # The logs obey InfoNCE's algebra: CL's weights sum to zero over every logged list; SFT's
+  # do not (its net push shifts the whole list).
+  import common
+  import net_push
+  by_name = {arm["name"]: arm for arm in common.arms(str(out))}
+  _, cl_net, cl_imbalance = net_push.list_imbalance(common.pooled_examples(by_name["w_cl-d_cl"]))
+  assert len(cl_net) == 2 * 2 * 8  # 2 seeds x 2 logged steps x 8 lists
+  assert np.abs(cl_imbalance).max() < 1e-5
+  _, _, sft_imbalance = net_push.list_imbalance(common.pooled_examples(by_name["w_sft-d_sft"]))
+  assert sft_imbalance.max() > 0.01
   for path in paths:
     assert os.path.getsize(path) > 5000
   # The docs are rebuilt from the logs alone: summary from sweep.json + results, PNG figures.
