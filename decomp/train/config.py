@@ -60,6 +60,11 @@ class TrainConfig:
   pretrain_steps: int = 300  # steps of the base-checkpoint recipe ('playground' model)
   pretrain_learning_rate: float = 3e-3  # peak learning rate of the base-checkpoint recipe
   pretrain_batch_size: int = 32  # sequences per pre-training step
+  # Yes/no questions about one attribute of a described scene, per pre-training group (half of
+  # them true): '<description> . Does it match <value> ? yes'. They teach the base the label
+  # words as content-dependent answers, as an LLM knows them; 0 (default): the base never sees
+  # the label words, and their LM-head rows stay nearly parallel.
+  pretrain_qa_per_group: int = 0
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
   # 'first': z_y, z_n are the first two words' logits; 'pairs': the words alternate positive,
   # negative (yes, no, true, false, ...) and each side is the log-sum-exp of its words' logits.
@@ -411,6 +416,8 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
       bad(key, f'expected one of {DTYPES}')
   if cfg.eval_score not in EVAL_SCORES:
     bad('eval_score', f'expected one of {EVAL_SCORES}')
+  if cfg.pretrain_qa_per_group < 0:
+    bad('pretrain_qa_per_group', 'must be >= 0')
   if len(cfg.label_words) < 2:
     bad('label_words', 'needs at least the yes and the no word')
   if cfg.label_pooling not in LABEL_POOLINGS:

@@ -65,6 +65,8 @@ def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   # The resolved world, not just the overrides: a changed default must not reuse a stale base.
   out['playground'] = dataclasses.asdict(pretraining_world(cfg))
   out['version'] = RECIPE_VERSION
+  if cfg.pretrain_qa_per_group:  # only when used: the keys of earlier bases stay valid
+    out['pretrain_qa_per_group'] = cfg.pretrain_qa_per_group
   return out
 
 
@@ -143,6 +145,35 @@ def _pairs(group: data_types.Group) -> list[tuple[np.ndarray | None, str]]:
   return pairs
 
 
+def attribute_questions(plan, world_config, rng: np.random.Generator,
+                        count: int) -> list[tuple[None, str]]:
+  """``count`` yes/no questions about the scene ``plan.target``, each on one attribute, the answer
+  "yes" for even-numbered questions (the true value) and "no" for odd ones (another value)::
+
+    'two striped squares at the top left . Does it match squares ? yes'
+
+  The description and the value are worded independently (synonyms, templates), so answering
+  needs the meaning of the words, not their surface.
+  """
+  from decomp.data.playground import text, world
+  description = text.describe(plan.target, rng, synonym_rate=world_config.synonym_rate,
+                              paraphrase_rate=world_config.paraphrase_rate)
+  out = []
+  for k in range(count):
+    attribute = int(rng.integers(len(world.ATTRIBUTES)))
+    scene = np.array(plan.target)
+    if k % 2:  # a false value of the same attribute
+      others = [v for v in range(world_config.num_values[attribute]) if v != scene[attribute]]
+      scene[attribute] = others[int(rng.integers(len(others)))]
+    words = text._value_words(scene, rng, world_config.synonym_rate)
+    value = words[world.ATTRIBUTES[attribute]]
+    if value == 'a':  # the count word of one object is an article in descriptions
+      value = 'one'
+    answer = 'no' if k % 2 else 'yes'
+    out.append((None, f'{description} . Does it match {value} ? {answer}'))
+  return out
+
+
 class _Sequences:
   """Deterministic stream of ``(input_ids, attention_mask, loss_mask, pixel_values,
   image_valid)`` batches built from playground groups in index order."""
@@ -160,12 +191,19 @@ class _Sequences:
     self.image_size = cfg.image_size
     self._buffer: list = []
     self._next_group = 0
+    self.questions = cfg.pretrain_qa_per_group
+    self.seed = cfg.base_seed
 
   def batch(self, size: int) -> dict[str, np.ndarray]:
     while len(self._buffer) < size:
       group = self.playground.group('train', self._next_group)
-      self._next_group += 1
       self._buffer.extend(_pairs(group))
+      if self.questions:
+        rng = np.random.default_rng([self.seed, self._next_group, 9])
+        self._buffer.extend(attribute_questions(
+            self.playground.plan('train', self._next_group), self.playground.config, rng,
+            self.questions))
+      self._next_group += 1
     items, self._buffer = self._buffer[:size], self._buffer[size:]
     texts = self.tokenizer([text for _, text in items], add_special_tokens=False)['input_ids']
     t = self.length

@@ -74,3 +74,38 @@ def _paths(tree, prefix=''):
       yield from _paths(v, f'{prefix}/{k}')
   else:
     yield prefix
+
+
+def test_attribute_questions_are_true_then_false_and_in_vocabulary():
+  from decomp.data.playground import Playground, text, world
+  from decomp.train import setup as setup_lib
+
+  cfg = config_lib.get_config('playground')
+  playground = Playground(pretrain.pretraining_world(cfg))
+  tokenizer = setup_lib.load_tokenizer(cfg, None)
+  rng = np.random.default_rng(0)
+  texts, checked = [], 0
+  for index in range(20):
+    plan = playground.plan('train', index)
+    questions = pretrain.attribute_questions(plan, playground.config, rng, 4)
+    assert [q.rsplit(' ', 1)[1] for _, q in questions] == ['yes', 'no', 'yes', 'no']
+    for _, question in questions:
+      description, asked = question.split(' . Does it match ')
+      value = asked.rsplit(' ? ', 1)[0]
+      texts.append(question)
+      for attribute, table in (('colour', text.COLOUR_WORDS), ('size', text.SIZE_WORDS),
+                               ('texture', text.TEXTURE_WORDS)):
+        meaning = {word: name for name, words in table.items() for word in words}
+        if value in meaning:  # the asked value is this attribute's: true iff the answer is yes
+          index = world.ATTRIBUTES.index(attribute)
+          truth = world.VALUES[attribute][plan.target[index]]
+          assert (meaning[value] == truth) == question.endswith('yes'), question
+          checked += 1
+  assert checked >= 20
+  ids = tokenizer(texts, add_special_tokens=False)['input_ids']
+  assert all(tokenizer.unk_token_id not in seq for seq in ids)
+  assert max(len(seq) for seq in ids) < pretrain.TEXT_TOKENS
+  # The recipe names the questions only when used, so bases built without them keep their keys.
+  assert 'pretrain_qa_per_group' not in pretrain.recipe(cfg)
+  assert pretrain.recipe(config_lib.apply_overrides(cfg, ['pretrain_qa_per_group=2']))[
+      'pretrain_qa_per_group'] == 2
