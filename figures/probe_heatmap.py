@@ -27,7 +27,10 @@ def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
   for stats in summary["arms"].values():
     overrides = stats.get("overrides", {})
     if "weight" in overrides and "direction" in overrides and stats.get(key, {}).get("mean"):
-      cells[(overrides["weight"], overrides["direction"])] = stats[key]
+      pair = (overrides["weight"], overrides["direction"])
+      if pair in cells:  # the arms vary something else too (e.g. a calibration sweep): no grid
+        return []
+      cells[pair] = stats[key]
   weights = sorted({w for w, _ in cells}, key=lambda w: (w != "sft", w))
   directions = sorted({d for _, d in cells}, key=lambda d: (d != "sft", d))
   if len(weights) < 2 or len(directions) < 2:

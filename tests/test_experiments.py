@@ -193,3 +193,24 @@ def test_ablation_curves_from_a_real_summary(tmp_path):
   assert [os.path.basename(p) for p in paths] == ["ablation_negatives.png",
                                                   "ablation_negatives.pdf"]
   assert os.path.getsize(paths[0]) > 5000
+
+
+def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
+  """A sweep whose arms repeat a (weight, direction) pair under other knobs gets no heatmap
+  (one cell would silently hide the others)."""
+  import probe_heatmap
+
+  arms = [sweep.Arm(f"{v}-{o}", {"learning_rate": lr, "weight": o, "direction": o})
+          for v, lr in (("fast", 1e-3), ("slow", 3e-4)) for o in ("sft", "cl")]
+  for seed in range(2):
+    for arm in arms:
+      _fake_results(sweep.run_dir(str(tmp_path), arm, seed), 0.6, {"t2t": 0.6})
+  sweep.summarize(str(tmp_path), arms, range(2))
+  assert probe_heatmap.make(str(tmp_path), str(tmp_path / "figures")) == []
+  probe = [sweep.Arm(f"{w}-{d}", {"weight": w, "direction": d})
+           for w in ("sft", "cl") for d in ("sft", "cl")]
+  for seed in range(2):
+    for arm in probe:
+      _fake_results(sweep.run_dir(str(tmp_path / "p"), arm, seed), 0.6, {"t2t": 0.6})
+  sweep.summarize(str(tmp_path / "p"), probe, range(2))
+  assert len(probe_heatmap.make(str(tmp_path / "p"), str(tmp_path / "figures"))) == 2
