@@ -122,6 +122,19 @@ def test_finished_run_started_again_changes_nothing(quick_run):
     train(config_lib.apply_overrides(cfg, ['seed=1']), workdir)
 
 
+def test_resume_check_fills_fields_added_since_the_run(tmp_path):
+  """A workdir written before a config field existed resumes under that field's default."""
+  from decomp.train.loop import _check_resumable
+  cfg = quick()
+  stored = config_lib.to_dict(cfg)
+  del stored['label_pooling']  # as written by a version without the field
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(stored, f)
+  _check_resumable(str(tmp_path), cfg)
+  with pytest.raises(ValueError, match="label_pooling: 'first' -> 'pairs'"):
+    _check_resumable(str(tmp_path), config_lib.apply_overrides(cfg, ['label_pooling=pairs']))
+
+
 def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
   workdir, cfg, results, _ = quick_run
   files = sorted(os.listdir(workdir))
