@@ -107,6 +107,7 @@ def quantile_band(steps: np.ndarray, values: np.ndarray,
 
 
 FORMATS = ("png", "pdf")  # what save() writes (publish.py keeps PNG only for the docs)
+PNG_DPI = 150  # publish.py uses less for the committed docs
 
 
 def save(fig, out_dir: str, name: str) -> list[str]:
@@ -115,7 +116,7 @@ def save(fig, out_dir: str, name: str) -> list[str]:
   paths = []
   for ext in FORMATS:
     path = os.path.join(out_dir, f"{name}.{ext}")
-    fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
+    fig.savefig(path, dpi=PNG_DPI if ext == "png" else None, bbox_inches="tight")
     paths.append(path)
   plt.close(fig)
   return paths

@@ -41,11 +41,13 @@ def publish(sweep_dir: str, docs: str) -> list[str]:
   shutil.copyfile(os.path.join(sweep_dir, "summary.md"), table)
   out = os.path.join(docs, "figures", name)
   shutil.rmtree(out, ignore_errors=True)  # no stale figure of an earlier layout survives
-  formats, common.FORMATS = common.FORMATS, ("png",)
+  # PNG only, at a resolution that keeps the repository small.
+  saved = common.FORMATS, common.PNG_DPI
+  common.FORMATS, common.PNG_DPI = ("png",), 100
   try:
     figures = make_all.make_all(sweep_dir, out)
   finally:
-    common.FORMATS = formats
+    common.FORMATS, common.PNG_DPI = saved
   return [table, *figures]
 
 
