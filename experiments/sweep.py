@@ -237,10 +237,9 @@ def link_completed(sweep_dir: str, todo: Sequence[tuple[Arm, int]], *, config: s
   """
   from decomp.train import config as config_lib  # only here: the runner itself needs no JAX
 
-  def key(cfg_dict):
-    # Through TrainConfig and back: a run written before a field existed gets its default.
-    cfg_dict = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(cfg_dict))))
-    return json.dumps({k: v for k, v in cfg_dict.items() if k != "quiet"}, sort_keys=True)
+  def key(config):
+    canonical = config_lib.canonical_dict(config)
+    return json.dumps({k: v for k, v in canonical.items() if k != "quiet"}, sort_keys=True)
 
   available: dict[str, str] = {}
   for directory in reuse:
@@ -251,7 +250,7 @@ def link_completed(sweep_dir: str, todo: Sequence[tuple[Arm, int]], *, config: s
   for arm, seed in todo:
     cfg = config_lib.apply_overrides(config_lib.get_config(config),
                                      _run_overrides(arm, seed, overrides))
-    source = available.get(key(config_lib.to_dict(cfg)))
+    source = available.get(key(cfg))
     target = run_dir(sweep_dir, arm, seed)
     if source is None or os.path.lexists(target):
       left.append((arm, seed))

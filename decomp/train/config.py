@@ -242,6 +242,14 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
   return out
 
 
+def canonical_dict(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+  """The config as written to ``config.json``, with every field present: a dict read from a run
+  written before a field existed gets that field's default, so configs of different code ages
+  compare equal when they train the same run."""
+  cfg = from_dict(config) if isinstance(config, Mapping) else config
+  return json.loads(json.dumps(to_dict(cfg)))
+
+
 def config_hash(data: Mapping[str, Any]) -> str:
   """Short stable hash of a JSON-able mapping (cache keys)."""
   blob = json.dumps(data, sort_keys=True, default=str).encode()

@@ -18,7 +18,6 @@ writes checkpoints cooperatively.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Mapping
@@ -47,9 +46,8 @@ def _check_resumable(workdir: str, cfg: config_lib.TrainConfig) -> None:
   path = os.path.join(workdir, logs.CONFIG_FILE)
   if not os.path.exists(path):
     return
-  # Through TrainConfig and back: a run written before a field existed has that field's default.
-  old = json.loads(json.dumps(config_lib.to_dict(config_lib.from_file(path))))
-  new = json.loads(json.dumps(config_lib.to_dict(cfg)))
+  old = config_lib.canonical_dict(logs.read_json(path))
+  new = config_lib.canonical_dict(cfg)
   diff = sorted(k for k in set(old) | set(new)
                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
   if diff:
