@@ -136,6 +136,17 @@ def pooled_examples(arm: dict) -> dict[str, np.ndarray]:
   return {k: np.concatenate([p[k] for p in pooled]) for k in pooled[0]}
 
 
+def logged_arms(sweep_dir: str) -> list[tuple[dict, dict[str, np.ndarray], str]]:
+  """``(arm, pooled examples, colour)`` for every arm whose runs logged per-example rows; the
+  colour follows the arm's place in the sweep, so an arm has one colour in every figure."""
+  out = []
+  for index, arm in enumerate(arms(sweep_dir)):
+    examples = pooled_examples(arm)
+    if examples:
+      out.append((arm, examples, PALETTE[index % len(PALETTE)]))
+  return out
+
+
 def list_sums(examples: dict[str, np.ndarray], values: np.ndarray) -> tuple[np.ndarray, ...]:
   """Per logged training list (run, step, query): ``(step [L], sum of values [L], row -> list
   index [N])``."""

@@ -42,23 +42,16 @@ def list_imbalance(examples: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 
 
 def make(sweep_dir: str, out_dir: str) -> list[str]:
-  arms = common.arms(sweep_dir)
+  logged = common.logged_arms(sweep_dir)
+  if not logged:
+    return []
   fig, (ax_share, ax_net) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-  drawn = False
-  for index, arm in enumerate(arms):
-    ex = common.pooled_examples(arm)
-    if not ex:
-      continue
-    colour = common.PALETTE[index % len(common.PALETTE)]
+  for arm, ex, colour in logged:
     steps, net, imbalance = list_imbalance(ex)
     for ax, values in ((ax_share, imbalance), (ax_net, net)):
       unique, q = common.quantile_band(steps, values)
       ax.plot(unique, q[:, 1], color=colour, lw=1.8, label=arm["label"])
       ax.fill_between(unique, q[:, 0], q[:, 2], color=colour, alpha=0.15)
-    drawn = True
-  if not drawn:
-    plt.close(fig)
-    return []
   ax_share.set_ylim(-0.02, 1.02)
   ax_share.set_ylabel("|sum W| / sum |W| per list")
   ax_share.set_title("share of the push that moves the whole list alike", fontsize=10)

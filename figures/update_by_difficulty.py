@@ -19,20 +19,14 @@ KINDS = ("positive", "hard", "random")
 
 
 def make(sweep_dir: str, out_dir: str) -> list[str]:
-  arms = common.arms(sweep_dir)
-  data = []
-  for arm in arms:
-    ex = common.pooled_examples(arm)
-    if ex:
-      data.append((arm, ex))
+  data = common.logged_arms(sweep_dir)
   if not data:
     return []
-  tasks = sorted(set(np.concatenate([ex["task"] for _, ex in data])))
+  tasks = sorted(set(np.concatenate([ex["task"] for _, ex, _ in data])))
   fig, (ax_kind, ax_task) = plt.subplots(1, 2, figsize=(12, 4.2),
                                          gridspec_kw={"width_ratios": [1, 1.6]})
   width = 0.8 / len(data)
-  for index, (arm, ex) in enumerate(data):
-    colour = common.PALETTE[arms.index(arm) % len(common.PALETTE)]
+  for index, (arm, ex, colour) in enumerate(data):
     offset = (index - (len(data) - 1) / 2) * width
     kind_values = [ex["update"][ex["doc_kind"] == k] for k in KINDS]
     positions = np.arange(len(KINDS)) + offset

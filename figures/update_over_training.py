@@ -22,14 +22,12 @@ FLOOR = 1e-4
 
 
 def make(sweep_dir: str, out_dir: str) -> list[str]:
-  arms = common.arms(sweep_dir)
+  logged = common.logged_arms(sweep_dir)
+  if not logged:
+    return []
   fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
   drawn = False
-  for index, arm in enumerate(arms):
-    ex = common.pooled_examples(arm)
-    if not ex:
-      continue
-    colour = common.PALETTE[index % len(common.PALETTE)]
+  for arm, ex, colour in logged:
     for row, (column, ylabel) in enumerate((("weight", "|W|"), ("update", "|W| x ||D||"))):
       # Log axes: a zero weight (e.g. tau-masked, learned documents) is drawn at the floor.
       values = np.maximum(np.abs(ex[column]), FLOOR)
