@@ -17,19 +17,23 @@ from decomp.train import setup as setup_lib
 from decomp.train import step as step_lib
 
 
-@pytest.fixture(scope='module')
-def model_and_batch():
+def _tiny_run(*overrides):
+  """``(cfg, run with initialised params, first training batch)`` of a 1-layer text reranker."""
   cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
-      'vision=false', 'num_layers=1', 'direction=projection', 'finetune=full', 'train_lm_head=true',
-      'batch_size=4', 'negatives=3', 'max_length=48'])
+      'vision=false', 'num_layers=1', 'finetune=full', 'batch_size=4', 'negatives=3',
+      'max_length=48', *overrides])
   mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
   data = setup_lib.make_data(cfg)
   run = setup_lib.build_model_state(cfg, mesh, data)
   params, frozen = run.initialize()
   run = dataclasses.replace(run, params=params, frozen=frozen)
-  arrays, meta = data.train_batch(0, cfg.batch_size)
-  batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-  return cfg, run, batch
+  arrays, _ = data.train_batch(0, cfg.batch_size)
+  return cfg, run, {k: jnp.asarray(v) for k, v in arrays.items()}
+
+
+@pytest.fixture(scope='module')
+def model_and_batch():
+  return _tiny_run('direction=projection', 'train_lm_head=true')
 
 
 def _step(cfg, run, weight, direction, **kwargs):
@@ -125,15 +129,8 @@ def test_exact_per_example_gradient_norms(model_and_batch):
 def test_pooled_label_words_reach_the_step_and_its_diagnostics():
   """label_pooling='pairs': the trainer's readout and the diagnostics' readout-from-h agree, and
   the logged SFT direction norm is ||grad_h (z_y - z_n)|| of the pooled scores."""
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
-      'vision=false', 'num_layers=1', 'finetune=full', 'batch_size=4', 'negatives=3',
-      'max_length=48', 'label_words=["yes","no","true","false"]', 'label_pooling=pairs'])
-  mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
-  data = setup_lib.make_data(cfg)
-  run = setup_lib.build_model_state(cfg, mesh, data)
-  params, frozen = run.initialize()
-  run = dataclasses.replace(run, params=params, frozen=frozen)
-  batch = {k: jnp.asarray(v) for k, v in data.train_batch(0, cfg.batch_size)[0].items()}
+  cfg, run, batch = _tiny_run('label_words=["yes","no","true","false"]', 'label_pooling=pairs')
+  params, frozen = run.params, run.frozen
   model = nnx.merge(run.graphdef, params, frozen)
   out = run.readout(model, batch, False)
   again = run.readout_from_hidden(model)(out.hidden)
