@@ -137,6 +137,9 @@ def test_resume_check_fills_fields_added_since_the_run(tmp_path):
 
 def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
   workdir, cfg, results, _ = quick_run
+  # A save in progress (what a still-training run leaves) must survive: evaluation only reads.
+  in_progress = os.path.join(workdir, 'checkpoints', '18.orbax-checkpoint-tmp-1700000000')
+  os.makedirs(in_progress)
   files = sorted(os.listdir(workdir))
   steps_log = open(os.path.join(workdir, 'steps.jsonl')).read()
   again = evaluate_workdir(workdir)
@@ -153,6 +156,8 @@ def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
   # Read only: nothing else in the workdir changed.
   assert sorted(os.listdir(workdir)) == files
   assert open(os.path.join(workdir, 'steps.jsonl')).read() == steps_log
+  assert os.path.isdir(in_progress)
+  os.rmdir(in_progress)
   assert ckpt_lib.Checkpoints(workdir).all_steps() == [6, 12]
 
 
