@@ -11,6 +11,8 @@ Variants (all within the default's cost per run unless marked):
   base1000      the base pre-trained for 1000 steps instead of 300 (a one-off ~4 minute build)
   qa4           the base also answers 4 yes/no attribute questions per pre-training group
                 (``pretrain_qa_per_group``), so it knows the label words before fine-tuning
+  base1000-qa4  both: the 1000-step base that also answers yes/no questions
+  qa4-steps400  the qa4 base, fine-tuned for 400 steps instead of 200 (twice the cost per run)
 
 Command::
 
@@ -33,6 +35,8 @@ VARIANTS = {
     "lr3e-4": {"learning_rate": 3e-4},
     "base1000": {"pretrain_steps": 1000},
     "qa4": {"pretrain_qa_per_group": 4},
+    "base1000-qa4": {"pretrain_steps": 1000, "pretrain_qa_per_group": 4},
+    "qa4-steps400": {"pretrain_qa_per_group": 4, "steps": 400},
 }
 
 ARMS = [sweep.Arm(f"{variant}-{objective}",
