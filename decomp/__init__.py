@@ -10,7 +10,7 @@ from decomp._lists import check_has_positive
 from decomp.diagnostics import diagnostics, label_readout_fn
 from decomp.losses import cl_loss, sft_loss
 from decomp.metrics import aggregate, ap, mrr, ndcg, precision, recall
-from decomp.readout import LABEL_POOLINGS, Readout, pool_label_logits
+from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, pool_label_logits
 from decomp.url import resolve_direction, resolve_weight, url_loss, url_surrogate
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ def __getattr__(name):
   return value
 
 __all__ = [
+    "LABEL_HEADS",
     "LABEL_POOLINGS",
     "Readout",
     "pool_label_logits",

@@ -15,6 +15,10 @@ Array = Any
 
 # How the logits of K >= 2 label tokens become (yes, no); see :func:`pool_label_logits`.
 LABEL_POOLINGS = ("first", "pairs")
+# Where the K label rows come from: 'lm_head', the LM head's rows of the label tokens (M_y, M_n);
+# 'random', a fresh learnable K x d matrix (rows ~ N(0, 1/d)) that replaces them in every score,
+# weight and direction (the paper's D_Rand: no label token is read at all).
+LABEL_HEADS = ("lm_head", "random")
 
 
 class Readout(NamedTuple):

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from decomp.models.vision import ImageEncoder, Projector, image_preprocess
-from decomp.readout import LABEL_POOLINGS, Readout, pool_label_logits
+from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, pool_label_logits
 
 Array = jax.Array
 
@@ -457,15 +457,19 @@ class Reranker(nnx.Module):
     vision: an :class:`~decomp.models.vision.ImageEncoder` (None: text only).
     projector: maps vision features to the LM width; default a fresh LLaVA :class:`Projector`.
     image_token_id: the placeholder token id (required with ``vision``).
-    projection_direction: add a learnable vector ``r ~ N(0, 1/d)`` (the paper's D_Rand) and
-      report ``extra_scores["projection"] = h @ r``.
-    rngs: initialisation randomness for the projector and ``r``.
+    label_head: where the label rows come from (:data:`decomp.readout.LABEL_HEADS`):
+      ``'lm_head'`` reads the LM head's rows of ``label_ids``; ``'random'`` learns a fresh
+      ``[K, d]`` matrix (rows ``~ N(0, 1/d)``) instead, so ``yes``/``no``, every weight, direction
+      and ranking score read no label token (the paper's D_Rand). ``label_ids`` still fix K.
+    projection_direction: add a learnable vector ``r ~ N(0, 1/d)`` and report
+      ``extra_scores["projection"] = h @ r`` (a direction the yes/no scores do not read).
+    rngs: initialisation randomness for the projector, the random label head and ``r``.
   """
 
   def __init__(self, decoder, label_ids: Sequence[int], *, vision: ImageEncoder | None = None,
                projector: nnx.Module | None = None, image_token_id: int | None = None,
                projection_direction: bool = False, label_pooling: str = "first",
-               rngs: nnx.Rngs):
+               label_head: str = "lm_head", rngs: nnx.Rngs):
     label_ids = tuple(int(i) for i in label_ids)
     if len(label_ids) < 2:
       raise ValueError(f"label_ids needs at least yes and no, got {label_ids}")
@@ -474,6 +478,8 @@ class Reranker(nnx.Module):
     if label_pooling == "pairs" and len(label_ids) % 2:
       raise ValueError(f"label_pooling='pairs' needs an even number of labels (positive, negative "
                        f"pairs), got {len(label_ids)}")
+    if label_head not in LABEL_HEADS:
+      raise ValueError(f"unknown label_head {label_head!r}; known: {LABEL_HEADS}")
     vocab_size = decoder.config.vocab_size
     bad = [i for i in label_ids if not 0 <= i < vocab_size]
     if bad:
@@ -495,9 +501,17 @@ class Reranker(nnx.Module):
     self.projection = (nnx.Param(jax.random.normal(rngs.params(), (d,), jnp.float32) / math.sqrt(d),
                                  out_sharding=("embed",), eager_sharding=False)
                        if projection_direction else None)
+    self.label_head = label_head
+    self.random_label_rows = (
+        nnx.Param(jax.random.normal(rngs.params(), (len(label_ids), d), jnp.float32)
+                  / math.sqrt(d), out_sharding=(None, "embed"), eager_sharding=False)
+        if label_head == "random" else None)
 
   def label_rows(self) -> Array:
-    """LM-head rows of the label tokens ``[K, d]`` (for the diagnostics' ``||M_y - M_n||``)."""
+    """The label rows ``[K, d]`` every score reads: the LM head's rows of the label tokens, or
+    the learned random rows with ``label_head='random'``."""
+    if self.random_label_rows is not None:
+      return self.random_label_rows[...]
     return self.decoder.lm_head_rows(jnp.asarray(self.label_ids, jnp.int32))
 
   def _embed_with_images(self, input_ids: Array, pixel_values: Array,
@@ -637,7 +651,7 @@ def load_tokenizer(path: str):
 def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.float32,
                   param_dtype=None, vision_path: str | None = None,
                   feature_layer: int | None = -2, label_words: Sequence[str] = ("yes", "no"),
-                  label_pooling: str = "first",
+                  label_pooling: str = "first", label_head: str = "lm_head",
                   image_token: str | None = None, projection_direction: bool = False,
                   mesh: jax.sharding.Mesh | None = None, rules=None, remat: bool = False,
                   seed: int = 0):
@@ -664,7 +678,7 @@ def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.flo
                                     feature_layer=feature_layer, mesh=mesh, rules=rules)
   reranker = Reranker(decoder, labels, vision=vision, image_token_id=image_id,
                       projection_direction=projection_direction, label_pooling=label_pooling,
-                      rngs=nnx.Rngs(seed))
+                      label_head=label_head, rngs=nnx.Rngs(seed))
   if mesh is not None:
     shard_model(reranker, mesh, rules)
   return reranker, tokenizer

@@ -22,7 +22,7 @@ import os
 import typing
 from typing import Any, Callable, Mapping, Sequence
 
-from decomp.readout import LABEL_POOLINGS
+from decomp.readout import LABEL_HEADS, LABEL_POOLINGS
 
 WEIGHT_NAMES = ('sft', 'cl', 'constant', 'tau_mask', 'one_plus_sft', 'cl_rescaled')
 DIRECTION_NAMES = ('sft', 'cl', 'cl_logprob', 'projection')
@@ -69,6 +69,9 @@ class TrainConfig:
   # 'first': z_y, z_n are the first two words' logits; 'pairs': the words alternate positive,
   # negative (yes, no, true, false, ...) and each side is the log-sum-exp of its words' logits.
   label_pooling: str = 'first'
+  # 'lm_head': the label words' LM-head rows score every document; 'random': a fresh learnable
+  # K x d matrix replaces them in the scores, weights, directions and ranking (the paper's D_Rand).
+  label_head: str = 'lm_head'
 
   # --- what is trained ----------------------------------------------------------------------------
   # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only). The playground base is
@@ -433,6 +436,8 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   elif cfg.label_pooling == 'pairs' and len(cfg.label_words) % 2:
     bad('label_words', "label_pooling='pairs' needs (positive, negative) word pairs: an even "
                        f'count, got {len(cfg.label_words)}')
+  if cfg.label_head not in LABEL_HEADS:
+    bad('label_head', f'expected one of {LABEL_HEADS}')
   if cfg.vision and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
   if num_devices is not None and cfg.num_devices:

@@ -338,12 +338,14 @@ def rules_for(layout: str) -> Mapping[str, Any]:
 
 
 def trainable(cfg: config_lib.TrainConfig):
-  """The nnx filter of what the config trains (the D_Rand projection always trains)."""
+  """The nnx filter of what the config trains (a random label head and the projection direction
+  always train: they start random)."""
   if cfg.finetune == 'head':
     base = nnx.All(nnx.Param, is_lm_head)
   else:
     base = trainable_filter(lora=cfg.finetune == 'lora', train_lm_head=cfg.train_lm_head)
-  return nnx.Any(base, nnx.All(nnx.Param, nnx.PathContains('projection')))
+  return nnx.Any(base, nnx.All(nnx.Param, nnx.PathContains('projection')),
+                 nnx.All(nnx.Param, nnx.PathContains('random_label_rows')))
 
 
 @dataclasses.dataclass
@@ -435,8 +437,8 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
   """The reranker of ``cfg`` as sharded ``params``/``frozen`` states on ``mesh``.
 
   Random weights come from ``nnx.Rngs(cfg.seed)``; pretrained ones from :func:`model_dir`.
-  LoRA adapters, a fresh projector (when the checkpoint has none) and the D_Rand projection are
-  initialised from the seed too, inside the same jitted init.
+  LoRA adapters, a fresh projector (when the checkpoint has none), a random label head and the
+  projection direction are initialised from the seed too, inside the same jitted init.
   """
   directory = model_dir(cfg) if directory is False else directory
   dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
@@ -478,7 +480,7 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, data: GroupData,
         _assign_multimodal(vision, projector, base['multimodal'])
     model = Reranker(decoder, labels, vision=vision, projector=projector,
                      image_token_id=image_id, projection_direction=projection,
-                     label_pooling=cfg.label_pooling, rngs=rngs)
+                     label_pooling=cfg.label_pooling, label_head=cfg.label_head, rngs=rngs)
     if cfg.finetune == 'lora':
       apply_lora(model.decoder, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                  targets=cfg.lora_targets, rngs=rngs)

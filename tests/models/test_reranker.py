@@ -311,6 +311,37 @@ def test_label_pooling_pairs(tokenizer):
     rr.Reranker(decoder, labels, label_pooling="mean", rngs=nnx.Rngs(0))
 
 
+def test_random_label_head_replaces_the_label_rows(tokenizer):
+  """label_head='random': yes/no are h . r_y, h . r_n for a fresh learnable [K, d] matrix; the LM
+  head is not read, so gradients reach the random rows and not the LM head."""
+  labels = rr.label_token_ids(tokenizer, ("yes", "no"))
+  decoder = tiny_decoder(len(tokenizer.get_vocab()))
+  tokens = rr.Reranker(decoder, labels, rngs=nnx.Rngs(0))
+  random = rr.Reranker(decoder, labels, label_head="random", rngs=nnx.Rngs(0))
+  rows = np.asarray(random.label_rows())
+  assert rows.shape == (2, decoder.config.hidden_size)
+  assert not np.allclose(rows, np.asarray(tokens.label_rows()), atol=1e-3)
+  batch = _text_batch(tokenizer, "left")
+  out = random.readout(batch["input_ids"], batch["attention_mask"])
+  hidden = np.asarray(out.hidden, np.float64)
+  np.testing.assert_allclose(out.yes, hidden @ rows[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.no, hidden @ rows[1], rtol=1e-5, atol=1e-6)
+  # Same decoder, same hidden states: only the rows differ.
+  np.testing.assert_allclose(out.hidden, tokens.readout(batch["input_ids"],
+                                                        batch["attention_mask"]).hidden)
+
+  def loss(m):
+    r = m.readout(batch["input_ids"], batch["attention_mask"])
+    return jnp.sum(r.yes - 0.5 * r.no)
+
+  grads = nnx.grad(loss)(random)
+  assert float(jnp.abs(grads["random_label_rows"][...]).sum()) > 0
+  assert decoder.lm_head is not None  # untied: the LM head is a parameter of its own
+  assert float(jnp.abs(grads["decoder"]["lm_head"][...]).sum()) == 0
+  with pytest.raises(ValueError, match="unknown label_head"):
+    rr.Reranker(decoder, labels, label_head="fresh", rngs=nnx.Rngs(0))
+
+
 def test_readout_never_builds_full_vocabulary_logits(model, tokenizer):
   # The jaxpr of the plain readout has no [.., V] array; with log_normalizer it does.
   batch = _text_batch(tokenizer, "left")

@@ -146,3 +146,25 @@ def test_pooled_label_words_reach_the_step_and_its_diagnostics():
           out.hidden.reshape(-1, out.hidden.shape[-1]))
   np.testing.assert_allclose(per_doc['direction_norm'].reshape(-1),
                              np.linalg.norm(np.asarray(grad), axis=-1), rtol=1e-4)
+
+
+def test_random_label_head_trains_and_is_read_by_every_score():
+  """label_head='random' (the paper's D_Rand): the random rows are trained even with the LM head
+  frozen, the step's readout-from-h reads them, and the logged SFT direction is r_y - r_n."""
+  cfg, run, batch = _tiny_run('label_head=random')
+  assert not cfg.train_lm_head
+  params, frozen = run.params, run.frozen
+  model = nnx.merge(run.graphdef, params, frozen)
+  rows = np.asarray(model.random_label_rows[...])
+  assert 'random_label_rows' in params and 'random_label_rows' not in frozen
+  out = run.readout(model, batch, False)
+  np.testing.assert_allclose(out.yes, np.asarray(out.hidden) @ rows[0], rtol=1e-5, atol=1e-5)
+  again = run.readout_from_hidden(model)(out.hidden)
+  np.testing.assert_allclose(again.no, out.no, rtol=1e-5, atol=1e-5)
+  fn, tx = _step(cfg, run, 'sft', 'sft')
+  new_params, _, metrics = fn(params, frozen, tx.init(params), jnp.int32(0), batch)
+  per_doc = jax.device_get(metrics['per_doc'])
+  np.testing.assert_allclose(per_doc['direction_norm'], np.linalg.norm(rows[0] - rows[1]),
+                             rtol=1e-5)
+  moved = np.asarray(new_params['random_label_rows'][...])
+  assert np.abs(moved - rows).max() > 1e-4

@@ -180,6 +180,7 @@ def test_evaluate_workdir_refuses_training_changes(quick_run, kwargs, message):
     (['playground={"bogus": 1}'], "unknown PlaygroundConfig keys \\['bogus'\\]"),
     (['label_words=["yes","no","true"]', 'label_pooling=pairs'], 'word pairs: an even count'),
     (['label_pooling=mean'], "label_pooling='mean': expected one of"),
+    (['label_head=fresh'], "label_head='fresh': expected one of"),
 ])
 def test_bad_config_fails_before_compute(tmp_path, override, message):
   workdir = str(tmp_path / 'run')
