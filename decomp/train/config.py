@@ -97,6 +97,10 @@ class TrainConfig:
   # was as large as the seed spread. Image task families need longer budgets (README).
   playground: dict = dataclasses.field(
       default_factory=lambda: {'tasks': ['t2t'], 'num_eval_queries': 2048})
+  # Distinct training groups shared by every seed (0: the playground's unbounded stream, where
+  # each seed reads its own stretch; JSONL data: the whole train file). With a pool, seeds differ
+  # only in the order they visit it (a fresh permutation per epoch), as on a fixed dataset.
+  train_pool: int = 0
   negatives: int = 4  # negatives per training group (list size = 1 + negatives)
   batch_size: int = 16  # groups per step (global, over all hosts)
   max_length: int = 64  # tokens per prompt (image placeholders included); fixed batch shape
@@ -427,6 +431,8 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
       bad(key, f'expected one of {DTYPES}')
   if cfg.eval_score not in EVAL_SCORES:
     bad('eval_score', f'expected one of {EVAL_SCORES}')
+  if cfg.train_pool < 0:
+    bad('train_pool', 'must be >= 0 (0 = the unbounded stream)')
   if cfg.pretrain_qa_per_group < 0:
     bad('pretrain_qa_per_group', 'must be >= 0')
   if len(cfg.label_words) < 2:

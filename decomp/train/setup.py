@@ -183,6 +183,13 @@ def playground_config(cfg: config_lib.TrainConfig):
 TRAIN_STREAM_STRIDE = 10_000_000  # train groups per run seed before streams would overlap
 
 
+def epoch_order(seed: int, index: int, pool_size: int) -> int:
+  """Which of ``pool_size`` training groups step-group ``index`` reads: the pool is visited epoch
+  by epoch, each epoch in its own permutation seeded by (seed, epoch)."""
+  epoch, offset = divmod(index, pool_size)
+  return int(np.random.default_rng([seed, epoch]).permutation(pool_size)[offset])
+
+
 class PlaygroundSource:
   """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
 
@@ -190,10 +197,14 @@ class PlaygroundSource:
     from decomp.data.playground import Playground
     self.playground = Playground(playground_config(cfg))
     self.max_negatives = self.playground.config.negatives
-    # Each run seed reads its own stretch of the unbounded train stream.
+    self.seed = cfg.seed
+    self.train_pool = cfg.train_pool
+    # Without a pool each run seed reads its own stretch of the unbounded train stream.
     self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed
 
   def train_group(self, index: int) -> data_types.Group:
+    if self.train_pool:  # a fixed training set shared by every seed, visited in the seed's order
+      return self.playground.group('train', epoch_order(self.seed, index, self.train_pool))
     return self.playground.group('train', self.train_offset + index)
 
   def split_groups(self, split: str, count: int) -> list[data_types.Group]:
@@ -217,6 +228,7 @@ class JsonlSource:
     from decomp.data import mrb
     self.directory = cfg.data
     self.seed = cfg.seed
+    self.train_pool = cfg.train_pool
     self._load = lambda path: mrb.load_jsonl(
         path, image_size=cfg.image_size if cfg.vision else None, load_images=cfg.vision,
         shuffle_seed=cfg.seed)[0]
@@ -239,9 +251,8 @@ class JsonlSource:
 
   def train_group(self, index: int) -> data_types.Group:
     groups = self._split('train')
-    epoch, offset = divmod(index, len(groups))
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
-    return groups[order[offset]]
+    pool = min(self.train_pool, len(groups)) if self.train_pool else len(groups)
+    return groups[epoch_order(self.seed, index, pool)]
 
   def split_groups(self, split: str, count: int) -> list[data_types.Group]:
     groups = self._split(split)

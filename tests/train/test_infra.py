@@ -74,6 +74,7 @@ def test_config_json_round_trip(tmp_path):
     (['finetune=some'], {}, 'finetune'),
     (['dtype=float8'], {}, 'dtype'),
     (['steps=0'], {}, 'steps=0'),
+    (['train_pool=-1'], {}, 'train_pool=-1'),
     (['axis_rules={"embed": "fsdp"}'], {}, "'embed' maps to \\['fsdp'\\], not axes of mesh"),
 ])
 def test_validate_rejects(override, kwargs, message):
@@ -94,6 +95,27 @@ def test_validate_accepts_presets_and_callables():
   cl_cfg = dataclasses.replace(cfg, weight='cl', temperature=0.5)
   weight_fn, _ = config_lib.objective_fns(cl_cfg)
   assert weight_fn.keywords == {'temperature': 0.5}
+
+
+def test_train_pool_is_one_training_set_visited_in_each_seeds_order():
+  """train_pool=N: every seed reads the same N playground groups per epoch, in its own order;
+  without a pool each seed reads its own stretch of the stream (no group in common)."""
+  from decomp.train import setup as setup_lib
+
+  def first_groups(count, *overrides):
+    cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), list(overrides))
+    source = setup_lib.make_data(cfg).source
+    return [source.train_group(i).query_id for i in range(count)]
+
+  pooled = {seed: first_groups(12, 'train_pool=6', f'seed={seed}') for seed in (0, 1)}
+  for ids in pooled.values():
+    assert sorted(ids[:6]) == sorted(ids[6:])  # two epochs of the same six groups
+  assert sorted(pooled[0][:6]) == sorted(pooled[1][:6])
+  assert pooled[0] != pooled[1]  # the order is the seed's
+  assert first_groups(12, 'train_pool=6', 'seed=0') == pooled[0]  # and a pure function of it
+  streams = {seed: first_groups(6, f'seed={seed}') for seed in (0, 1)}
+  assert len(set(streams[0]) | set(streams[1])) == 12
+  assert len(set(first_groups(12, 'train_pool=12', 'seed=0'))) == 12
 
 
 # --- logs -----------------------------------------------------------------------------------------
