@@ -13,6 +13,10 @@ Variants (all within the default's cost per run unless marked):
                 (``pretrain_qa_per_group``), so it knows the label words before fine-tuning
   base1000-qa4  both: the 1000-step base that also answers yes/no questions
   qa4-steps400  the qa4 base, fine-tuned for 400 steps instead of 200 (twice the cost per run)
+  pool3200      every seed trains on the same 3200 groups (one epoch), in its own order
+                (``train_pool``): a fixed training set, as in the paper, instead of each seed
+                drawing its own sample from the playground's unbounded stream
+  qa4-pool3200  both
 
 Command::
 
@@ -37,6 +41,8 @@ VARIANTS = {
     "qa4": {"pretrain_qa_per_group": 4},
     "base1000-qa4": {"pretrain_steps": 1000, "pretrain_qa_per_group": 4},
     "qa4-steps400": {"pretrain_qa_per_group": 4, "steps": 400},
+    "pool3200": {"train_pool": 3200},
+    "qa4-pool3200": {"pretrain_qa_per_group": 4, "train_pool": 3200},
 }
 
 ARMS = [sweep.Arm(f"{variant}-{objective}",
