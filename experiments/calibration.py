@@ -50,6 +50,10 @@ ARMS = [sweep.Arm(f"{variant}-{objective}",
                   f"{variant}, {objective.upper()}")
         for variant, overrides in VARIANTS.items() for objective in ("sft", "cl")]
 CONTRASTS = [(f"SFT - CL ({variant})", f"{variant}-sft", f"{variant}-cl") for variant in VARIANTS]
+# Every budget's paired difference, averaged per seed: is there an ordering the budgets share?
+CONTRASTS.append(("SFT - CL, mean over the budgets",
+                  {f"{variant}-{objective}": sign / len(VARIANTS) for variant in VARIANTS
+                   for objective, sign in (("sft", 1), ("cl", -1))}))
 
 
 def main(argv=None):
