@@ -18,23 +18,36 @@ import common  # noqa: E402
 from common import plt  # noqa: E402
 
 
+def grid_cells(summary, key: str = "overall") -> dict | None:
+  """``{(weight, direction): stats}`` of the arms that set only W and D, or None when they do not
+  form a probe table."""
+  cells = {}
+  for stats in summary["arms"].values():
+    overrides = stats.get("overrides", {})
+    # The grid holds the arms that set only W and D; arms that change something else too (a
+    # random label head, a learning rate) are other experiments, not cells of this table.
+    if set(overrides) != {"weight", "direction"} or not stats.get(key, {}).get("mean"):
+      continue
+    pair = (overrides["weight"], overrides["direction"])
+    if pair in cells:  # two arms claim one cell: drawing either would hide the other
+      return None
+    cells[pair] = stats[key]
+  # A table only if some weight is crossed with two directions and some direction with two
+  # weights (two pure objectives alone are a diagonal, not a probe).
+  crossed = lambda axis: any(sum(pair[axis] == v for pair in cells) > 1
+                             for v in {pair[axis] for pair in cells})
+  return cells if crossed(0) and crossed(1) else None
+
+
 def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
   path = os.path.join(sweep_dir, "summary.json")
   if not os.path.exists(path):
     return []
-  summary = common.read_json(path)
-  cells = {}
-  for stats in summary["arms"].values():
-    overrides = stats.get("overrides", {})
-    if "weight" in overrides and "direction" in overrides and stats.get(key, {}).get("mean"):
-      pair = (overrides["weight"], overrides["direction"])
-      if pair in cells:  # the arms vary something else too (e.g. a calibration sweep): no grid
-        return []
-      cells[pair] = stats[key]
+  cells = grid_cells(common.read_json(path), key)
+  if cells is None:
+    return []
   weights = sorted({w for w, _ in cells}, key=lambda w: (w != "sft", w))
   directions = sorted({d for _, d in cells}, key=lambda d: (d != "sft", d))
-  if len(weights) < 2 or len(directions) < 2:
-    return []
   grid = np.full((len(weights), len(directions)), np.nan)
   for (w, d), stat in cells.items():
     grid[weights.index(w), directions.index(d)] = stat["mean"]

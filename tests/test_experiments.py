@@ -198,8 +198,9 @@ def test_ablation_curves_from_a_real_summary(tmp_path):
 
 
 def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
-  """A sweep whose arms repeat a (weight, direction) pair under other knobs gets no heatmap
-  (one cell would silently hide the others)."""
+  """The grid holds only the arms that set nothing but W and D: a sweep of pure objectives under
+  other knobs gets no heatmap, and a probe with extra arms (another label head) keeps its grid."""
+  import common
   import probe_heatmap
 
   arms = [sweep.Arm(f"{v}-{o}", {"learning_rate": lr, "weight": o, "direction": o})
@@ -211,8 +212,19 @@ def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
   assert probe_heatmap.make(str(tmp_path), str(tmp_path / "figures")) == []
   probe = [sweep.Arm(f"{w}-{d}", {"weight": w, "direction": d})
            for w in ("sft", "cl") for d in ("sft", "cl")]
+  extra = [sweep.Arm(f"{o}-rand", {"weight": o, "direction": o, "label_head": "random"})
+           for o in ("sft", "cl")]
   for seed in range(2):
-    for arm in probe:
-      _fake_results(sweep.run_dir(str(tmp_path / "p"), arm, seed), 0.6, {"t2t": 0.6})
-  sweep.summarize(str(tmp_path / "p"), probe, range(2))
-  assert len(probe_heatmap.make(str(tmp_path / "p"), str(tmp_path / "figures"))) == 2
+    for arm in probe + extra:
+      value = 0.4 if arm in extra else 0.6
+      _fake_results(sweep.run_dir(str(tmp_path / "p"), arm, seed), value, {"t2t": value})
+  sweep.summarize(str(tmp_path / "p"), probe + extra, range(2))
+  paths = probe_heatmap.make(str(tmp_path / "p"), str(tmp_path / "figures"))
+  assert len(paths) == 2
+  cells = probe_heatmap.grid_cells(common.read_json(str(tmp_path / "p" / "summary.json")))
+  assert {pair: round(stat["mean"], 6) for pair, stat in cells.items()} == {
+      (w, d): 60.0 for w in ("sft", "cl") for d in ("sft", "cl")}
+  # Two pure objectives alone (a calibration variant's default arms) are no probe.
+  diagonal = [arm for arm in probe if arm.overrides["weight"] == arm.overrides["direction"]]
+  sweep.summarize(str(tmp_path / "p"), diagonal, range(2))
+  assert probe_heatmap.make(str(tmp_path / "p"), str(tmp_path / "figures2")) == []
