@@ -48,6 +48,17 @@ CONTRASTS += [
      {f"{init}-lora-sft": 1, f"{init}-lora-cl": -1, f"{init}-full-sft": -1, f"{init}-full-cl": 1})
     for init in ("pretrained", "random")]
 
+# Does the regime move the rerankers themselves? (mean of SFT and CL, paired over seeds)
+CONTRASTS += [
+    (f"random - pretrained init ({finetune}, mean of SFT and CL)",
+     {f"random-{finetune}-{o}": 0.5 for o in ("sft", "cl")}
+     | {f"pretrained-{finetune}-{o}": -0.5 for o in ("sft", "cl")})
+    for finetune in ("lora", "full")]
+CONTRASTS += [
+    (f"LoRA - full ({init} init, mean of SFT and CL)",
+     {f"{init}-lora-{o}": 0.5 for o in ("sft", "cl")} | {f"{init}-full-{o}": -0.5 for o in ("sft", "cl")})
+    for init in ("pretrained", "random")]
+
 
 def main(argv=None):
   return sweep.main(__doc__, "regimes", ARMS, argv=argv, contrasts=CONTRASTS,
