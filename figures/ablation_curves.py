@@ -69,7 +69,7 @@ def make(sweep_dir: str, out_dir: str, key: str = "overall") -> list[str]:
   for index, (name, points) in enumerate(sorted(series.items())):
     xs, ys, errs = zip(*points)
     ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, lw=1.6,
-                color=common.PALETTE[index % len(common.PALETTE)], label=name)
+                color=common.colour(index, len(series)), label=name)
   for index, (label, value) in enumerate(references):
     ax.axhline(value, color="black", ls="--", lw=1, alpha=0.7)
     ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,

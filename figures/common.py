@@ -24,6 +24,14 @@ PALETTE = ["#1b6ca8", "#7fb2d9", "#f1a340", "#d95f02", "#6a3d9a", "#33a02c", "#e
            "#b15928", "#a6cee3"]
 
 
+def colour(index: int, count: int) -> str:
+  """Colour of the ``index``-th of ``count`` series: the palette above for up to ten, tab20 for
+  up to twenty (a calibration sweep's 16 arms), cycling beyond."""
+  if count <= len(PALETTE):
+    return PALETTE[index]
+  return matplotlib.colors.to_hex(plt.get_cmap("tab20")(index % 20))
+
+
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
@@ -140,10 +148,11 @@ def logged_arms(sweep_dir: str) -> list[tuple[dict, dict[str, np.ndarray], str]]
   """``(arm, pooled examples, colour)`` for every arm whose runs logged per-example rows; the
   colour follows the arm's place in the sweep, so an arm has one colour in every figure."""
   out = []
-  for index, arm in enumerate(arms(sweep_dir)):
+  every = arms(sweep_dir)
+  for index, arm in enumerate(every):
     examples = pooled_examples(arm)
     if examples:
-      out.append((arm, examples, PALETTE[index % len(PALETTE)]))
+      out.append((arm, examples, colour(index, len(every))))
   return out
 
 

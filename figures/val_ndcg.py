@@ -19,7 +19,8 @@ from common import plt  # noqa: E402
 def make(sweep_dir: str, out_dir: str, metric: str = "ndcg@10") -> list[str]:
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   drawn = False
-  for index, arm in enumerate(common.arms(sweep_dir)):
+  arms = common.arms(sweep_dir)
+  for index, arm in enumerate(arms):
     curves = {}
     for workdir in arm["runs"]:
       for record in common.read_jsonl(os.path.join(workdir, "eval.jsonl")):
@@ -31,7 +32,7 @@ def make(sweep_dir: str, out_dir: str, metric: str = "ndcg@10") -> list[str]:
     if not steps:
       continue
     values = np.array([[c[s] for s in steps] for c in curves.values()])
-    colour = common.PALETTE[index % len(common.PALETTE)]
+    colour = common.colour(index, len(arms))
     ax.plot(steps, values.mean(0), color=colour, lw=1.8, marker="o", ms=3,
             label=f"{arm['label']} (n={len(values)})")
     if len(values) > 1:
