@@ -1,5 +1,6 @@
 """The probe's two pure objectives (SFT, CL) across training regimes: pretrained base vs random
-initialisation, full fine-tuning vs LoRA.
+initialisation, full fine-tuning vs LoRA vs the LM head alone (a linear probe of the frozen
+network's answer-position features: how much of the ranking do they already hold?).
 
 The paper's claim is about *pretrained* LLM rerankers. In a quick from-scratch test (a 2-layer
 MLP cross-encoder on synthetic vectors, 1 positive + 4 negatives, Adam, 5 seeds) CL beat SFT by
@@ -13,8 +14,8 @@ Command::
 
   python experiments/regimes.py [--seeds 3] [--quick] [--out runs/regimes]
 
-Expected runtime (2-core CPU): 8 arms x 3 seeds, about 2x the probe (~25 minutes); random-init
-arms skip the base checkpoint but need more steps to learn anything.
+Expected runtime (2-core CPU): 12 arms x 3 seeds, ~2 minutes per run (head-only runs ~1), two at
+a time: about 30 minutes (~26 with the probe's two pure arms linked by --reuse runs/probe).
 
 Expected result: SFT >= CL from the pretrained base (the paper's regime); from random
 initialisation the gap shrinks or reverses.
@@ -31,12 +32,12 @@ ARMS = [
               {"model": "playground" if init == "pretrained" else "random", "finetune": finetune,
                "weight": objective, "direction": objective},
               f"{init}, {finetune}, {objective.upper()}")
-    for init in ("pretrained", "random") for finetune in ("lora", "full")
+    for init in ("pretrained", "random") for finetune in ("lora", "full", "head")
     for objective in ("sft", "cl")
 ]
 
 CONTRASTS = [(f"SFT - CL ({init}, {finetune})", f"{init}-{finetune}-sft", f"{init}-{finetune}-cl")
-             for init in ("pretrained", "random") for finetune in ("lora", "full")]
+             for init in ("pretrained", "random") for finetune in ("lora", "full", "head")]
 # Does the regime move the SFT - CL gap? (difference of gaps, paired over seeds)
 CONTRASTS += [
     (f"gap change, pretrained - random ({finetune})",
@@ -58,6 +59,10 @@ CONTRASTS += [
     (f"LoRA - full ({init} init, mean of SFT and CL)",
      {f"{init}-lora-{o}": 0.5 for o in ("sft", "cl")} | {f"{init}-full-{o}": -0.5 for o in ("sft", "cl")})
     for init in ("pretrained", "random")]
+# How much do the frozen features already rank? (a linear probe: only the LM head trains)
+CONTRASTS += [
+    ("random - pretrained features (head only, mean of SFT and CL)",
+     {f"random-head-{o}": 0.5 for o in ("sft", "cl")} | {f"pretrained-head-{o}": -0.5 for o in ("sft", "cl")})]
 
 
 def main(argv=None):
