@@ -31,7 +31,12 @@ METRIC = "ndcg@10"
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  """One configuration of a sweep: a name (a directory) and TrainConfig overrides."""
+  """One configuration of a sweep: a name (a directory) and TrainConfig overrides.
+
+  A dict value updates that dict field key by key (``{"playground": {"negatives": 15}}`` keeps the
+  config's other playground settings, like ``--set playground.negatives=15``); it never replaces
+  the whole default.
+  """
 
   name: str
   overrides: Mapping[str, Any]
@@ -49,6 +54,9 @@ def run_dir(sweep_dir: str, arm: Arm, seed: int) -> str:
 def _override_strings(overrides: Mapping[str, Any]) -> list[str]:
   out = []
   for key, value in overrides.items():
+    if isinstance(value, dict) and value:  # one dotted override per key: merged, not replaced
+      out += _override_strings({f"{key}.{k}": v for k, v in value.items()})
+      continue
     if isinstance(value, (dict, list, tuple, bool)) or value is None:
       value = json.dumps(value)
     out.append(f"{key}={value}")
@@ -215,6 +223,41 @@ def _run_overrides(arm: Arm, seed: int, overrides: Sequence[str]) -> list[str]:
   return [*_override_strings({**arm.overrides, "seed": seed}), *overrides]
 
 
+def _canonical(config) -> dict[str, Any]:
+  from decomp.train import config as config_lib  # only here: the runner itself needs no JAX
+  return {k: v for k, v in config_lib.canonical_dict(config).items() if k != "quiet"}
+
+
+def _config_key(config) -> str:
+  """Configs compared with every default filled in (so runs older than a field still match)."""
+  return json.dumps(_canonical(config), sort_keys=True)
+
+
+def _run_config(arm: Arm, seed: int, config: str, overrides: Sequence[str]):
+  from decomp.train import config as config_lib
+  return config_lib.apply_overrides(config_lib.get_config(config),
+                                    _run_overrides(arm, seed, overrides))
+
+
+def check_completed(sweep_dir: str, runs: Sequence[tuple[Arm, int]], *, config: str,
+                    overrides: Sequence[str] = ()) -> None:
+  """Raises if a completed run was trained with another config than its arm now asks for (an
+  edited arm, another --set): its results would be summarised under the wrong label."""
+  stale = []
+  for arm, seed in runs:
+    workdir = run_dir(sweep_dir, arm, seed)
+    with open(os.path.join(workdir, "config.json")) as f:
+      stored = _canonical(json.load(f))
+    wanted = _canonical(_run_config(arm, seed, config, overrides))
+    differ = sorted(k for k in wanted.keys() | stored.keys() if wanted.get(k) != stored.get(k))
+    if differ:
+      stale.append(f"{workdir} ({', '.join(differ)})")
+  if stale:
+    raise SystemExit("completed runs were trained with another config than their arm now sets; "
+                     "delete them (or use another --out) to train them again:\n  "
+                     + "\n  ".join(stale))
+
+
 def _completed_runs(directory: str) -> Iterable[str]:
   """Workdirs with a results.json under ``directory`` (``<arm>/seed<k>`` or one level deeper)."""
   for root, dirs, files in os.walk(directory, followlinks=False):
@@ -235,22 +278,14 @@ def link_completed(sweep_dir: str, todo: Sequence[tuple[Arm, int]], *, config: s
   is the run this sweep would train, so it is linked (a relative symlink) instead of trained
   again.
   """
-  from decomp.train import config as config_lib  # only here: the runner itself needs no JAX
-
-  def key(config):
-    canonical = config_lib.canonical_dict(config)
-    return json.dumps({k: v for k, v in canonical.items() if k != "quiet"}, sort_keys=True)
-
   available: dict[str, str] = {}
   for directory in reuse:
     for workdir in _completed_runs(directory):
       with open(os.path.join(workdir, "config.json")) as f:
-        available.setdefault(key(json.load(f)), workdir)
+        available.setdefault(_config_key(json.load(f)), workdir)
   left = []
   for arm, seed in todo:
-    cfg = config_lib.apply_overrides(config_lib.get_config(config),
-                                     _run_overrides(arm, seed, overrides))
-    source = available.get(key(cfg))
+    source = available.get(_config_key(_run_config(arm, seed, config, overrides)))
     target = run_dir(sweep_dir, arm, seed)
     if source is None or os.path.lexists(target):
       left.append((arm, seed))
@@ -307,8 +342,11 @@ def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, conf
   os.makedirs(sweep_dir, exist_ok=True)
   if not os.path.exists(os.path.join(sweep_dir, SWEEP_FILE)):
     write_description(sweep_dir, arms, seeds, config=config, overrides=overrides)
-  todo = [(arm, seed) for arm in arms for seed in seeds
-          if not os.path.exists(os.path.join(run_dir(sweep_dir, arm, seed), "results.json"))]
+  runs = [(arm, seed) for arm in arms for seed in seeds]
+  complete = lambda run: os.path.exists(os.path.join(run_dir(sweep_dir, *run), "results.json"))
+  check_completed(sweep_dir, [run for run in runs if complete(run)], config=config,
+                  overrides=overrides)
+  todo = [run for run in runs if not complete(run)]
   if reuse and todo:
     todo = link_completed(sweep_dir, todo, config=config, overrides=overrides, reuse=reuse,
                           log=log)

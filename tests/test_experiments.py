@@ -165,6 +165,32 @@ def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
                               log=logged.append) == todo
 
 
+def test_arm_dict_overrides_merge_and_stale_runs_are_refused(tmp_path):
+  """A dict in an arm updates that field key by key (the negatives sweep once replaced the
+  default playground, and with it the task list, by {"negatives": 15}); a completed run whose
+  config.json no longer matches its arm is refused, not summarised under the arm's label."""
+  from decomp.train import config as config_lib
+
+  arm = sweep.Arm("neg15", {"negatives": 15, "playground": {"negatives": 15}})
+  cfg = sweep._run_config(arm, 0, "playground", [])
+  default = config_lib.get_config("playground").playground
+  assert cfg.playground == {**default, "negatives": 15}
+  assert cfg.playground["tasks"] == ["t2t"]
+
+  stale = config_lib.apply_overrides(config_lib.get_config("playground"), [
+      "negatives=15", 'playground={"negatives": 15}', "seed=0"])
+  workdir = sweep.run_dir(str(tmp_path), arm, 0)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config_lib.to_dict(stale), f)
+  _fake_results(workdir, 0.5, {"t2t": 0.5})
+  with pytest.raises(SystemExit, match=r"neg15/seed0 \(playground\)"):
+    sweep.check_completed(str(tmp_path), [(arm, 0)], config="playground")
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config_lib.to_dict(cfg), f)
+  sweep.check_completed(str(tmp_path), [(arm, 0)], config="playground")
+
+
 def test_ablation_curves_from_a_real_summary(tmp_path):
   """Negatives-like sweep: a numeric knob across two objectives, a shared override, a reference."""
   import ablation_curves
