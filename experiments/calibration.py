@@ -17,13 +17,10 @@ Variants (all within the default's cost per run unless marked):
                 (``train_pool``): a fixed training set, as in the paper, instead of each seed
                 drawing its own sample from the playground's unbounded stream
   qa4-pool3200  both
-  random-lora   no pre-training: a frozen random network with LoRA adapters (the regimes sweep's
-                best arm, linked with --reuse runs/regimes)
-  random-lora-steps400  the same, 400 steps: does the spread shrink once runs finish learning?
 
 Command::
 
-  python experiments/calibration.py [--seeds 3] [--reuse runs/probe runs/regimes] [--out runs/calibration]
+  python experiments/calibration.py [--seeds 3] [--reuse runs/probe] [--out runs/calibration]
 
 Expected runtime (2-core CPU): 8 variants x 2 objectives x 3 seeds, ~2 minutes per run (4 for
 qa4-steps400), two at a time: about 55 minutes (~49 with the default linked from the probe),
@@ -48,8 +45,6 @@ VARIANTS = {
     "qa4-steps400": {"pretrain_qa_per_group": 4, "steps": 400},
     "pool3200": {"train_pool": 3200},
     "qa4-pool3200": {"pretrain_qa_per_group": 4, "train_pool": 3200},
-    "random-lora": {"model": "random", "finetune": "lora"},
-    "random-lora-steps400": {"model": "random", "finetune": "lora", "steps": 400},
 }
 
 ARMS = [sweep.Arm(f"{variant}-{objective}",
