@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 SWEEP ?= runs/probe
 
-.PHONY: venv test test-fast demo demo-quick decomposition figures docs clean
+.PHONY: venv test test-fast demo demo-quick demo-head decomposition figures docs clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) experiments/probe_weight_direction.py --quick --out runs/probe_quick
 	$(PY) figures/make_all.py runs/probe_quick
+
+# The same probe training the LM head alone on the base's frozen features: shallow (NDCG ~0.55)
+# but precise (paired stds 0.03-0.15 over 3 seeds), ~7 minutes.
+demo-head: $(STAMP)
+	$(PY) experiments/probe_weight_direction.py --set finetune=head --out runs/probe_head
+	$(PY) figures/make_all.py runs/probe_head
 
 # A worked weight x direction decomposition of one list, printed (seconds).
 decomposition: $(STAMP)
