@@ -57,10 +57,12 @@ def cl_logprob(readout: Readout) -> Array:
 
 
 def projection(readout: Readout) -> Array:
-  r""":math:`f = r \cdot h` for a learnable random vector :math:`r` (the paper's :math:`D_{Rand}`).
+  r""":math:`f = r \cdot h` for a learnable random vector :math:`r` that no score reads.
 
   The model owns :math:`r` and reports the score as ``readout.extra_scores["projection"]``
-  (``Reranker(..., projection_direction=True)``).
+  (``Reranker(..., projection_direction=True)``). The weight and the ranking still read the
+  label logits, so this is a control (it should not learn), not the paper's :math:`D_{Rand}`:
+  that one replaces the label rows in every score (``Reranker(..., label_head="random")``).
   """
   extra = readout.extra_scores or {}
   if "projection" not in extra:

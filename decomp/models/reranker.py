@@ -501,7 +501,6 @@ class Reranker(nnx.Module):
     self.projection = (nnx.Param(jax.random.normal(rngs.params(), (d,), jnp.float32) / math.sqrt(d),
                                  out_sharding=("embed",), eager_sharding=False)
                        if projection_direction else None)
-    self.label_head = label_head
     self.random_label_rows = (
         nnx.Param(jax.random.normal(rngs.params(), (len(label_ids), d), jnp.float32)
                   / math.sqrt(d), out_sharding=(None, "embed"), eager_sharding=False)
