@@ -444,6 +444,10 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
                        f'count, got {len(cfg.label_words)}')
   if cfg.label_head not in LABEL_HEADS:
     bad('label_head', f'expected one of {LABEL_HEADS}')
+  elif cfg.label_head == 'random' and cfg.direction == 'cl_logprob':
+    # log p(yes) = z_y - log sum_v exp z_v needs z_y to be one of the vocabulary's logits.
+    bad('direction', "'cl_logprob' normalises over the LM head's vocabulary, which "
+                     "label_head='random' does not score with")
   if cfg.vision and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
   if num_devices is not None and cfg.num_devices:

@@ -75,6 +75,7 @@ def test_config_json_round_trip(tmp_path):
     (['dtype=float8'], {}, 'dtype'),
     (['steps=0'], {}, 'steps=0'),
     (['train_pool=-1'], {}, 'train_pool=-1'),
+    (['label_head=random', 'direction=cl_logprob'], {}, "label_head='random' does not score"),
     (['axis_rules={"embed": "fsdp"}'], {}, "'embed' maps to \\['fsdp'\\], not axes of mesh"),
 ])
 def test_validate_rejects(override, kwargs, message):
