@@ -15,6 +15,7 @@ decoder ``config.json`` + ``model.safetensors`` + tokenizer, optionally ``multim
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from typing import Any, Callable, Mapping, Sequence
@@ -187,7 +188,15 @@ def epoch_order(seed: int, index: int, pool_size: int) -> int:
   """Which of ``pool_size`` training groups step-group ``index`` reads: the pool is visited epoch
   by epoch, each epoch in its own permutation seeded by (seed, epoch)."""
   epoch, offset = divmod(index, pool_size)
-  return int(np.random.default_rng([seed, epoch]).permutation(pool_size)[offset])
+  return int(_epoch_permutation(seed, epoch, pool_size)[offset])
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, pool_size: int) -> np.ndarray:
+  # One permutation per epoch, not per group: a 100k-group file costs 13 ms a batch otherwise.
+  order = np.random.default_rng([seed, epoch]).permutation(pool_size)
+  order.flags.writeable = False
+  return order
 
 
 class PlaygroundSource:
