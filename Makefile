@@ -39,7 +39,7 @@ demo-quick: $(STAMP)
 	$(PY) figures/make_all.py runs/probe_quick
 
 # The same probe training the LM head alone on the base's frozen features: shallow (NDCG ~0.55)
-# but precise (paired stds 0.03-0.15 over 3 seeds), ~7 minutes.
+# but precise (paired stds 0.03-0.15 over 3 seeds), ~7 minutes once the base is cached.
 demo-head: $(STAMP)
 	$(PY) experiments/probe_weight_direction.py --set finetune=head --out runs/probe_head
 	$(PY) figures/make_all.py runs/probe_head
