@@ -101,7 +101,8 @@ def test_tiny_sweep_end_to_end(tmp_path):
   paths = make_all.main([str(out)])
   names = {os.path.basename(p) for p in paths}
   for name in ("weight_vs_score.png", "update_over_training.png", "update_by_difficulty.png",
-               "net_push.png", "val_ndcg.png"):
+               "net_push.png", "val_ndcg.png", "pairwise_by_attribute.png",
+               "pairwise_over_training.png"):
     assert name in names
   assert "probe_heatmap.png" not in names  # two pure objectives are a diagonal, not a table
   # The logs obey InfoNCE's algebra: CL's weights sum to zero over every logged list; SFT's

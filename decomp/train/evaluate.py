@@ -2,7 +2,9 @@
 
 Scores: ``'sft'`` ranks by ``z_y - z_n`` (the logit of P(yes), which it orders identically),
 ``'cl'`` by ``z_y``. Metrics per query (NDCG@10, MRR@10, Recall@1, AP) are aggregated overall,
-per task and per modality (``decomp.metrics.aggregate``).
+per task and per modality (``decomp.metrics.aggregate``). On the playground each score also gets
+``pairwise``: the positive-above-negative accuracy by what the negative gets wrong (one attribute,
+several, or a random scene; ``decomp.data.playground.analysis``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from decomp.data.playground import analysis
 from decomp.metrics import aggregate, ap, mrr, ndcg, recall
 from decomp.train import config as config_lib
 from decomp.train import mesh as mesh_lib
@@ -47,12 +50,19 @@ class Evaluator:
     self._eval = jax.jit(step_lib.make_eval_step(run.graphdef, readout=run.readout),
                          in_shardings=(*shardings, None))
     self._groups: dict[tuple[str, int], list] = {}
+    self._plans: dict[tuple[str, int], list | None] = {}
 
   def _groups_of(self, split: str, count: int):
     key = (split, count)
     if key not in self._groups:
       self._groups[key] = self.data.eval_groups(split, count)
     return self._groups[key]
+
+  def _plans_of(self, split: str, count: int):
+    key = (split, count)
+    if key not in self._plans:
+      self._plans[key] = self.data.eval_plans(split, count)
+    return self._plans[key]
 
   def scores(self, split: str, params, frozen, count: int) -> dict[str, Any]:
     """``{'sft': [Q, n], 'cl': [Q, n], 'labels', 'where', 'tasks', 'modalities'}``."""
@@ -96,6 +106,10 @@ class Evaluator:
       per_query = {name: np.asarray(fn(s[score], s['labels'], s['where']))
                    for name, fn in METRICS.items()}
       results[score] = aggregate(per_query, s['tasks'], s['modalities'])
+    plans = self._plans_of(split, count)
+    if plans is not None:
+      results['pairwise'] = {score: analysis.pairwise_accuracy(s[score], plans)
+                             for score in ('sft', 'cl')}
     primary = results[results['score']]
     results.update(primary['queries'])
     return results

@@ -217,10 +217,16 @@ class PlaygroundSource:
     return self.playground.group('train', self.train_offset + index)
 
   def split_groups(self, split: str, count: int) -> list[data_types.Group]:
+    return self.playground.groups(split, 0, self._split_count(split, count))
+
+  def split_plans(self, split: str, count: int) -> list:
+    """The scenes behind ``split_groups(split, count)``, group by group."""
+    return [self.playground.plan(split, i) for i in range(self._split_count(split, count))]
+
+  def _split_count(self, split: str, count: int) -> int:
     total = self.playground.num_groups(split)
-    count = total if not count else min(count, total)
     # The playground cycles through tasks by index, so a prefix covers every task.
-    return self.playground.groups(split, 0, count)
+    return total if not count else min(count, total)
 
 
 class JsonlSource:
@@ -318,6 +324,13 @@ class GroupData:
     if self.cfg.eval_list_size:
       groups = [_take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
     return groups
+
+  def eval_plans(self, split: str, count: int) -> list | None:
+    """The playground plans of ``eval_groups(split, count)`` (what each negative gets wrong), or
+    None for data without plans or with candidates cut (``eval_list_size``)."""
+    if self.cfg.eval_list_size or not hasattr(self.source, 'split_plans'):
+      return None
+    return self.source.split_plans(split, count)
 
   @staticmethod
   def eval_list_size(groups: Sequence[data_types.Group]) -> int:

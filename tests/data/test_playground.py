@@ -262,3 +262,49 @@ def test_too_few_hard_candidates_are_filled_with_random_negatives():
     assert kinds.count("hard") == min(5, available) < 5
     assert kinds.count("random") == 5 - kinds.count("hard")
     assert set(hard_negative_differences(plan)) <= {1}
+
+
+def _plans(count=64, **kwargs):
+  from decomp.data.playground import Playground as World
+  world_ = World(PlaygroundConfig(tasks=("t2t",), negatives=7, positives=kwargs.pop("positives", 1),
+                                  **kwargs))
+  return [world_.plan("test", i) for i in range(count)]
+
+
+def test_pairwise_accuracy_reads_what_a_model_tells_apart():
+  """A scorer that sees only colour is perfect on colour-only negatives and at chance (ties) on
+  every other single attribute; inverted scores are always wrong, constant ones at 0.5."""
+  from decomp.data.playground import analysis
+  plans = _plans(positives=2)
+  colour = world.ATTRIBUTES.index("colour")
+  sees_colour = np.array([[-float(scene[colour] != p.target[colour]) for scene in p.doc_scenes]
+                          for p in plans], dtype=float)
+  result = analysis.pairwise_accuracy(sees_colour, plans)
+  assert result["colour"]["accuracy"] == 1.0
+  for name in ("shape", "size", "position", "count", "texture"):
+    if name in result:
+      assert result[name]["accuracy"] == 0.5, name
+  assert 0.5 < result["random"]["accuracy"] < 1.0
+  # Every (positive, negative) pair is counted exactly once.
+  assert sum(r["pairs"] for r in result.values()) == len(plans) * 2 * 7
+  labels = np.array([p.labels for p in plans], dtype=float)
+  assert all(r["accuracy"] == 0.0 for r in analysis.pairwise_accuracy(-labels, plans).values())
+  assert all(r["accuracy"] == 0.5
+             for r in analysis.pairwise_accuracy(np.zeros_like(labels), plans).values())
+  with pytest.raises(ValueError, match="expected \\[64 lists"):
+    analysis.pairwise_accuracy(labels[:10], plans)
+
+
+def test_negative_categories_follow_the_plan():
+  from decomp.data.playground import analysis
+  for plan in _plans(16, hard_attribute_diffs=(1,)):
+    for doc, (label, kind) in enumerate(zip(plan.labels, plan.doc_kinds)):
+      if label:
+        continue
+      category = analysis.negative_category(plan, doc)
+      if kind == "random":
+        assert category == analysis.RANDOM
+      else:  # one attribute differs: the category names it
+        assert category in world.ATTRIBUTES
+        changed = world.ATTRIBUTES.index(category)
+        assert plan.doc_scenes[doc][changed] != plan.target[changed]

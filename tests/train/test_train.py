@@ -12,9 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+from decomp.data.playground import ATTRIBUTES
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import logs
+from decomp.train import setup as setup_lib
 from decomp.train.loop import evaluate_workdir, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,6 +112,14 @@ def test_evaluation_results(quick_run):
   assert set(test['cl']['per_modality']) <= {'single', 'cross', 'fused'}
   # MRR@10 >= recall@1 for lists with one relevant document.
   assert test['mrr@10'] >= test['recall@1']
+  # Playground runs read their ranking attribute by attribute, at every evaluation.
+  for record in (test, *evals):
+    for score in ('sft', 'cl'):
+      pairs = record['pairwise'][score]
+      assert set(pairs) <= {*ATTRIBUTES, '2+ attributes', 'random'} and 'random' in pairs
+      assert all(0 <= r['accuracy'] <= 1 for r in pairs.values())
+  pairs = sum(r['pairs'] for r in test['pairwise']['sft'].values())
+  assert pairs == 24 * setup_lib.playground_config(cfg).negatives  # one positive per list
 
 
 def test_finished_run_started_again_changes_nothing(quick_run):
