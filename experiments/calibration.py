@@ -17,6 +17,9 @@ Variants (all within the default's cost per run unless marked):
                 (``train_pool``): a fixed training set, as in the paper, instead of each seed
                 drawing its own sample from the playground's unbounded stream
   qa4-pool3200  both
+  batch64       64 groups a step instead of 16, 200 steps (four times the cost per run): less
+                gradient noise, so less room for the order of updates to decide where a run ends
+  batch64-steps50  64 groups a step for 50 steps: the default's cost and examples seen
 
 Command::
 
@@ -45,6 +48,8 @@ VARIANTS = {
     "qa4-steps400": {"pretrain_qa_per_group": 4, "steps": 400},
     "pool3200": {"train_pool": 3200},
     "qa4-pool3200": {"pretrain_qa_per_group": 4, "train_pool": 3200},
+    "batch64": {"batch_size": 64},
+    "batch64-steps50": {"batch_size": 64, "steps": 50, "eval_every": 25},
 }
 
 ARMS = [sweep.Arm(f"{variant}-{objective}",
