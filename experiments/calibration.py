@@ -20,6 +20,9 @@ Variants (all within the default's cost per run unless marked):
   batch64       64 groups a step instead of 16, 200 steps (four times the cost per run): less
                 gradient noise, so less room for the order of updates to decide where a run ends
   batch64-steps50  64 groups a step for 50 steps: the default's cost and examples seen
+  random-lora-steps600  a frozen random network with LoRA adapters (the regime that learns
+                fastest, ``regimes.py``), trained for 600 steps instead of 200 (3x the cost):
+                do runs that have finished learning agree?
 
 Command::
 
@@ -50,6 +53,7 @@ VARIANTS = {
     "qa4-pool3200": {"pretrain_qa_per_group": 4, "train_pool": 3200},
     "batch64": {"batch_size": 64},
     "batch64-steps50": {"batch_size": 64, "steps": 50, "eval_every": 25},
+    "random-lora-steps600": {"model": "random", "finetune": "lora", "steps": 600},
 }
 
 ARMS = [sweep.Arm(f"{variant}-{objective}",

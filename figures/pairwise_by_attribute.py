@@ -29,14 +29,26 @@ from common import plt  # noqa: E402
 CATEGORIES = ("shape", "colour", "size", "position", "count", "texture", "2+ attributes", "random")
 
 
+def _pairwise(record: dict) -> dict[str, dict] | None:
+  """The record's pairwise block for its own primary score."""
+  return record.get("pairwise", {}).get(record.get("score", "sft")) or None
+
+
 def _accuracies(record: dict) -> dict[str, float] | None:
-  pairs = record.get("pairwise", {}).get(record.get("score", "sft"))
+  pairs = _pairwise(record)
   return {c: r["accuracy"] for c, r in pairs.items()} if pairs else None
 
 
 def _final(workdir: str) -> dict[str, float] | None:
   path = os.path.join(workdir, "results.json")
   return _accuracies(common.read_json(path).get("test", {})) if os.path.exists(path) else None
+
+
+def _test_pairs(workdir: str) -> dict[str, int]:
+  """Pairs per category in a run's test (every run of a sweep shares the test set)."""
+  path = os.path.join(workdir, "results.json")
+  pairs = _pairwise(common.read_json(path).get("test", {})) if os.path.exists(path) else None
+  return {c: r["pairs"] for c, r in (pairs or {}).items()}
 
 
 def _curve(workdir: str) -> dict[int, dict[str, float]]:
@@ -70,12 +82,14 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
     for row in values:
       ax.plot(offset, row, ".", color="black", ms=3)
   ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-  ax.set_xticks(x, categories, fontsize=8)
+  counts = next((c for _, arm, _ in finals for c in map(_test_pairs, arm["runs"]) if c), {})
+  ax.set_xticks(x, [f"{c}\n({counts[c]} pairs)" if c in counts else c for c in categories],
+                fontsize=7)
   ax.set_ylim(0.3, 1.02)
   ax.set_ylabel("test pairwise accuracy (positive above negative)")
   ax.set_title("What the runs tell apart, by what the negative gets wrong (dots: seeds; "
                "dashed: chance)", fontsize=9)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, ncol=min(4, len(finals)), loc="upper center", bbox_to_anchor=(0.5, -0.13))
   fig.tight_layout()
   paths += common.save(fig, out_dir, "pairwise_by_attribute")
 
@@ -83,6 +97,9 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
             for workdir in arm["runs"]]
   curves = [c for c in curves if len(c[3]) > 1]
   if curves:
+    # Validation lists may lack a category the test has (no shape-only negatives, say).
+    categories = [c for c in categories if any(c in point for *_, curve in curves
+                                               for point in curve.values())]
     cols = 4
     rows = -(-len(categories) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), sharex=True,
