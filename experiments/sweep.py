@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 METRIC = "ndcg@10"
+SCORES = ("sft", "cl")  # the ranking scores every evaluation reports (decomp.train.evaluate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,12 @@ def test_metrics(results: Mapping[str, Any], metric: str = METRIC) -> dict[str, 
     out[f"task/{task}"] = 100 * values[metric]
   for modality, values in sorted(primary.get("per_modality", {}).items()):
     out[f"modality/{modality}"] = 100 * values[metric]
+  # The same run ranked by either score (the evaluator scores every run both ways), for
+  # contrasts that rank an arm by another score than its own ("arm@sft", "arm@cl").
+  for score in SCORES:
+    if score in test:
+      out[f"score/{score}"] = 100 * test[score]["queries"][metric]
+      out[f"score/{score}/macro"] = 100 * test[score]["tasks"][metric]
   return out
 
 
@@ -126,14 +133,30 @@ def collect(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int],
 
 
 def contrast_coefficients(contrast: Sequence[Any]) -> tuple[str, dict[str, float]]:
-  """``(name, a, b)`` or ``(name, {arm: coefficient})`` -> ``(name, {arm: coefficient})``."""
+  """``(name, a, b)`` or ``(name, {arm: coefficient})`` -> ``(name, {arm: coefficient})``.
+
+  An arm written ``"arm@sft"`` or ``"arm@cl"`` enters with its runs ranked by that score instead
+  of their own primary score."""
   if len(contrast) == 3:
     name, a, b = contrast
-    return name, {a: 1.0, b: -1.0}
-  if len(contrast) == 2 and isinstance(contrast[1], Mapping) and contrast[1]:
-    return contrast[0], {str(k): float(v) for k, v in contrast[1].items()}
-  raise ValueError(f"a contrast is (name, arm_a, arm_b) or (name, {{arm: coefficient}}), "
-                   f"got {contrast!r}")
+    coefficients = {a: 1.0, b: -1.0}
+  elif len(contrast) == 2 and isinstance(contrast[1], Mapping) and contrast[1]:
+    name, coefficients = contrast[0], {str(k): float(v) for k, v in contrast[1].items()}
+  else:
+    raise ValueError(f"a contrast is (name, arm_a, arm_b) or (name, {{arm: coefficient}}), "
+                     f"got {contrast!r}")
+  for term in coefficients:
+    if "@" in term and term.split("@", 1)[1] not in SCORES:
+      raise ValueError(f"contrast {name!r}: {term!r} ranks by an unknown score; known: {SCORES}")
+  return name, coefficients
+
+
+def _term_key(term: str, key: str) -> tuple[str, str]:
+  """``("arm@cl", "overall") -> ("arm", "score/cl")``; plain arms keep their primary score."""
+  if "@" not in term:
+    return term, key
+  arm, score = term.split("@", 1)
+  return arm, f"score/{score}" + ("/macro" if key == "macro" else "")
 
 
 def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
@@ -157,13 +180,15 @@ def summarize(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *,
         **{k: mean_ci([runs[s].get(k) for s in sorted(runs)]) for k in keys}}
   for contrast in contrasts:
     name, coefficients = contrast_coefficients(contrast)
-    runs = {arm: table.get(arm, {}) for arm in coefficients}
+    runs = {term: table.get(_term_key(term, "overall")[0], {}) for term in coefficients}
     paired = sorted(set.intersection(*(set(r) for r in runs.values())))
-    summary["contrasts"][name] = {
-        "coefficients": coefficients, "seeds": paired,
-        **{k: mean_ci([sum(c * runs[arm][s][k] for arm, c in coefficients.items())
-                       for s in paired if all(k in runs[arm][s] for arm in coefficients)])
-           for k in ("overall", "macro")}}
+    values = {}
+    for k in ("overall", "macro"):
+      keys_of = {term: _term_key(term, k)[1] for term in coefficients}
+      values[k] = mean_ci([sum(c * runs[term][s][keys_of[term]] for term, c in coefficients.items())
+                           for s in paired
+                           if all(keys_of[term] in runs[term][s] for term in coefficients)])
+    summary["contrasts"][name] = {"coefficients": coefficients, "seeds": paired, **values}
     overall = summary["contrasts"][name]["overall"]
     # How many seeds would resolve a 1-point difference in this contrast (the issue's target).
     overall["seeds_for_ci1"] = seeds_for_ci(overall["std"]) if overall["n"] > 1 else None
@@ -196,10 +221,12 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
   main_keys = [k for k in ("overall", "macro") if k in keys]
   modality_keys = [k for k in keys if k.startswith("modality/")]
   task_keys = [k for k in keys if k.startswith("task/")]
-  for group in (main_keys + modality_keys, task_keys):
+  score_keys = [f"score/{score}" for score in SCORES if f"score/{score}" in keys]
+  names = {k: f"ranked by {k.split('/')[1].upper()}'s score" for k in score_keys}
+  for group in (main_keys + modality_keys, task_keys, score_keys):
     if not group:
       continue
-    header = "| arm | " + " | ".join(k.split("/")[-1] for k in group) + " | n |"
+    header = "| arm | " + " | ".join(names.get(k, k.split("/")[-1]) for k in group) + " | n |"
     lines += [header, "|" + "---|" * (len(group) + 2)]
     for stats in arms.values():
       n = max((stats[k]["n"] for k in group if k in stats), default=0)

@@ -73,6 +73,33 @@ def test_summary_contrasts_are_paired_over_seeds(tmp_path):
   assert "| a - b |" in text and "t2t" in text and f"| {need} |" in text
 
 
+def test_contrast_terms_can_rank_an_arm_by_the_other_score(tmp_path):
+  """``arm@cl`` enters a contrast with the arm's runs ranked by the CL score, not their own."""
+  arms = [sweep.Arm("a", {}), sweep.Arm("b", {})]
+  own = {"a": [0.60, 0.70, 0.65], "b": [0.50, 0.52, 0.51]}
+  other = {"a": [0.40, 0.45, 0.42], "b": [0.55, 0.56, 0.58]}
+  for arm in arms:
+    for seed in range(3):
+      workdir = sweep.run_dir(str(tmp_path), arm, seed)
+      _fake_results(workdir, own[arm.name][seed], {"t2t": own[arm.name][seed]})
+      with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+      value = other[arm.name][seed]
+      results["test"]["cl"] = {"queries": {"ndcg@10": value}, "tasks": {"ndcg@10": value}}
+      with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f)
+  summary = sweep.summarize(str(tmp_path), arms, range(3), contrasts=[
+      ("a - b", "a", "b"), ("a - b by CL", "a@cl", "b@cl"), ("a own - b by CL", {"a": 1, "b@cl": -1})])
+  expect = lambda x, y: pytest.approx(list(100 * (np.array(x) - np.array(y))))
+  assert summary["contrasts"]["a - b"]["overall"]["values"] == expect(own["a"], own["b"])
+  assert summary["contrasts"]["a - b by CL"]["overall"]["values"] == expect(other["a"], other["b"])
+  assert summary["contrasts"]["a own - b by CL"]["macro"]["values"] == expect(own["a"], other["b"])
+  assert summary["arms"]["b"]["score/cl"]["mean"] == pytest.approx(100 * np.mean(other["b"]))
+  assert "ranked by CL's score" in (tmp_path / "summary.md").read_text()
+  with pytest.raises(ValueError, match="unknown score"):
+    sweep.contrast_coefficients(("bad", "a@logprob", "b"))
+
+
 def test_tiny_sweep_end_to_end(tmp_path):
   """Runs the real probe script (two arms only via --set) and regenerates its figures."""
   import make_all
