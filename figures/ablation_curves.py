@@ -55,6 +55,10 @@ def curves(summary: dict, key: str = "overall"):
     series.setdefault(name, []).append((x, stats[key]["mean"], ci if ci == ci and ci else 0.0))
   for points in series.values():
     points.sort()
+  # A curve needs two values of the knob on one series; arms that each set it once alongside
+  # other changes (a calibration's budgets) are separate experiments, not an ablation axis.
+  if not any(len({x for x, _, _ in points}) > 1 for points in series.values()):
+    return None, {}, []
   return knob, series, references
 
 

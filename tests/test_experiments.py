@@ -250,6 +250,12 @@ def test_ablation_curves_from_a_real_summary(tmp_path):
   assert [os.path.basename(p) for p in paths] == ["ablation_negatives.png",
                                                   "ablation_negatives.pdf"]
   assert os.path.getsize(paths[0]) > 5000
+  # Budgets that each set the knob once, alongside other changes, draw no curve.
+  budgets = {"arms": {
+      "a": {"label": "a", "overrides": {"steps": 400, "lr": 1}, "overall": {"mean": 60.0}},
+      "b": {"label": "b", "overrides": {"steps": 600, "model": "random"}, "overall": {"mean": 70.0}},
+      "c": {"label": "c", "overrides": {"lr": 2}, "overall": {"mean": 65.0}}}}
+  assert ablation_curves.curves(budgets) == (None, {}, [])
 
 
 def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
