@@ -285,6 +285,24 @@ def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
   cells = probe_heatmap.grid_cells(common.read_json(str(tmp_path / "p" / "summary.json")))
   assert {pair: round(stat["mean"], 6) for pair, stat in cells.items()} == {
       (w, d): 60.0 for w in ("sft", "cl") for d in ("sft", "cl")}
+  # With both scores logged, a second grid ranks each run by its weight's score.
+  for seed in range(2):
+    for arm in probe:
+      workdir = sweep.run_dir(str(tmp_path / "p"), arm, seed)
+      with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+      cl = 0.5 if arm.overrides["weight"] == "cl" else 0.3
+      results["test"]["cl"] = {"queries": {"ndcg@10": cl}, "tasks": {"ndcg@10": cl}}
+      with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f)
+  summary = sweep.summarize(str(tmp_path / "p"), probe, range(2))
+  by_weight = probe_heatmap.grid_cells(summary, by_weight=True)
+  assert {pair: round(stat["mean"], 6) for pair, stat in by_weight.items()} == {
+      ("sft", "sft"): 60.0, ("sft", "cl"): 60.0, ("cl", "sft"): 50.0, ("cl", "cl"): 50.0}
+  names = {os.path.basename(p) for p in probe_heatmap.make(str(tmp_path / "p"),
+                                                            str(tmp_path / "figures3"))}
+  assert names == {f"{n}.{e}" for n in ("probe_heatmap", "probe_heatmap_weight_score")
+                   for e in ("png", "pdf")}
   # Two pure objectives alone (a calibration variant's default arms) are no probe.
   diagonal = [arm for arm in probe if arm.overrides["weight"] == arm.overrides["direction"]]
   sweep.summarize(str(tmp_path / "p"), diagonal, range(2))
