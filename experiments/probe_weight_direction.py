@@ -12,7 +12,7 @@ every weight (the paper's question with the features trained): deeper but noisy,
 run learns the playground's attributes one by one at its own steps (README, "Calibration").
 
 Expected runtime (2-core CPU, two runs at a time, the cached pretrained base built once in ~1
-minute on first use): about 7 minutes for 4 arms x 3 seeds head-only, about 12 minutes with full
+minute on first use): about 6 minutes for 4 arms x 3 seeds head-only, about 12 minutes with full
 fine-tuning; ``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
 
 Expected result: the paper (MRB, Qwen2-VL LoRA) finds SFT best, the *weight* worth 1.10-1.48
