@@ -108,7 +108,7 @@ class Evaluator:
       results[score] = aggregate(per_query, s['tasks'], s['modalities'])
     plans = self._plans_of(split, count)
     if plans is not None:
-      results['pairwise'] = {score: analysis.pairwise_accuracy(s[score], plans)
+      results['pairwise'] = {score: analysis.pairwise_accuracy(s[score], plans, s['labels'])
                              for score in ('sft', 'cl')}
     primary = results[results['score']]
     results.update(primary['queries'])

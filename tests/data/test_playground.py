@@ -293,6 +293,10 @@ def test_pairwise_accuracy_reads_what_a_model_tells_apart():
              for r in analysis.pairwise_accuracy(np.zeros_like(labels), plans).values())
   with pytest.raises(ValueError, match="expected \\[64 lists"):
     analysis.pairwise_accuracy(labels[:10], plans)
+  # Labels evaluated with the scores must be the plans' (same lists, same document order).
+  assert analysis.pairwise_accuracy(sees_colour, plans, labels)["colour"]["accuracy"] == 1.0
+  with pytest.raises(ValueError, match="are not the plan's"):
+    analysis.pairwise_accuracy(sees_colour, plans, labels[::-1])
 
 
 def test_negative_categories_follow_the_plan():

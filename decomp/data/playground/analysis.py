@@ -32,7 +32,8 @@ def negative_category(plan: GroupPlan, doc: int) -> str:
   return MULTI
 
 
-def pairwise_accuracy(scores, plans: Sequence[GroupPlan]) -> dict[str, dict[str, float]]:
+def pairwise_accuracy(scores, plans: Sequence[GroupPlan], labels=None
+                      ) -> dict[str, dict[str, float]]:
   r"""Pairwise ranking accuracy of every (positive, negative) pair, by the negative's category.
 
   .. math::
@@ -45,6 +46,9 @@ def pairwise_accuracy(scores, plans: Sequence[GroupPlan]) -> dict[str, dict[str,
   Args:
     scores: ``[Q, n]`` scores of the ``Q`` lists, documents in the plans' order.
     plans: the ``Q`` groups' plans (``Playground.plan(split, index)``).
+    labels: optional ``[Q, >= n]`` relevance labels the scores were evaluated with (padding
+      beyond ``n`` ignored); checked against the plans, so scores of other lists, or of the same
+      lists in another document order, raise instead of being read as the wrong negatives.
 
   Returns:
     ``{category: {'accuracy', 'pairs'}}`` for the categories that occur, in ``CATEGORIES``
@@ -63,13 +67,18 @@ def pairwise_accuracy(scores, plans: Sequence[GroupPlan]) -> dict[str, dict[str,
     raise ValueError(f"scores {scores.shape}: expected [{len(plans)} lists, documents]")
   correct = {c: 0.0 for c in CATEGORIES}
   pairs = {c: 0 for c in CATEGORIES}
-  for row, plan in zip(scores, plans):
+  for q, (row, plan) in enumerate(zip(scores, plans)):
     if len(plan.labels) != len(row):
       raise ValueError(f"{plan.split} group {plan.index} has {len(plan.labels)} documents, "
                        f"its scores {len(row)}")
-    labels = np.asarray(plan.labels)
-    positives = row[labels > 0]
-    for doc in np.flatnonzero(labels == 0):
+    relevant = np.asarray(plan.labels)
+    if labels is not None and not np.array_equal(np.asarray(labels[q])[:len(row)] > 0,
+                                                 relevant > 0):
+      raise ValueError(f"{plan.split} group {plan.index}: the evaluated labels "
+                       f"{[int(v) for v in np.asarray(labels[q])[:len(row)]]} are not the plan's "
+                       f"{list(plan.labels)} (scores and plans of different lists or orders)")
+    positives = row[relevant > 0]
+    for doc in np.flatnonzero(relevant == 0):
       category = negative_category(plan, doc)
       correct[category] += float(np.sum(positives > row[doc]) + 0.5 * np.sum(positives == row[doc]))
       pairs[category] += len(positives)
