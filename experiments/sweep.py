@@ -101,7 +101,8 @@ def seeds_for_ci(std: float | None, half_width: float = 1.0, *, limit: int = 10_
 
 def test_metrics(results: Mapping[str, Any], metric: str = METRIC) -> dict[str, float]:
   """Flat ``{'overall': ..., 'task/<t>': ..., 'modality/<m>': ...}`` of one run's test metric, in
-  points (x100) like the paper's tables; the run's primary score (its own ranking score)."""
+  points (x100) like the paper's tables, for the run's primary score (its own ranking score);
+  plus ``score/<s>`` and ``score/<s>/macro`` with the run ranked by each score ``s``."""
   test = results.get("test") or {}
   primary = test.get(test.get("score", "sft"), {})
   out = {"overall": 100 * primary["queries"][metric],

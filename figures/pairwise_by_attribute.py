@@ -39,16 +39,10 @@ def _accuracies(record: dict) -> dict[str, float] | None:
   return {c: r["accuracy"] for c, r in pairs.items()} if pairs else None
 
 
-def _final(workdir: str) -> dict[str, float] | None:
+def _test(workdir: str) -> dict[str, dict] | None:
+  """A run's test pairwise block (``{category: {'accuracy', 'pairs'}}``), or None."""
   path = os.path.join(workdir, "results.json")
-  return _accuracies(common.read_json(path).get("test", {})) if os.path.exists(path) else None
-
-
-def _test_pairs(workdir: str) -> dict[str, int]:
-  """Pairs per category in a run's test (every run of a sweep shares the test set)."""
-  path = os.path.join(workdir, "results.json")
-  pairs = _pairwise(common.read_json(path).get("test", {})) if os.path.exists(path) else None
-  return {c: r["pairs"] for c, r in (pairs or {}).items()}
+  return _pairwise(common.read_json(path).get("test", {})) if os.path.exists(path) else None
 
 
 def _curve(workdir: str) -> dict[int, dict[str, float]]:
@@ -62,11 +56,15 @@ def _curve(workdir: str) -> dict[int, dict[str, float]]:
 
 def make(sweep_dir: str, out_dir: str) -> list[str]:
   arms = common.arms(sweep_dir)
-  finals = [(index, arm, [a for a in map(_final, arm["runs"]) if a]) for index, arm in
-            enumerate(arms)]
-  finals = [f for f in finals if f[2]]
-  if not finals:
+  tests = [(index, arm, [t for t in map(_test, arm["runs"]) if t]) for index, arm in
+           enumerate(arms)]
+  tests = [t for t in tests if t[2]]
+  if not tests:
     return []
+  finals = [(index, arm, [{c: r["accuracy"] for c, r in t.items()} for t in runs])
+            for index, arm, runs in tests]
+  # Every run of a sweep shares the test set, so any run's pair counts label the axis.
+  counts = {c: r["pairs"] for c, r in tests[0][2][0].items()}
   categories = [c for c in CATEGORIES if any(c in run for _, _, runs in finals for run in runs)]
   paths = []
 
@@ -82,7 +80,6 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
     for row in values:
       ax.plot(offset, row, ".", color="black", ms=3)
   ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-  counts = next((c for _, arm, _ in finals for c in map(_test_pairs, arm["runs"]) if c), {})
   ax.set_xticks(x, [f"{c}\n({counts[c]} pairs)" if c in counts else c for c in categories],
                 fontsize=7)
   ax.set_ylim(0.3, 1.02)
@@ -105,17 +102,13 @@ def make(sweep_dir: str, out_dir: str) -> list[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), sharex=True,
                              sharey=True, squeeze=False)
     styles = ("-", "--", ":", "-.")
-    seen = set()
     for index, arm, workdir, curve in curves:
       steps = sorted(curve)
       seed = arm["runs"].index(workdir)
       for ax, category in zip(axes.flat, categories):
-        label = None
-        if (arm["name"], seed) not in seen and ax is axes.flat[0]:
-          label = f"{arm['label']}, {os.path.basename(workdir)}"
+        label = f"{arm['label']}, {os.path.basename(workdir)}" if ax is axes.flat[0] else None
         ax.plot(steps, [curve[s].get(category, np.nan) for s in steps], styles[seed % 4],
                 color=common.colour(index, len(arms)), lw=1.2, label=label)
-      seen.add((arm["name"], seed))
     for ax, category in zip(axes.flat, categories):
       ax.set_title(category, fontsize=9)
       ax.axhline(0.5, color="grey", lw=0.6, ls="--")
