@@ -5,13 +5,20 @@ The flat public API; internals may move between modules without breaking these n
 
 from decomp import directions
 from decomp import metrics
+from decomp import objectives
 from decomp import weights
 from decomp._lists import check_has_positive
 from decomp.diagnostics import diagnostics, label_readout_fn
+from decomp.directions import DIRECTIONS, Direction
 from decomp.losses import cl_loss, sft_loss
 from decomp.metrics import aggregate, ap, mrr, ndcg, precision, recall
-from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, pool_label_logits
-from decomp.url import resolve_direction, resolve_weight, url_loss, url_surrogate
+from decomp.objectives import (OBJECTIVES, RANK_SCORES, Objective, register_direction,
+                               register_objective, register_weight, resolve_direction,
+                               resolve_objective, resolve_weight, url_surrogate)
+from decomp.readout import (LABEL_HEADS, LABEL_POOLINGS, READOUT_NEEDS, Readout,
+                            pool_label_logits, readout_from_label_rows)
+from decomp.url import url_loss
+from decomp.weights import WEIGHTS, Weight
 
 __version__ = "0.1.0"
 
@@ -41,6 +48,20 @@ def __getattr__(name):
   return value
 
 __all__ = [
+    "DIRECTIONS",
+    "Direction",
+    "OBJECTIVES",
+    "Objective",
+    "RANK_SCORES",
+    "READOUT_NEEDS",
+    "WEIGHTS",
+    "Weight",
+    "objectives",
+    "readout_from_label_rows",
+    "register_direction",
+    "register_objective",
+    "register_weight",
+    "resolve_objective",
     "LABEL_HEADS",
     "LABEL_POOLINGS",
     "Readout",

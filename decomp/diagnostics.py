@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from decomp import _lists
-from decomp.readout import Readout, pool_label_logits
-from decomp.url import resolve_direction, resolve_weight
+from decomp.objectives import resolve_direction, resolve_weight
+from decomp.readout import Readout, check_label_rows, readout_from_label_rows
 
 Array = Any
 
@@ -31,18 +31,11 @@ def label_readout_fn(label_rows, label_pooling: str = "first") -> Callable[[Arra
   second; more pooled as ``label_pooling`` says, :func:`decomp.readout.pool_label_logits`).
 
   Only ``yes``/``no``/``hidden`` are recomputed from ``h``; a direction that needs more (the
-  vocabulary log-normaliser, a projection score) must be given its own ``readout_fn``.
+  vocabulary log-normaliser, a projection score) must be given its own ``readout_fn`` (a
+  reranker's is ``Reranker.readout_from_hidden``).
   """
-  rows = jnp.asarray(label_rows)
-  if rows.ndim != 2 or rows.shape[0] < 2:
-    raise ValueError(f"label_rows must be [K >= 2, d] (yes row, no row, ...), got {rows.shape}")
-
-  def readout_fn(hidden):
-    logits = jnp.einsum("...d,kd->...k", hidden, rows.astype(hidden.dtype))
-    yes, no = pool_label_logits(logits, label_pooling)
-    return Readout(yes=yes, no=no, hidden=hidden)
-
-  return readout_fn
+  rows = check_label_rows(label_rows)
+  return lambda hidden: readout_from_label_rows(hidden, rows, pooling=label_pooling)
 
 
 def diagnostics(readout: Readout, labels, *, weight, direction, label_rows=None, readout_fn=None,

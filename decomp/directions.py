@@ -4,27 +4,68 @@ A direction is a per-document *score function* :math:`f_D(x_i)`; its gradient (w
 hidden state, or to any parameter upstream) is the direction :math:`D`. ``decomp.url_loss``
 multiplies it by a stop-gradient weight, so the update is :math:`\sum_i W_i \nabla f_D(x_i)`.
 
-Every function here follows :class:`Direction`: ``fn(readout) -> [..., n]``, reading whatever it
+Every function here is a :class:`DirectionFn`: ``fn(readout) -> [..., n]``, reading whatever it
 needs from the :class:`~decomp.Readout` (two logits for the paper's directions; the vocabulary
-log-normaliser, the hidden state or a model-computed score for richer ones). Built-ins are listed
-in :data:`DIRECTIONS`. A direction must be per-document: :math:`f_D(x_i)` may depend only on
-document :math:`i`'s own readout.
+log-normaliser, the hidden state or a model-computed score for richer ones). A :class:`Direction`
+wraps one with what it reads beyond the two logits (``needs``: the model computes the vocabulary
+log-normaliser or a projection score only when asked) and the ranking score of a run trained
+along it. Built-ins are the entries of :data:`DIRECTIONS`. A direction must be per-document:
+:math:`f_D(x_i)` may depend only on document :math:`i`'s own readout.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
 
-from decomp.readout import Readout
+from decomp import _params
+from decomp.readout import READOUT_NEEDS, Readout
 
 Array = Any
 
 
-class Direction(Protocol):
+class DirectionFn(Protocol):
   """Per-document score ``[..., n]`` whose gradient is the update direction."""
 
   def __call__(self, readout: Readout) -> Array:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Direction:
+  """A direction function and what training needs to know about it.
+
+  Attributes:
+    fn: ``(readout, **params) -> [..., n]``, the per-document score whose gradient is D.
+    score: the ranking score (a key of ``decomp.RANK_SCORES``: ``'sft'`` ranks by P(yes),
+      ``'cl'`` by the yes-logit) of a run trained along this direction: the score it moves.
+    needs: readout fields beyond ``yes``/``no`` it reads (:data:`decomp.readout.READOUT_NEEDS`).
+    params: keyword parameters bound to ``fn``.
+    name: how configs and tables name it.
+  """
+
+  fn: Callable
+  score: str = "sft"
+  needs: frozenset = frozenset()
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  name: str = ""
+
+  def __post_init__(self):
+    if not callable(self.fn):
+      raise TypeError(f"Direction.fn must be callable, got {type(self.fn).__name__}")
+    unknown = sorted(set(self.needs) - set(READOUT_NEEDS))
+    if unknown:
+      raise ValueError(f"direction needs {unknown}: not readout fields; known: {READOUT_NEEDS}")
+    object.__setattr__(self, "needs", frozenset(self.needs))
+    object.__setattr__(self, "name", self.name or getattr(self.fn, "__name__", "direction"))
+
+  def __call__(self, readout: Readout) -> Array:
+    return self.fn(readout, **self.params)
+
+  def bind(self, **params) -> "Direction":
+    """A copy with ``params`` bound (refuses names ``fn`` does not take)."""
+    _params.check("direction", self.name, self.fn, params)
+    return dataclasses.replace(self, params={**self.params, **params})
 
 
 def sft(readout: Readout) -> Array:
@@ -73,8 +114,9 @@ def projection(readout: Readout) -> Array:
 
 
 DIRECTIONS: dict[str, Direction] = {
-    "sft": sft,
-    "cl": cl,
-    "cl_logprob": cl_logprob,
-    "projection": projection,
+    "sft": Direction(sft, score="sft"),
+    "cl": Direction(cl, score="cl"),
+    "cl_logprob": Direction(cl_logprob, score="cl", needs={"log_normalizer"}),
+    # The projection is a control: the label logits still rank the run, as P(yes).
+    "projection": Direction(projection, score="sft", needs={"projection"}),
 }

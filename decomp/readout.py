@@ -19,6 +19,10 @@ LABEL_POOLINGS = ("first", "pairs")
 # 'random', a fresh learnable K x d matrix (rows ~ N(0, 1/d)) that replaces them in every score,
 # weight and direction (the paper's D_Rand: no label token is read at all).
 LABEL_HEADS = ("lm_head", "random")
+# Readout fields an objective may need beyond the two label logits; a model computes each only
+# when asked (the log-normaliser costs a full-vocabulary matmul, the projection a parameter).
+# 'teacher' is not the model's: the trainer passes the data's teacher scores through.
+READOUT_NEEDS = ("log_normalizer", "projection", "hidden", "teacher")
 
 
 class Readout(NamedTuple):
@@ -31,8 +35,9 @@ class Readout(NamedTuple):
     log_normalizer: optional ``[..., n]`` log-sum-exp of the logits over the whole vocabulary;
       needed only by directions that read a vocabulary log-probability (``cl_logprob``).
     hidden: optional ``[..., n, d]`` final hidden state ``h`` at the answer position.
-    extra_scores: optional mapping name -> ``[..., n]`` further per-document scores a model
-      computes (e.g. ``"projection"``, a learnable random projection of ``h`` used as direction).
+    extra_scores: optional mapping name -> ``[..., n]`` further per-document scores: the model's
+      (``"projection"``, a learnable random projection of ``h`` used as direction) or the data's
+      (``"teacher"``, a teacher's scores for distillation).
   """
 
   yes: Array
@@ -72,3 +77,40 @@ def pool_label_logits(logits: Array, pooling: str = "first") -> tuple[Array, Arr
     raise ValueError(f"label pooling 'pairs' needs positive/negative word pairs, got {k} labels")
   return (jax.nn.logsumexp(logits[..., 0::2], axis=-1),
           jax.nn.logsumexp(logits[..., 1::2], axis=-1))
+
+
+def check_label_rows(label_rows: Array) -> Array:
+  """``label_rows`` as an array, checked to be ``[K >= 2, d]`` (yes row, no row, ...)."""
+  import jax.numpy as jnp
+  rows = jnp.asarray(label_rows)
+  if rows.ndim != 2 or rows.shape[0] < 2:
+    raise ValueError(f"label_rows must be [K >= 2, d] (yes row, no row, ...), got {rows.shape}")
+  return rows
+
+
+def readout_from_label_rows(hidden: Array, label_rows: Array, *, pooling: str = "first",
+                            log_normalizer: Array | None = None,
+                            projection: Array | None = None) -> Readout:
+  r"""The readout of hidden states ``h [..., d]`` under label rows ``[K >= 2, d]``.
+
+  The one map from an answer-position hidden state to what the math core reads: label logits
+  :math:`h \cdot M_k` (float32 accumulation) pooled into ``yes``/``no``
+  (:func:`pool_label_logits`), the optional log-normaliser (already computed from ``h`` by the
+  caller, who owns the vocabulary) and, given a projection vector ``r [d]``,
+  ``extra_scores["projection"] = h . r``.
+
+  >>> import jax.numpy as jnp
+  >>> r = readout_from_label_rows(jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]]))
+  >>> r.yes.tolist(), r.no.tolist()
+  ([1.0], [2.0])
+  """
+  import jax.numpy as jnp
+  rows = check_label_rows(label_rows)
+  logits = jnp.einsum("...d,kd->...k", hidden, rows.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+  extra = None
+  if projection is not None:
+    extra = {"projection": jnp.einsum("...d,d->...", hidden.astype(jnp.float32),
+                                      jnp.asarray(projection).astype(jnp.float32))}
+  yes, no = pool_label_logits(logits, pooling)
+  return Readout(yes=yes, no=no, log_normalizer=log_normalizer, hidden=hidden, extra_scores=extra)

@@ -7,30 +7,87 @@ score goes up under gradient descent), positive for negatives, 0 for documents t
 part. The training surrogate multiplies ``stop_gradient(W_i)`` by a direction's score
 :math:`f_D(x_i)` (``decomp.url_loss``), so these functions are never differentiated through.
 
-Every function here follows one protocol (:class:`Weight`) and has the signature
-``fn(readout, labels, *, where=None, **params) -> [..., n]``. Parameters are bound with
-``functools.partial`` or ``decomp.resolve_weight(name, **params)``. Built-ins are listed in
-:data:`WEIGHTS`. Derivations: ``paper_notes.md`` sections 3-4.
+Every function here has the signature ``fn(readout, labels, *, where=None, **params) -> [..., n]``
+(:class:`WeightFn`). A :class:`Weight` wraps one with what training needs to know about it: the
+plain loss it is the gradient of (logged as ``loss``), the readout fields it reads, and bound
+parameters (``Weight.bind`` or ``decomp.resolve_weight(name, **params)``). Built-ins are the
+entries of :data:`WEIGHTS`. Derivations: ``paper_notes.md`` sections 3-4.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from decomp import _lists
-from decomp.readout import Readout
+from decomp import _lists, _params
+from decomp.losses import cl_loss, sft_loss
+from decomp.readout import READOUT_NEEDS, Readout
 
 Array = Any
 
 
-class Weight(Protocol):
+class WeightFn(Protocol):
   """Signed per-document weights ``[..., n]`` (treated as constants by ``url_loss``)."""
 
   def __call__(self, readout: Readout, labels: Array, *, where: Array | None = None) -> Array:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Weight:
+  """A weight function and what an objective built on it needs to know.
+
+  Attributes:
+    fn: ``(readout, labels, *, where=None, **params) -> [..., n]`` signed weights.
+    loss: ``(readout, labels, *, where=None, **params) -> scalar``: the plain loss whose gradient
+      this weight is (SFT's, CL's); training logs it as ``loss``. None: the weight has no loss of
+      its own (fine for ``url_loss``; training refuses it and says how to declare one).
+    needs: readout fields beyond ``yes``/``no`` that ``fn`` reads (``'teacher'``, ...).
+    params: keyword parameters bound to ``fn`` (and to ``loss``, where it accepts them).
+    name: how configs and tables name it.
+  """
+
+  fn: Callable
+  loss: Callable | None = None
+  needs: frozenset = frozenset()
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  name: str = ""
+
+  def __post_init__(self):
+    if not callable(self.fn):
+      raise TypeError(f"Weight.fn must be callable, got {type(self.fn).__name__}")
+    unknown = sorted(set(self.needs) - set(READOUT_NEEDS))
+    if unknown:
+      raise ValueError(f"weight needs {unknown}: not readout fields; known: {READOUT_NEEDS}")
+    object.__setattr__(self, "needs", frozenset(self.needs))
+    object.__setattr__(self, "name", self.name or getattr(self.fn, "__name__", "weight"))
+
+  def __call__(self, readout: Readout, labels: Array, *, where: Array | None = None) -> Array:
+    return self.fn(readout, labels, where=where, **self.params)
+
+  def bind(self, **params) -> "Weight":
+    """A copy with ``params`` bound (refuses names ``fn`` does not take)."""
+    _params.check("weight", self.name, self.fn, params)
+    return dataclasses.replace(self, params={**self.params, **params})
+
+  def loss_value(self, readout: Readout, labels: Array, *, where: Array | None = None) -> Array:
+    """The weight's own loss on ``readout`` (its bound parameters passed where accepted)."""
+    if self.loss is None:
+      raise ValueError(f"weight {self.name!r} declares no loss (Weight(fn, loss=...))")
+    return self.loss(readout, labels, where=where, **_params.accepted(self.loss, self.params))
+
+
+def sft_readout_loss(readout: Readout, labels, *, where=None) -> Array:
+  """:func:`~decomp.sft_loss` on a readout: the loss of SFT's weight."""
+  return sft_loss(readout.yes, readout.no, labels, where=where)
+
+
+def cl_readout_loss(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Array:
+  """:func:`~decomp.cl_loss` on a readout's yes-logits: the loss of CL's weight."""
+  return cl_loss(readout.yes, labels, where=where, temperature=temperature)
 
 
 def _sign(labels, docs):
@@ -122,11 +179,13 @@ def cl_rescaled(readout: Readout, labels, *, where=None, temperature: float = 1.
   return w_cl * scale
 
 
+# The built-in weights. Those without a loss of their own (schedules, rescalings) log the loss of
+# the objective whose score they read: SFT's for the schedules on P(yes), CL's for rescaled CL.
 WEIGHTS: dict[str, Weight] = {
-    "sft": sft,
-    "cl": cl,
-    "constant": constant,
-    "tau_mask": tau_mask,
-    "one_plus_sft": one_plus_sft,
-    "cl_rescaled": cl_rescaled,
+    "sft": Weight(sft, loss=sft_readout_loss),
+    "cl": Weight(cl, loss=cl_readout_loss),
+    "constant": Weight(constant, loss=sft_readout_loss),
+    "tau_mask": Weight(tau_mask, loss=sft_readout_loss),
+    "one_plus_sft": Weight(one_plus_sft, loss=sft_readout_loss),
+    "cl_rescaled": Weight(cl_rescaled, loss=cl_readout_loss),
 }

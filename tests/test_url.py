@@ -235,13 +235,13 @@ def test_parameter_level_swapped_pairs_match_hand_formula(weight, direction, bat
 # --- errors ---
 
 def test_unknown_names_are_clear():
-  with pytest.raises(ValueError, match=r"unknown weight 'sfft'; built-in weights are \["):
+  with pytest.raises(ValueError, match=r"unknown weight 'sfft'; registered weights are \["):
     decomp.url_loss(jnp.zeros(3), jnp.zeros(3), jnp.array([1, 0, 0]), weight="sfft",
                     direction="sft")
   with pytest.raises(ValueError, match="unknown direction 'yes'"):
     decomp.url_loss(jnp.zeros(3), jnp.zeros(3), jnp.array([1, 0, 0]), weight="sft",
                     direction="yes")
-  with pytest.raises(TypeError, match="weight must be a built-in name or a callable"):
+  with pytest.raises(TypeError, match="weight must be a registered name, an import path"):
     decomp.url_loss(jnp.zeros(3), jnp.zeros(3), jnp.array([1, 0, 0]), weight=3, direction="sft")
 
 

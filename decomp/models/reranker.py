@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from decomp.models.vision import ImageEncoder, Projector, image_preprocess
-from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, pool_label_logits
+from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, readout_from_label_rows
 
 Array = jax.Array
 
@@ -513,7 +513,7 @@ class Reranker(nnx.Module):
       return self.random_label_rows[...]
     return self.decoder.lm_head_rows(jnp.asarray(self.label_ids, jnp.int32))
 
-  def _embed_with_images(self, input_ids: Array, pixel_values: Array,
+  def embed_with_images(self, input_ids: Array, pixel_values: Array,
                          image_valid: Array | None) -> Array:
     """Token embeddings ``[N, T, d]`` with image features scattered onto the placeholders.
 
@@ -553,8 +553,22 @@ class Reranker(nnx.Module):
           f"image(s) of {per_image} patches each; encode prompts with "
           f"image_tokens=vision.num_patches ({per_image})")
 
+  def readout_from_hidden(self, hidden: Array, *, needs=frozenset()) -> Readout:
+    """The readout of answer-position hidden states ``[..., d]``: label logits pooled into
+    ``yes``/``no``, plus what ``needs`` asks for (:data:`decomp.readout.READOUT_NEEDS`): the
+    full-vocabulary log-normaliser (``'log_normalizer'``, the only case in which the whole LM
+    head is multiplied) and, when the model has one, the projection score (always reported).
+
+    The one map from ``h`` to a readout: the forward pass, the diagnostics and the per-example
+    gradient norms all go through it.
+    """
+    lognorm = self.decoder.log_normalizer(hidden) if "log_normalizer" in needs else None
+    projection = None if self.projection is None else self.projection[...]
+    return readout_from_label_rows(hidden, self.label_rows(), pooling=self.label_pooling,
+                                   log_normalizer=lognorm, projection=projection)
+
   def readout(self, input_ids: Array, attention_mask: Array, pixel_values: Array | None = None,
-              image_valid: Array | None = None, *, log_normalizer: bool = False) -> Readout:
+              image_valid: Array | None = None, *, needs=frozenset()) -> Readout:
     """Label-token logits at the answer position (the last valid token).
 
     Args:
@@ -562,14 +576,12 @@ class Reranker(nnx.Module):
       attention_mask: ``[..., T]``, 1 for tokens, 0 for padding.
       pixel_values: ``[..., M, H, W, 3]`` preprocessed images (None: text only).
       image_valid: ``[..., M]`` bool, which image slots hold an image.
-      log_normalizer: also compute the full-vocabulary log-sum-exp (the only case in which the
-        whole LM head is multiplied).
+      needs: readout fields beyond the label logits (:meth:`readout_from_hidden`).
 
     Returns:
       :class:`decomp.readout.Readout` with ``yes``/``no`` ``[...]`` float32, ``hidden``
       ``[..., d]``, ``log_normalizer`` ``[...]`` or None, and ``extra_scores`` holding
-      ``"projection"`` (with ``projection_direction``) and ``"label_logits"`` ``[..., K]`` (with
-      more than two labels), or None.
+      ``"projection"`` (with ``projection_direction``) or None.
     """
     input_ids = jnp.asarray(input_ids)
     attention_mask = jnp.asarray(attention_mask)
@@ -590,25 +602,14 @@ class Reranker(nnx.Module):
       valid = None if image_valid is None else jnp.asarray(image_valid).reshape(
           ids.shape[0], pixels.shape[1])
       self._check_placeholders(ids, valid, pixels.shape[1])
-      embeds = self._embed_with_images(ids, pixels, valid)
+      embeds = self.embed_with_images(ids, pixels, valid)
       h = self.decoder.hidden_states(None, mask, inputs_embeds=embeds)
     else:
       h = self.decoder.hidden_states(ids, mask)
     last = _last_valid_index(mask)
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [N, d]
-    rows = self.label_rows()
-    logits = jnp.einsum("nd,kd->nk", h_last, rows, preferred_element_type=jnp.float32)
-    extra = {}
-    if self.projection is not None:
-      extra["projection"] = jnp.einsum("nd,d->n", h_last.astype(jnp.float32),
-                                       self.projection[...].astype(jnp.float32)).reshape(lead)
-    if len(self.label_ids) > 2:
-      extra["label_logits"] = logits.reshape(lead + (len(self.label_ids),))
-    lognorm = self.decoder.log_normalizer(h_last).reshape(lead) if log_normalizer else None
-    yes, no = pool_label_logits(logits, self.label_pooling)
-    return Readout(yes=yes.reshape(lead), no=no.reshape(lead),
-                   log_normalizer=lognorm, hidden=h_last.reshape(lead + (h_last.shape[-1],)),
-                   extra_scores=extra or None)
+    out = self.readout_from_hidden(h_last, needs=needs)
+    return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
 
   def __call__(self, *args, **kwargs) -> Readout:
     return self.readout(*args, **kwargs)

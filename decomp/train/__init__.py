@@ -3,7 +3,8 @@
 ``python -m decomp.train --workdir DIR [--config NAME_OR_FILE] [--set key=value ...]`` is the CLI.
 
 Modules: ``config`` (TrainConfig, presets, overrides, validate), ``mesh`` (device mesh),
-``setup`` (data sources, sharded model init), ``step`` (optimiser, jitted update / eval steps),
+``data`` (group sources, batches), ``state`` (tokenizer, reranker spec, sharded init),
+``cache`` (built tokenizers and bases), ``step`` (optimiser, jitted update / eval steps),
 ``loop`` (``train``), ``evaluate`` (ranking metrics), ``logs`` (workdir files and readers),
 ``checkpoint`` (Orbax), ``pretrain`` (the playground base-checkpoint recipe).
 """

@@ -6,8 +6,8 @@ A run is fully described by a :class:`TrainConfig`; ``train(config, workdir)`` w
 
 >>> cfg = get_config('playground_quick')
 >>> cfg = apply_overrides(cfg, ['steps=3', 'weight=cl', 'mesh.data=2'])
->>> (cfg.steps, cfg.weight, cfg.mesh)
-(3, 'cl', {'data': 2, 'model': 1})
+>>> (cfg.steps, cfg.weight, cfg.mesh, make_objective(cfg).name)
+(3, 'cl', {'data': 2, 'model': 1}, 'w_cl-d_sft')
 """
 
 from __future__ import annotations
@@ -22,23 +22,23 @@ import os
 import typing
 from typing import Any, Callable, Mapping, Sequence
 
+from decomp import _params
+from decomp import objectives as objectives_lib
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS
 
-WEIGHT_NAMES = ('sft', 'cl', 'constant', 'tau_mask', 'one_plus_sft', 'cl_rescaled')
-DIRECTION_NAMES = ('sft', 'cl', 'cl_logprob', 'projection')
 LAYOUTS = ('data', 'fsdp', 'tensor')
 FINETUNE_MODES = ('lora', 'full', 'head')
 DTYPES = ('float32', 'bfloat16', 'float16')
-EVAL_SCORES = ('auto', 'sft', 'cl')
 
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Every knob of a training run (one field per knob).
+  """Every knob of a training run, one field per knob, grouped by section: model, what is
+  trained, objective, data, optimiser, numerics and parallelism, logging/evaluation/checkpoints.
 
-  Objective fields (``weight``, ``direction``) take a registered name or a callable with the math
-  core's signature; a callable cannot be written to ``config.json`` and is recorded by its
-  qualified name.
+  The objective fields take registered names or import paths (``'package.module:attribute'``);
+  ``config.json`` records a name registered in code by its import path, so a workdir re-launches
+  itself in a fresh process.
   """
 
   name: str = 'custom'  # preset this config came from (informational)
@@ -51,7 +51,9 @@ class TrainConfig:
   num_heads: int = 4  # attention heads
   num_kv_heads: int = 2  # key/value heads (grouped-query attention)
   intermediate_size: int = 384  # MLP width
-  vision: bool = True  # include a ViT + projector so image items are read
+  # Read images with a ViT + projector: 'auto' = yes for 'playground'/'random' models and for
+  # checkpoints that carry a vision tower, no for text checkpoints; true adds a fresh one.
+  vision: Any = 'auto'
   vision_hidden_size: int = 64  # ViT width
   vision_layers: int = 2  # ViT layers
   vision_heads: int = 4  # ViT heads
@@ -84,8 +86,11 @@ class TrainConfig:
   train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
 
   # --- objective ----------------------------------------------------------------------------------
-  weight: Any = 'sft'  # weight W: name in WEIGHT_NAMES or callable
-  direction: Any = 'sft'  # direction D: name in DIRECTION_NAMES or callable
+  # The objective (decomp.OBJECTIVES name or import path): its weight, direction, logged loss,
+  # ranking score and readout needs. `weight` / `direction` replace its parts (a hybrid).
+  objective: str = 'sft'
+  weight: str = ''  # weight W (decomp.weights.WEIGHTS name or import path); '' = the objective's
+  direction: str = ''  # direction D (decomp.directions.DIRECTIONS name or import path)
   weight_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {'tau': 0.1} for tau_mask
   direction_kwargs: dict = dataclasses.field(default_factory=dict)  # extra direction arguments
   temperature: float = 1.0  # InfoNCE temperature for the CL weight / score
@@ -136,7 +141,7 @@ class TrainConfig:
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
   eval_every: int = 50  # steps between validation evaluations (0 = none)
   final_eval: bool = True  # evaluate on the test split at the end (results.json)
-  eval_score: str = 'auto'  # ranking score: 'sft' (P(yes)), 'cl' (z_y), 'auto' (the direction's)
+  eval_score: str = 'auto'  # ranking score: 'sft' (P(yes)), 'cl' (z_y), 'auto' (the objective's)
   checkpoint_every: int = 100  # steps between checkpoints (0 = only the last step)
   keep_checkpoints: int = 2  # checkpoints kept on disk
   quiet: bool = False  # no progress bar (CI)
@@ -236,13 +241,17 @@ def from_dict(data: Mapping[str, Any], *, source: str = 'config') -> TrainConfig
   return TrainConfig(**kwargs)
 
 
+OBJECTIVE_FIELDS = ('objective', 'weight', 'direction')
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-  """JSON-able dict of the config; callables are recorded by their qualified name."""
+  """JSON-able dict of the config. Objective fields are recorded portably: a name registered in
+  code (or an objective object) by its import path, so another process resolves it."""
   out = {}
   for f in dataclasses.fields(cfg):
     value = getattr(cfg, f.name)
-    if callable(value):
-      value = f'{getattr(value, "__module__", "?")}.{getattr(value, "__qualname__", repr(value))}'
+    if f.name in OBJECTIVE_FIELDS and value != '':
+      value = objectives_lib.portable_name(f.name, value)
     elif isinstance(value, tuple):
       value = list(value)
     out[f.name] = value
@@ -267,6 +276,8 @@ def _coerce(key: str, text: str, current: Any, annotation: Any) -> Any:
   """Parses ``text`` into the type of the field (or of its current value)."""
   def bad(kind):
     return ValueError(f'config key {key!r}: cannot read {text!r} as {kind}')
+  if annotation is Any and text.strip().lower() in ('true', 'false'):
+    return text.strip().lower() == 'true'  # a tri-state field ('auto', true, false)
   if isinstance(current, bool) or annotation is bool:
     lowered = text.strip().lower()
     if lowered in ('1', 'true', 'yes', 'on'):
@@ -343,38 +354,20 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
   return dataclasses.replace(cfg, **changes)
 
 
-def _objective_kwargs(fn: Callable, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-  """The subset of ``kwargs`` that ``fn`` accepts (``temperature`` only reaches CL weights)."""
-  import inspect
-  try:
-    params = inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return dict(kwargs)
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-    return dict(kwargs)
-  return {k: v for k, v in kwargs.items() if k in params}
+def make_objective(cfg: TrainConfig) -> objectives_lib.Objective:
+  """The :class:`~decomp.Objective` of a config: ``objective`` with its parts replaced by
+  ``weight`` / ``direction`` when given, and parameters bound.
 
-
-def objective_fns(cfg: TrainConfig) -> tuple[Callable, Callable]:
-  """The (weight, direction) functions of a config, with their parameters bound.
-
-  ``temperature`` is passed to the weight when it takes one (``cl``, ``cl_rescaled``); explicit
+  ``temperature`` is bound to the weight when it takes one (``cl``, ``cl_rescaled``);
   ``weight_kwargs`` / ``direction_kwargs`` must all be accepted.
   """
-  from decomp.url import resolve_direction, resolve_weight  # the math core: jax/numpy only
-  weight = resolve_weight(cfg.weight)
-  direction = resolve_direction(cfg.direction)
-  for kind, fn, given in (('weight', weight, cfg.weight_kwargs),
-                          ('direction', direction, cfg.direction_kwargs)):
-    accepted = _objective_kwargs(fn, given)
-    unknown = sorted(set(given) - set(accepted))
-    if unknown:
-      raise ValueError(f'{kind}_kwargs {unknown} are not parameters of the {kind} '
-                       f'{getattr(fn, "__name__", fn)!r}')
-  weight_kwargs = _objective_kwargs(weight, {'temperature': cfg.temperature})
-  weight_kwargs.update(cfg.weight_kwargs)
-  return (resolve_weight(cfg.weight, **weight_kwargs),
-          resolve_direction(cfg.direction, **cfg.direction_kwargs))
+  base = objectives_lib.resolve_objective(cfg.objective)
+  objective = base.with_parts(weight=cfg.weight or None, direction=cfg.direction or None)
+  # The config's temperature reaches a weight that takes one, unless the weight binds its own.
+  weight_params = {} if 'temperature' in objective.weight.params else _params.accepted(
+      objective.weight.fn, {'temperature': cfg.temperature})
+  weight_params.update(cfg.weight_kwargs)
+  return objective.with_parts(weight_params=weight_params, direction_params=cfg.direction_kwargs)
 
 
 def validate(cfg: TrainConfig, *, num_devices: int | None = None,
@@ -389,15 +382,15 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   def bad(key, message):
     raise ValueError(f'config {key}={getattr(cfg, key)!r}: {message}')
 
-  for key in ('weight', 'direction'):
-    value = getattr(cfg, key)
-    if not (isinstance(value, str) or callable(value)):
-      bad(key, 'must be a name or a callable')
   try:
-    objective_fns(cfg)
+    objective = make_objective(cfg)
   except (ValueError, TypeError) as e:
-    raise ValueError(f'config objective (weight={cfg.weight!r}, direction={cfg.direction!r}): '
-                     f'{e}') from None
+    raise ValueError(f'config objective={cfg.objective!r} (weight={cfg.weight!r}, '
+                     f'direction={cfg.direction!r}): {e}') from None
+  if not objective.has_loss:
+    bad('objective', f'{objective.name!r} has no loss to log as `loss`: give its weight one '
+                     '(decomp.Weight(fn, loss=...)) or the objective (decomp.Objective(..., '
+                     'loss=...))')
   for key in ('steps', 'batch_size', 'max_length', 'eval_batch_size', 'keep_checkpoints'):
     if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
       bad(key, 'must be a positive integer')
@@ -429,8 +422,10 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   for key in ('dtype', 'param_dtype'):
     if getattr(cfg, key) not in DTYPES:
       bad(key, f'expected one of {DTYPES}')
-  if cfg.eval_score not in EVAL_SCORES:
-    bad('eval_score', f'expected one of {EVAL_SCORES}')
+  if cfg.eval_score != 'auto' and cfg.eval_score not in objectives_lib.RANK_SCORES:
+    bad('eval_score', f"expected 'auto' or one of {sorted(objectives_lib.RANK_SCORES)}")
+  if cfg.vision not in ('auto', True, False):
+    bad('vision', "expected 'auto', true or false")
   if cfg.train_pool < 0:
     bad('train_pool', 'must be >= 0 (0 = the unbounded stream)')
   if cfg.pretrain_qa_per_group < 0:
@@ -444,11 +439,11 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
                        f'count, got {len(cfg.label_words)}')
   if cfg.label_head not in LABEL_HEADS:
     bad('label_head', f'expected one of {LABEL_HEADS}')
-  elif cfg.label_head == 'random' and cfg.direction == 'cl_logprob':
+  elif cfg.label_head == 'random' and 'log_normalizer' in objective.needs:
     # log p(yes) = z_y - log sum_v exp z_v needs z_y to be one of the vocabulary's logits.
-    bad('direction', "'cl_logprob' normalises over the LM head's vocabulary, which "
-                     "label_head='random' does not score with")
-  if cfg.vision and cfg.image_size % cfg.patch_size:
+    bad('label_head', f"objective {objective.name!r} reads the vocabulary log-normaliser, which "
+                      "label_head='random' (no label token) does not score with")
+  if cfg.vision is not False and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
   if num_devices is not None and cfg.num_devices:
     if cfg.num_devices > num_devices:

@@ -1,7 +1,8 @@
 """Ranking evaluation on the validation / test split with ``decomp.metrics``.
 
-Scores: ``'sft'`` ranks by ``z_y - z_n`` (the logit of P(yes), which it orders identically),
-``'cl'`` by ``z_y``. Metrics per query (NDCG@10, MRR@10, Recall@1, AP) are aggregated overall,
+Scores: every entry of :data:`decomp.RANK_SCORES` (``'sft'`` ranks by ``z_y - z_n``, the logit of
+P(yes), which it orders identically; ``'cl'`` by ``z_y``); the run's own is its objective's
+``rank_by`` (or the config's ``eval_score``). Metrics per query (NDCG@10, MRR@10, Recall@1, AP) are aggregated overall,
 per task and per modality (``decomp.metrics.aggregate``). On the playground each score also gets
 ``pairwise``: the positive-above-negative accuracy by what the negative gets wrong (one attribute,
 several, or a random scene; ``decomp.data.playground.analysis``).
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from decomp.data.playground import analysis
 from decomp.metrics import aggregate, ap, mrr, ndcg, recall
+from decomp.objectives import RANK_SCORES, Objective
 from decomp.train import config as config_lib
 from decomp.train import mesh as mesh_lib
 from decomp.train import step as step_lib
@@ -29,28 +31,26 @@ METRICS = {
 }
 
 
-def primary_score(cfg: config_lib.TrainConfig) -> str:
-  """The score a config is judged by: its ``eval_score``, or for 'auto' the weight's family."""
-  if cfg.eval_score != 'auto':
-    return cfg.eval_score
-  # The direction is what training moves, so a run is ranked by its direction's score: D_CL
-  # trains only z_y (z_n keeps its pretrained value, noise to z_y - z_n), D_SFT trains z_y - z_n.
-  return 'cl' if cfg.direction in ('cl', 'cl_logprob') else 'sft'
+def primary_score(cfg: config_lib.TrainConfig, objective: Objective) -> str:
+  """The score a run is judged by: the config's ``eval_score``, or for 'auto' the objective's."""
+  return objective.rank_by if cfg.eval_score == 'auto' else cfg.eval_score
 
 
 class Evaluator:
   """Scores the first ``count`` groups of a split and aggregates ranking metrics.
 
-  Every process encodes its share of each evaluation batch; the scores come back to every host.
+  Every process encodes its share of each evaluation batch once: the encoded batches of a split
+  are kept, so periodic validation re-runs only the model. Scores come back to every host.
   """
 
-  def __init__(self, cfg: config_lib.TrainConfig, run, data, mesh):
+  def __init__(self, cfg: config_lib.TrainConfig, run, data, mesh, objective: Objective):
     self.cfg, self.data, self.mesh = cfg, data, mesh
+    self.score = primary_score(cfg, objective)
     shardings = (run.params_shardings, run.frozen_shardings)
-    self._eval = jax.jit(step_lib.make_eval_step(run.graphdef, readout=run.readout),
-                         in_shardings=(*shardings, None))
+    self._eval = jax.jit(step_lib.make_eval_step(run.graphdef), in_shardings=(*shardings, None))
     self._groups: dict[tuple[str, int], list] = {}
     self._plans: dict[tuple[str, int], list | None] = {}
+    self._batches: dict[tuple[str, int], list] = {}
 
   def _groups_of(self, split: str, count: int):
     key = (split, count)
@@ -64,20 +64,30 @@ class Evaluator:
       self._plans[key] = self.data.eval_plans(split, count)
     return self._plans[key]
 
+  def _batches_of(self, split: str, count: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """``(real rows, this process's encoded arrays)`` per evaluation batch, encoded once."""
+    key = (split, count)
+    if key not in self._batches:
+      groups = self._groups_of(split, count)
+      size = self.cfg.eval_batch_size
+      procs, rank = jax.process_count(), jax.process_index()
+      n = self.data.eval_list_size(groups)
+      batches = []
+      for start in range(0, len(groups), size):
+        chunk = list(groups[start:start + size])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (size - real)  # pad the last batch to the compiled shape
+        local = size // procs
+        batches.append((real, self.data.encode(chunk[rank * local:(rank + 1) * local], n)))
+      self._batches[key] = batches
+    return self._batches[key]
+
   def scores(self, split: str, params, frozen, count: int) -> dict[str, Any]:
-    """``{'sft': [Q, n], 'cl': [Q, n], 'labels', 'where', 'tasks', 'modalities'}``."""
+    """``{score: [Q, n] for each ranking score, 'labels', 'where', 'tasks', 'modalities'}``."""
     groups = self._groups_of(split, count)
-    size = self.cfg.eval_batch_size
-    procs, rank = jax.process_count(), jax.process_index()
-    n = self.data.eval_list_size(groups)
-    out = {'sft': [], 'cl': [], 'labels': [], 'where': []}
-    for start in range(0, len(groups), size):
-      chunk = list(groups[start:start + size])
-      real = len(chunk)
-      chunk += [chunk[-1]] * (size - real)  # pad the last batch to the compiled shape
-      local = size // procs
-      mine = chunk[rank * local:(rank + 1) * local]
-      arrays = self.data.encode(mine, n)
+    procs = jax.process_count()
+    out = {**{k: [] for k in RANK_SCORES}, 'labels': [], 'where': []}
+    for real, arrays in self._batches_of(split, count):
       batch = {k: jax.make_array_from_process_local_data(
           mesh_lib.batch_sharding(self.mesh, v.ndim), v) for k, v in arrays.items()}
       scores = self._eval(params, frozen, batch)
@@ -88,7 +98,7 @@ class Evaluator:
       else:
         labels, where = batch['labels'], batch['where']
       scores, labels, where = jax.device_get((scores, labels, where))
-      for k in ('sft', 'cl'):
+      for k in RANK_SCORES:
         out[k].append(np.asarray(scores[k])[:real])
       out['labels'].append(np.asarray(labels)[:real])
       out['where'].append(np.asarray(where)[:real])
@@ -98,18 +108,18 @@ class Evaluator:
     return result
 
   def run(self, split: str, params, frozen, count: int) -> dict[str, Any]:
-    """Metrics of both scores; top-level keys are those of the config's primary score."""
+    """Metrics of every ranking score; top-level keys are those of the run's own score."""
     s = self.scores(split, params, frozen, count)
     results: dict[str, Any] = {'split': split, 'num_queries': len(s['tasks']),
-                               'score': primary_score(self.cfg)}
-    for score in ('sft', 'cl'):
+                               'score': self.score}
+    for score in RANK_SCORES:
       per_query = {name: np.asarray(fn(s[score], s['labels'], s['where']))
                    for name, fn in METRICS.items()}
       results[score] = aggregate(per_query, s['tasks'], s['modalities'])
     plans = self._plans_of(split, count)
     if plans is not None:
       results['pairwise'] = {score: analysis.pairwise_accuracy(s[score], plans, s['labels'])
-                             for score in ('sft', 'cl')}
+                             for score in RANK_SCORES}
     primary = results[results['score']]
     results.update(primary['queries'])
     return results

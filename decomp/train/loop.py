@@ -29,9 +29,10 @@ import numpy as np
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import evaluate as evaluate_lib
+from decomp.train import data as data_lib
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
-from decomp.train import setup as setup_lib
+from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 
 # Config keys that may differ between a run and its resumption: they change no trained value.
@@ -111,14 +112,11 @@ def _abstract_state(cfg: config_lib.TrainConfig, run, tx, mesh):
   """The whole train state as shapes + shardings (nothing allocated): params/frozen from the
   models' logical names, the optimizer state mirroring the params. Returns it and the optimizer
   state's shardings."""
-  opt_shardings = setup_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
-  key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  opt_shardings = state_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
   abstract = {
       'params': run.params, 'frozen': run.frozen,
       'opt_state': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(tx.init, run.params), opt_shardings),
-      'rng': jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
-                                  sharding=mesh_lib.replicated(mesh))}
+                                jax.eval_shape(tx.init, run.params), opt_shardings)}
   return abstract, opt_shardings
 
 
@@ -139,7 +137,10 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   cfg = config_lib.get_config(config) if isinstance(config, str) else config
   cfg = config_lib.apply_overrides(cfg, overrides)
   primary = jax.process_index() == 0
-  data = setup_lib.make_data(cfg)
+  objective = config_lib.make_objective(cfg)
+  state_lib.check_applies(cfg)
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
   config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
                       num_processes=jax.process_count())
   workdir = os.path.abspath(workdir)
@@ -150,17 +151,11 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-  run = setup_lib.build_model_state(cfg, mesh, data)
-  weight_fn, direction_fn = config_lib.objective_fns(cfg)
-  objective = step_lib.Objective(
-      weight=weight_fn, direction=direction_fn,
-      loss_kind='cl' if cfg.weight in step_lib.CL_WEIGHTS else 'sft',
-      temperature=cfg.temperature, log_normalizer=run.needs_log_normalizer(cfg.direction))
+  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
   tx, schedule = _optimizer(cfg)
 
   abstract, opt_shardings = _abstract_state(cfg, run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
-  key_data = jax.random.key_data(jax.random.key(cfg.seed))
 
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
   start = 0
@@ -168,8 +163,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   if latest is None:  # a fresh run: create the state directly sharded
     params, frozen = run.initialize()
     state = {'params': params, 'frozen': frozen,
-             'opt_state': jax.jit(tx.init, out_shardings=opt_shardings)(params),
-             'rng': jax.device_put(key_data, replicated)}
+             'opt_state': jax.jit(tx.init, out_shardings=opt_shardings)(params)}
   else:  # resume: restore straight into the sharded layout, no initialisation
     state, meta = checkpoints.restore(abstract, latest)
     start = int(meta['step'])
@@ -185,16 +179,15 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
   train_step = jax.jit(
-      step_lib.make_train_step(
-          run.graphdef, tx, schedule, objective, readout=run.readout, label_rows=run.label_rows,
-          readout_from_hidden=run.readout_from_hidden,
-          example_grad_norms=cfg.example_grad_norms),
+      step_lib.make_train_step(run.graphdef, tx, schedule, objective,
+                               cl_temperature=cfg.temperature,
+                               example_grad_norms=cfg.example_grad_norms),
       in_shardings=(state_shardings['params'], state_shardings['frozen'],
                     state_shardings['opt_state'], replicated, None),
       # Metrics are small: replicated, so every process can read them (multi-host).
       out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
       donate_argnums=(0, 2))
-  evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh)
+  evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh, objective)
 
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
@@ -246,8 +239,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
         if pending is not None:
           finish(pending)
           pending = None
-        checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state,
-                                'rng': state['rng']},
+        checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state},
                          {'data_index': step * cfg.batch_size})
         last_time = time.perf_counter()
     if pending is not None:
@@ -315,17 +307,19 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
                        f'({old!r} -> {new!r}); only {EVALUATION_CHANGES} may change')
   if split not in ('val', 'test'):
     raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-  data = setup_lib.make_data(cfg)
+  objective = config_lib.make_objective(cfg)
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-  run = setup_lib.build_model_state(cfg, mesh, data)
+  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
   tx, _ = _optimizer(cfg)
   abstract, _ = _abstract_state(cfg, run, tx, mesh)
   with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
     state, meta = checkpoints.restore(abstract, step)
   count = cfg.test_groups if split == 'test' else cfg.eval_groups
   results = {'step': int(meta['step']), 'overrides': list(overrides),
-             **evaluate_lib.Evaluator(cfg, run, data, mesh).run(
+             **evaluate_lib.Evaluator(cfg, run, data, mesh, objective).run(
                  split, state['params'], state['frozen'], count)}
   if output and jax.process_index() == 0:
     logs.write_json_atomic(os.path.join(workdir, output), results)

@@ -27,12 +27,14 @@ from flax import nnx
 
 from decomp.data import types as data_types
 from decomp.models import hf
-from decomp.models.decoder import Decoder
-from decomp.models.reranker import Reranker, image_token_id, label_token_ids
-from decomp.models.vision import Projector, VisionEncoder, image_preprocess
+from decomp.models.build import RerankerSpec, make_reranker, save_multimodal
+from decomp.models.reranker import image_token_id, label_token_ids
+from decomp.models.vision import image_preprocess
+from decomp.train import cache
 from decomp.train import config as config_lib
+from decomp.train import data as data_lib
 from decomp.train import logs
-from decomp.train import setup as setup_lib
+from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 
 RECIPE_VERSION = 2  # 2: paraphrase and edit pairs
@@ -55,13 +57,14 @@ def pretraining_world(cfg: config_lib.TrainConfig):
   """The run's playground world with the list-shaping knobs at their defaults."""
   from decomp.data.playground import PlaygroundConfig
   defaults = PlaygroundConfig()
-  world = setup_lib.playground_config(cfg)
+  world = data_lib.playground_config(cfg)
   return dataclasses.replace(world, **{k: getattr(defaults, k) for k in LIST_KNOBS})
 
 
 def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   """The JSON-able recipe of ``cfg``'s base checkpoint."""
   out = {k: getattr(cfg, k) for k in RECIPE_FIELDS}
+  out['vision'] = cfg.vision is not False  # 'auto' builds the multimodal base
   # The resolved world, not just the overrides: a changed default must not reuse a stale base.
   out['playground'] = dataclasses.asdict(pretraining_world(cfg))
   out['version'] = RECIPE_VERSION
@@ -72,7 +75,8 @@ def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
 
 # The code whose numerics a base's weights depend on (model, data, this recipe).
 _SOURCE_DIRS = ('models', 'data')
-_SOURCE_FILES = ('train/pretrain.py', 'train/step.py', 'train/setup.py', 'readout.py')
+_SOURCE_FILES = ('train/pretrain.py', 'train/step.py', 'train/state.py', 'train/data.py',
+                 'readout.py')
 
 
 def source_fingerprint() -> str:
@@ -103,9 +107,9 @@ def base_checkpoint(cfg: config_lib.TrainConfig, *, quiet: bool | None = None) -
   warning: delete the directory (or point ``DECOMP_CACHE`` elsewhere) to rebuild it.
   """
   spec = recipe(cfg)
-  path = os.path.join(setup_lib.cache_dir(), f'base-{config_lib.config_hash(spec)}')
+  path = os.path.join(cache.cache_dir(), f'base-{config_lib.config_hash(spec)}')
   quiet = cfg.quiet if quiet is None else quiet
-  path = setup_lib._build_once(path, lambda d: build(cfg, d, quiet=quiet))
+  path = cache.build_once(path, lambda d: build(cfg, d, quiet=quiet))
   try:
     built_by = logs.read_json(os.path.join(path, 'pretrain.json')).get('source_fingerprint')
   except (OSError, ValueError):
@@ -237,18 +241,15 @@ class _Sequences:
 
 def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) -> dict[str, Any]:
   """Pre-trains ``cfg``'s backbone and writes it to ``directory``; returns ``pretrain.json``."""
-  tokenizer = setup_lib.load_tokenizer(dataclasses.replace(cfg, tokenizer=''), None)
-  labels = label_token_ids(tokenizer)  # the LM objective reads no label: any pair will do
-  dconfig = setup_lib.decoder_config(cfg, len(tokenizer))
-  vconfig = setup_lib.vision_config(cfg) if cfg.vision else None
+  base_cfg = dataclasses.replace(cfg, model='random', tokenizer='')
+  tokenizer = state_lib.resolve_tokenizer(base_cfg)
+  shapes = state_lib.model_shapes(base_cfg, tokenizer)
+  vconfig = shapes.vision
   image_id = image_token_id(tokenizer) if vconfig is not None else None
-  rngs = nnx.Rngs(cfg.base_seed)
-  decoder = Decoder(dconfig, rngs=rngs)
-  vision = VisionEncoder(vconfig, rngs=rngs) if vconfig is not None else None
-  projector = (Projector(vconfig.hidden_size, dconfig.hidden_size, rngs=rngs)
-               if vconfig is not None else None)
-  model = Reranker(decoder, labels, vision=vision, projector=projector, image_token_id=image_id,
-                   rngs=rngs)
+  # The LM objective reads no label: any pair will do.
+  spec = RerankerSpec(decoder=shapes.decoder, label_ids=tuple(label_token_ids(tokenizer)),
+                      vision=vconfig, image_token_id=image_id)
+  model = make_reranker(spec, nnx.Rngs(cfg.base_seed))
   graphdef, params = nnx.split(model)
   tx, schedule = step_lib.make_optimizer(
       peak=cfg.pretrain_learning_rate, steps=max(cfg.pretrain_steps, 1),
@@ -259,7 +260,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   def loss_fn(params, batch):
     m = nnx.merge(graphdef, params)
     if 'pixel_values' in batch:
-      embeds = m._embed_with_images(batch['input_ids'], batch['pixel_values'],
+      embeds = m.embed_with_images(batch['input_ids'], batch['pixel_values'],
                                     batch['image_valid'])
       logits = m.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
     else:
@@ -293,12 +294,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   hf.save_pretrained(model.decoder, directory)
   tokenizer.save_pretrained(directory)
   if vconfig is not None:
-    from safetensors.numpy import save_file
-    save_file(setup_lib.multimodal_tensors(model.vision, model.projector),
-              os.path.join(directory, setup_lib.MULTIMODAL_WEIGHTS))
-    logs.write_json_atomic(os.path.join(directory, setup_lib.MULTIMODAL_CONFIG),
-                           {'vision': dataclasses.asdict(vconfig), 'image_token_id': image_id,
-                            'projector': 'llava_mlp2x_gelu'})
+    save_multimodal(directory, model.vision, model.projector, image_id)
   info = {'recipe': recipe(cfg), 'source_fingerprint': source_fingerprint(), 'losses': losses,
           'parameters': int(sum(x.size for x in jax.tree.leaves(params)))}
   logs.write_json_atomic(os.path.join(directory, 'pretrain.json'), info)

@@ -8,8 +8,7 @@ surrogate (whose gradient is the objective's), the diagnostics and the logged lo
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +19,12 @@ from flax import nnx
 # package namespace.
 from decomp.diagnostics import diagnostics as doc_diagnostics
 from decomp.losses import cl_loss, sft_loss
-from decomp.url import url_surrogate
+from decomp.objectives import RANK_SCORES, Objective
 from decomp.readout import Readout
 
 Array = Any
 Batch = Mapping[str, Array]
 
-# Weights whose own loss is InfoNCE: the step's ``loss`` is cl_loss for these, sft_loss otherwise.
-CL_WEIGHTS = ('cl', 'cl_rescaled')
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -51,24 +48,6 @@ def make_optimizer(*, peak: float, steps: int, warmup_steps: int, end_factor: fl
   return optax.chain(*parts), schedule
 
 
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """What the update step optimises and logs.
-
-  Attributes:
-    weight: weight function ``(readout, labels, *, where) -> [B, n]`` (parameters bound).
-    direction: direction function ``(readout) -> [B, n]``.
-    loss_kind: 'sft' or 'cl': which plain loss is logged as ``loss``.
-    temperature: InfoNCE temperature of the logged ``cl_loss``.
-    log_normalizer: whether the readout must carry the vocabulary log-normaliser.
-  """
-  weight: Callable
-  direction: Callable
-  loss_kind: str = 'sft'
-  temperature: float = 1.0
-  log_normalizer: bool = False
-
-
 def _masked_stats(values: Array, mask: Array, prefix: str) -> dict[str, Array]:
   """Mean and quantiles of ``values`` where ``mask`` (NaN when the mask is empty)."""
   values = values.astype(jnp.float32)
@@ -82,20 +61,38 @@ def _masked_stats(values: Array, mask: Array, prefix: str) -> dict[str, Array]:
   return out
 
 
-def objective_terms(readout: Readout, labels: Array, where: Array, objective: Objective,
-                    *, label_rows: Array, readout_fn: Callable | None) -> dict[str, Array]:
-  """Logged scalars and per-document arrays of one readout (no gradient flows through them)."""
+def model_readout(model: nnx.Module, batch: Batch, needs=frozenset()) -> Readout:
+  """The reranker's readout ``[B, n]`` of a batch, with the data's teacher scores passed through
+  as ``extra_scores['teacher']`` when the objective needs them."""
+  out = model.readout(batch['input_ids'], batch['attention_mask'], batch.get('pixel_values'),
+                      batch.get('image_valid'), needs=needs)
+  if 'teacher' in needs:
+    if 'teacher' not in batch:
+      raise ValueError("the objective needs teacher scores, but the data gives none (a "
+                       "'teacher' array [B, n])")
+    out = out._replace(extra_scores={**(out.extra_scores or {}), 'teacher': batch['teacher']})
+  return out
+
+
+def objective_terms(readout: Readout, labels: Array, where: Array, objective: Objective, *,
+                    readout_fn, cl_temperature: float = 1.0) -> dict[str, Array]:
+  """Logged scalars and per-document arrays of one readout (no gradient flows through them).
+
+  ``loss`` is the objective's own loss; ``sft_loss`` and ``cl_loss`` (at ``cl_temperature``)
+  are logged for every objective, so runs compare on both.
+  """
   readout = jax.lax.stop_gradient(readout)
   yes = readout.yes.astype(jnp.float32)
   no = readout.no.astype(jnp.float32)
+  readout = readout._replace(yes=yes, no=no)
   sft = sft_loss(yes, no, labels, where=where)
-  cl = cl_loss(yes, labels, where=where, temperature=objective.temperature)
-  diag = doc_diagnostics(
-      readout, labels, weight=objective.weight, direction=objective.direction,
-      label_rows=label_rows, readout_fn=readout_fn, where=where)
+  cl = cl_loss(yes, labels, where=where, temperature=cl_temperature)
+  diag = doc_diagnostics(readout, labels, weight=objective.weight, direction=objective.direction,
+                         readout_fn=readout_fn, where=where)
   docs = where & (labels >= 0)
   pos, neg = docs & (labels > 0), docs & (labels <= 0)
-  scalars = {'loss': cl if objective.loss_kind == 'cl' else sft, 'sft_loss': sft, 'cl_loss': cl}
+  scalars = {'loss': objective.loss_value(readout, labels, where=where), 'sft_loss': sft,
+             'cl_loss': cl}
   scalars.update(_masked_stats(diag['weight'], pos, 'w_pos'))
   scalars.update(_masked_stats(diag['weight'], neg, 'w_neg'))
   per_doc = {
@@ -110,33 +107,29 @@ def objective_terms(readout: Readout, labels: Array, where: Array, objective: Ob
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, objective: Objective, *,
-                    readout: Callable[[nnx.Module, Batch, bool], Readout],
-                    label_rows: Callable[[nnx.Module], Array],
-                    readout_from_hidden: Callable[[nnx.Module], Callable] | None = None,
-                    example_grad_norms: bool = False):
+                    cl_temperature: float = 1.0, example_grad_norms: bool = False):
   """The update step ``(params, frozen, opt_state, step, batch) -> (params, opt_state, metrics)``.
 
   Args:
-    graphdef: the model's static graph (``nnx.split(model, trainable, ...)[0]``).
+    graphdef: the reranker's static graph (``nnx.split(model, trainable, ...)[0]``); the model
+      owns its readout (``readout``, ``readout_from_hidden``).
     tx: the optimiser; its state mirrors ``params``.
     schedule: learning rate as a function of the step (logged).
-    objective: weight/direction and what to log.
-    readout: ``(model, batch, log_normalizer) -> Readout [B, n]`` (with ``hidden``).
-    label_rows: ``model -> [K, d]`` LM-head rows of the label tokens (yes, no, ...).
-    readout_from_hidden: optional ``model -> (h -> Readout)``, the readout as a function of the
-      hidden state, for directions that read more than the label logits (diagnostics).
+    objective: the :class:`~decomp.Objective` optimised (its surrogate), logged (its loss) and
+      read out (its ``needs``).
+    cl_temperature: InfoNCE temperature of the logged ``cl_loss``.
     example_grad_norms: also return exact per-document parameter-gradient norms
       ``||sg(W_i) grad_theta f_D(x_i)||`` (one backward pass per document; small models only).
 
-  ``batch`` holds ``labels`` and ``where`` ``[B, n]`` plus whatever ``readout`` reads. The
-  returned ``metrics`` are device arrays: ``scalars`` (step log) and ``per_doc`` ``[B, n]``.
+  ``batch`` holds ``labels`` and ``where`` ``[B, n]`` plus the model inputs. The returned
+  ``metrics`` are device arrays: ``scalars`` (step log) and ``per_doc`` ``[B, n]``.
   """
+  needs = objective.needs
 
   def surrogate(params, frozen, batch):
     model = nnx.merge(graphdef, params, frozen)
-    out = readout(model, batch, objective.log_normalizer)
-    value = url_surrogate(out, batch['labels'], weight=objective.weight,
-                                  direction=objective.direction, where=batch['where'])
+    out = model_readout(model, batch, needs)
+    value = objective.surrogate(out, batch['labels'], where=batch['where'])
     return value, (out, model)
 
   def per_doc_grad_norms(params, frozen, batch, signed_weight):
@@ -148,7 +141,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
       def f(p):
         model = nnx.merge(graphdef, p, frozen)
-        return jnp.sum(objective.direction(readout(model, doc, objective.log_normalizer)))
+        return jnp.sum(objective.direction(model_readout(model, doc, needs)))
 
       g = jax.grad(f)(params)
       return jnp.abs(w) * optax.tree.norm(g)
@@ -163,9 +156,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         params, frozen, batch)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    from_hidden = readout_from_hidden(model) if readout_from_hidden is not None else None
     terms = objective_terms(out, batch['labels'], batch['where'], objective,
-                            label_rows=label_rows(model), readout_fn=from_hidden)
+                            readout_fn=lambda h: model.readout_from_hidden(h, needs=needs),
+                            cl_temperature=cl_temperature)
     scalars = dict(terms['scalars'])
     scalars.update(
         objective=value, learning_rate=schedule(step), grad_norm=optax.tree.norm(grads),
@@ -178,17 +171,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return step_fn
 
 
-def make_eval_step(graphdef: nnx.GraphDef, *,
-                   readout: Callable[[nnx.Module, Batch, bool], Readout]):
-  """``(params, frozen, batch) -> {'sft': z_y - z_n, 'cl': z_y}`` ranking scores ``[B, n]``.
-
-  The SFT score P(yes) = sigmoid(z_y - z_n) ranks like its logit, which does not saturate.
-  """
+def make_eval_step(graphdef: nnx.GraphDef):
+  """``(params, frozen, batch) -> {score: [B, n]}``, every ranking score of
+  :data:`decomp.RANK_SCORES` (float32)."""
 
   def eval_fn(params, frozen, batch):
     model = nnx.merge(graphdef, params, frozen)
-    out = readout(model, batch, False)
-    yes, no = out.yes.astype(jnp.float32), out.no.astype(jnp.float32)
-    return {'sft': yes - no, 'cl': yes}
+    out = model_readout(model, batch)
+    out = out._replace(yes=out.yes.astype(jnp.float32), no=out.no.astype(jnp.float32))
+    return {name: score(out) for name, score in RANK_SCORES.items()}
 
   return eval_fn

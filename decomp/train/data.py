@@ -1,0 +1,257 @@
+"""The data of a training run: group sources (the playground, MRB-style JSONL) and the batches
+encoded from them.
+
+* :func:`make_data` -> :class:`GroupData`: deterministic batches by group index (each process
+  encodes only its rows), evaluation groups, per-example ids. It is given the tokenizer and the
+  image encoding up front: data never waits for a model to be built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Sequence
+
+import numpy as np
+
+from decomp.data import types as data_types
+from decomp.models.reranker import encode_groups
+from decomp.models.vision import VisionConfig
+from decomp.train import config as config_lib
+
+
+def _take_negatives(group: data_types.Group, negatives: int,
+                    positives: int | None = None) -> data_types.Group:
+  """The group's first ``positives`` positives (all when None) and first ``negatives``
+  negatives, in list order (which the data sources randomise)."""
+  keep, seen_neg, seen_pos = [], 0, 0
+  for i, label in enumerate(group.labels):
+    if label > 0:
+      if positives is None or seen_pos < positives:
+        keep.append(i)
+        seen_pos += 1
+    elif seen_neg < negatives:
+      keep.append(i)
+      seen_neg += 1
+  pick = lambda seq: tuple(seq[i] for i in keep)
+  return dataclasses.replace(group, docs=pick(group.docs), labels=pick(group.labels),
+                             doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds))
+
+
+def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
+  """Ids of a batch for the per-example log: ``query_id/task/modality [B]``, ``doc_id/doc_kind/
+  label/where [B, n]``."""
+  b = len(groups)
+  doc_id = np.full((b, list_size), '', dtype=object)
+  doc_kind = np.full((b, list_size), '', dtype=object)
+  label = np.zeros((b, list_size), np.int32)
+  where = np.zeros((b, list_size), bool)
+  for i, g in enumerate(groups):
+    k = len(g.docs)
+    doc_id[i, :k], doc_kind[i, :k] = g.doc_ids, g.doc_kinds
+    label[i, :k], where[i, :k] = g.labels, True
+  as_str = lambda a: np.asarray(a.tolist(), dtype=str)
+  return {'query_id': np.asarray([g.query_id for g in groups], dtype=str),
+          'task': np.asarray([g.task for g in groups], dtype=str),
+          'modality': np.asarray([g.modality or data_types.TASK_MODALITY.get(g.task, '')
+                                  for g in groups], dtype=str),
+          'doc_id': as_str(doc_id), 'doc_kind': as_str(doc_kind), 'label': label, 'where': where}
+
+
+def playground_config(cfg: config_lib.TrainConfig):
+  """The run's PlaygroundConfig: defaults, the config's image size, then ``cfg.playground``.
+
+  The world (and so the val/test benchmark) is fixed by ``playground.seed`` (default 0), not the
+  run's seed: seeds differ in initialisation and training order only, over one benchmark.
+  """
+  from decomp.data.playground import PlaygroundConfig
+  options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}
+  fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise ValueError(f'config playground: unknown PlaygroundConfig keys {unknown}')
+  for key in ('tasks', 'num_values', 'hard_attribute_diffs'):
+    if isinstance(options.get(key), list):
+      options[key] = tuple(options[key])
+  return PlaygroundConfig(**options)
+
+
+TRAIN_STREAM_STRIDE = 10_000_000  # train groups per run seed before streams would overlap
+
+
+def epoch_order(seed: int, index: int, pool_size: int) -> int:
+  """Which of ``pool_size`` training groups step-group ``index`` reads: the pool is visited epoch
+  by epoch, each epoch in its own permutation seeded by (seed, epoch)."""
+  epoch, offset = divmod(index, pool_size)
+  return int(_epoch_permutation(seed, epoch, pool_size)[offset])
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, pool_size: int) -> np.ndarray:
+  # One permutation per epoch, not per group: a 100k-group file costs 13 ms a batch otherwise.
+  order = np.random.default_rng([seed, epoch]).permutation(pool_size)
+  order.flags.writeable = False
+  return order
+
+
+class PlaygroundSource:
+  """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
+
+  def __init__(self, cfg: config_lib.TrainConfig):
+    from decomp.data.playground import Playground
+    self.playground = Playground(playground_config(cfg))
+    self.max_negatives = self.playground.config.negatives
+    self.seed = cfg.seed
+    self.train_pool = cfg.train_pool
+    # Without a pool each run seed reads its own stretch of the unbounded train stream.
+    self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed
+
+  def train_group(self, index: int) -> data_types.Group:
+    if self.train_pool:  # a fixed training set shared by every seed, visited in the seed's order
+      return self.playground.group('train', epoch_order(self.seed, index, self.train_pool))
+    return self.playground.group('train', self.train_offset + index)
+
+  def split_groups(self, split: str, count: int) -> list[data_types.Group]:
+    return self.playground.groups(split, 0, self._split_count(split, count))
+
+  def split_plans(self, split: str, count: int) -> list:
+    """The scenes behind ``split_groups(split, count)``, group by group."""
+    return [self.playground.plan(split, i) for i in range(self._split_count(split, count))]
+
+  def _split_count(self, split: str, count: int) -> int:
+    total = self.playground.num_groups(split)
+    # The playground cycles through tasks by index, so a prefix covers every task.
+    return total if not count else min(count, total)
+
+
+class JsonlSource:
+  """MRB-style JSONL (``decomp.data.mrb``): ``<dir>/train.jsonl``, ``val.jsonl``, ``test.jsonl``.
+
+  Whole files are read once; documents are shuffled per row with the seed (ties in scores must
+  not favour the positives). Training visits the train groups epoch by epoch, each epoch in a
+  seeded permutation, so group ``index`` is a pure function of (seed, index) as on the playground.
+  """
+
+  SPLIT_FILES = {'train': 'train.jsonl', 'val': 'val.jsonl', 'test': 'test.jsonl'}
+
+  def __init__(self, cfg: config_lib.TrainConfig, *, load_images: bool = True):
+    from decomp.data import mrb
+    self.directory = cfg.data
+    self.seed = cfg.seed
+    self.train_pool = cfg.train_pool
+    self._load = lambda path: mrb.load_jsonl(
+        path, image_size=cfg.image_size if load_images else None, load_images=load_images,
+        shuffle_seed=cfg.seed)[0]
+    self._splits: dict[str, list[data_types.Group]] = {}
+    train = self._split('train')
+    if not train:
+      raise ValueError(f'{self._path("train")} holds no groups')
+    self.max_negatives = min(sum(1 for label in g.labels if label <= 0) for g in train)
+
+  def _path(self, split: str) -> str:
+    return os.path.join(self.directory, self.SPLIT_FILES[split])
+
+  def _split(self, split: str) -> list[data_types.Group]:
+    if split not in self._splits:
+      path = self._path(split)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'config data={self.directory!r}: {path} does not exist')
+      self._splits[split] = self._load(path)
+    return self._splits[split]
+
+  def train_group(self, index: int) -> data_types.Group:
+    groups = self._split('train')
+    pool = min(self.train_pool, len(groups)) if self.train_pool else len(groups)
+    return groups[epoch_order(self.seed, index, pool)]
+
+  def split_groups(self, split: str, count: int) -> list[data_types.Group]:
+    groups = self._split(split)
+    return list(groups if not count else groups[:count])
+
+
+class GroupData:
+  """Training and evaluation batches of a group source for one config and tokenizer.
+
+  Training lists hold one positive and ``cfg.negatives`` negatives (``list_size``); evaluation
+  lists keep every candidate (or ``eval_list_size``). ``vision`` is the model's ViT shape (image
+  placeholders per image, preprocessing); None encodes image items by their caption.
+  """
+
+  def __init__(self, cfg: config_lib.TrainConfig, source, tokenizer,
+               vision: VisionConfig | None = None):
+    self.cfg = cfg
+    self.source = source
+    self.max_negatives = source.max_negatives
+    self.tokenizer = tokenizer
+    self.vision = vision
+    self.image_tokens = vision.num_patches if vision is not None else 0
+
+  def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
+    """Numpy model inputs ``[B, n, ...]`` (fixed ``T = max_length``: one compiled shape)."""
+    cfg = self.cfg
+    kwargs = {}
+    if self.vision is not None:
+      kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.image_size,
+                    image_mean=self.vision.image_mean, image_std=self.vision.image_std)
+    else:
+      groups = [_drop_images(g) for g in groups]
+    arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
+                           max_length=cfg.max_length, padding_side='left',
+                           pad_multiple=cfg.max_length, **kwargs)
+    arrays['labels'] = arrays['labels'].astype(np.int32)
+    return arrays
+
+  def train_batch(self, start: int, count: int, process_index: int = 0,
+                  process_count: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """This process's share of the global batch of groups ``start .. start+count-1``."""
+    local = count // process_count
+    first = start + process_index * local
+    groups = [_take_negatives(self.source.train_group(i), self.cfg.negatives, positives=1)
+              for i in range(first, first + local)]
+    return self.encode(groups, self.cfg.list_size), group_meta(groups, self.cfg.list_size)
+
+  def eval_groups(self, split: str, count: int) -> list[data_types.Group]:
+    """The first ``count`` groups of a split (0: all), candidates cut to ``eval_list_size``."""
+    groups = self.source.split_groups(split, count)
+    if self.cfg.eval_list_size:
+      groups = [_take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
+    return groups
+
+  def eval_plans(self, split: str, count: int) -> list | None:
+    """The playground plans of ``eval_groups(split, count)`` (what each negative gets wrong), or
+    None for data without plans or with candidates cut (``eval_list_size``)."""
+    if self.cfg.eval_list_size or not hasattr(self.source, 'split_plans'):
+      return None
+    return self.source.split_plans(split, count)
+
+  @staticmethod
+  def eval_list_size(groups: Sequence[data_types.Group]) -> int:
+    return max(len(g.docs) for g in groups)
+
+
+def _drop_images(group: data_types.Group) -> data_types.Group:
+  """Text-only models read image items by their caption; pure images become a placeholder."""
+  def strip(item):
+    if item.image is None and not getattr(item, 'image_path', None):
+      return item
+    return data_types.Item(text=item.text or 'image')
+  return dataclasses.replace(group, query=strip(group.query),
+                             docs=tuple(strip(d) for d in group.docs))
+
+
+def make_source(cfg: config_lib.TrainConfig, *, load_images: bool = True):
+  """The config's group source: the playground, or a directory of MRB-style JSONL splits (whose
+  images are read only for a model that reads them)."""
+  if cfg.data == 'playground':
+    return PlaygroundSource(cfg)
+  if os.path.isdir(cfg.data):
+    return JsonlSource(cfg, load_images=load_images)
+  raise ValueError(f'config data={cfg.data!r}: expected "playground" or a directory with '
+                   'train.jsonl / val.jsonl / test.jsonl')
+
+
+def make_data(cfg: config_lib.TrainConfig, tokenizer,
+              vision: VisionConfig | None = None) -> GroupData:
+  """The config's batches, encoded with ``tokenizer`` (and images for a ``vision`` model)."""
+  return GroupData(cfg, make_source(cfg, load_images=vision is not None), tokenizer, vision)
