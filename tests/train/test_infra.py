@@ -64,7 +64,9 @@ def test_config_json_round_trip(tmp_path):
 @pytest.mark.parametrize('override, kwargs, message', [
     (['weight=sfft'], {}, "unknown weight 'sfft'"),
     (['direction=up'], {}, "unknown direction 'up'"),
-    (['weight_kwargs.bogus=1'], {}, r"weight_kwargs \['bogus'\]"),
+    (['weight_kwargs.bogus=1'], {}, r"\['bogus'\] are not parameters of the weight 'sft'"),
+    (['weight=decomp.weights:sft'], {}, "no loss to log as `loss`"),
+    (['objective=decomp.weights:sft'], {}, "objective must be a registered name"),
     (['negatives=9'], {'max_negatives': 5}, 'offers only 5 negatives'),
     (['negatives=0'], {}, 'at least one negative'),
     (['mesh.data=3'], {'num_devices': 8}, 'does not divide|uses 3 devices'),
@@ -75,7 +77,7 @@ def test_config_json_round_trip(tmp_path):
     (['dtype=float8'], {}, 'dtype'),
     (['steps=0'], {}, 'steps=0'),
     (['train_pool=-1'], {}, 'train_pool=-1'),
-    (['label_head=random', 'direction=cl_logprob'], {}, "label_head='random' does not score"),
+    (['label_head=random', 'direction=cl_logprob'], {}, "reads the vocabulary log-normaliser"),
     (['axis_rules={"embed": "fsdp"}'], {}, "'embed' maps to \\['fsdp'\\], not axes of mesh"),
 ])
 def test_validate_rejects(override, kwargs, message):
@@ -84,28 +86,27 @@ def test_validate_rejects(override, kwargs, message):
     config_lib.validate(cfg, **kwargs)
 
 
-def test_validate_accepts_presets_and_callables():
+def test_validate_accepts_presets_and_import_paths():
   for name in config_lib.NAMED_CONFIGS:
     config_lib.validate(config_lib.get_config(name), num_devices=8, max_negatives=8)
-  def my_weight(readout, labels, *, where=None):
-    return jnp.zeros_like(readout.yes)
-  cfg = dataclasses.replace(config_lib.get_config('playground_quick'), weight=my_weight)
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+                                   ['direction=decomp.directions:cl'])
   config_lib.validate(cfg)
-  assert config_lib.to_dict(cfg)['weight'].endswith('my_weight')
+  assert config_lib.to_dict(cfg)['direction'] == 'decomp.directions:cl'
+  assert config_lib.make_objective(cfg).rank_by == 'sft'  # a bare function declares nothing
   # temperature reaches the CL weight only.
   cl_cfg = dataclasses.replace(cfg, weight='cl', temperature=0.5)
-  weight_fn, _ = config_lib.objective_fns(cl_cfg)
-  assert weight_fn.keywords == {'temperature': 0.5}
+  assert config_lib.make_objective(cl_cfg).weight.params == {'temperature': 0.5}
 
 
 def test_train_pool_is_one_training_set_visited_in_each_seeds_order():
   """train_pool=N: every seed reads the same N playground groups per epoch, in its own order;
   without a pool each seed reads its own stretch of the stream (no group in common)."""
-  from decomp.train import setup as setup_lib
+  from decomp.train import data as data_lib
 
   def first_groups(count, *overrides):
     cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), list(overrides))
-    source = setup_lib.make_data(cfg).source
+    source = data_lib.make_source(cfg)
     return [source.train_group(i).query_id for i in range(count)]
 
   pooled = {seed: first_groups(12, 'train_pool=6', f'seed={seed}') for seed in (0, 1)}

@@ -78,11 +78,11 @@ def _paths(tree, prefix=''):
 
 def test_attribute_questions_are_true_then_false_and_in_vocabulary():
   from decomp.data.playground import Playground, text, world
-  from decomp.train import setup as setup_lib
+  from decomp.train import state as state_lib
 
   cfg = config_lib.get_config('playground')
   playground = Playground(pretrain.pretraining_world(cfg))
-  tokenizer = setup_lib.load_tokenizer(cfg, None)
+  tokenizer = state_lib.resolve_tokenizer(cfg)
   rng = np.random.default_rng(0)
   texts, checked = [], 0
   for index in range(20):

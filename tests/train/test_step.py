@@ -12,8 +12,9 @@ from flax import nnx
 
 from decomp.losses import cl_loss, sft_loss
 from decomp.train import config as config_lib
+from decomp.train import data as data_lib
 from decomp.train import mesh as mesh_lib
-from decomp.train import setup as setup_lib
+from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 
 
@@ -23,8 +24,9 @@ def _tiny_run(*overrides):
       'vision=false', 'num_layers=1', 'finetune=full', 'batch_size=4', 'negatives=3',
       'max_length=48', *overrides])
   mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
-  data = setup_lib.make_data(cfg)
-  run = setup_lib.build_model_state(cfg, mesh, data)
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  data = data_lib.make_data(cfg, tokenizer)
+  run = state_lib.build_model_state(cfg, mesh, tokenizer, config_lib.make_objective(cfg))
   params, frozen = run.initialize()
   run = dataclasses.replace(run, params=params, frozen=frozen)
   arrays, _ = data.train_batch(0, cfg.batch_size)
@@ -36,17 +38,32 @@ def model_and_batch():
   return _tiny_run('direction=projection', 'train_lm_head=true')
 
 
+def test_log_normalizer_is_computed_only_when_the_objective_needs_it(model_and_batch):
+  """The full-vocabulary matmul ([.., V] logits) appears in the compiled step only for an
+  objective that declares the log-normaliser (cl_logprob), not for the others."""
+  cfg, run, batch = model_and_batch
+  vocab = run.spec.decoder.vocab_size
+
+  def text(weight, direction):
+    fn, tx = _step(cfg, run, weight, direction)
+    return str(jax.make_jaxpr(fn)(run.params, run.frozen, tx.init(run.params), jnp.int32(0),
+                                  batch))
+
+  marker = f'[{batch["labels"].size},{vocab}]'  # logits over the vocabulary, one row per doc
+  assert marker not in text('sft', 'sft') and marker not in text('cl', 'projection')
+  assert marker in text('cl', 'cl_logprob')
+
+
+def _readout(run, params, batch, needs=frozenset()):
+  return step_lib.model_readout(nnx.merge(run.graphdef, params, run.frozen), batch, needs)
+
+
 def _step(cfg, run, weight, direction, **kwargs):
-  cfg = dataclasses.replace(cfg, weight=weight, direction=direction)
-  weight_fn, direction_fn = config_lib.objective_fns(cfg)
-  objective = step_lib.Objective(weight=weight_fn, direction=direction_fn,
-                                 loss_kind='cl' if weight in step_lib.CL_WEIGHTS else 'sft',
-                                 log_normalizer=run.needs_log_normalizer(direction))
+  objective = config_lib.make_objective(
+      dataclasses.replace(cfg, weight=weight, direction=direction))
   tx, schedule = step_lib.make_optimizer(peak=1e-2, steps=10, warmup_steps=0, end_factor=1.0,
                                          weight_decay=0.0, b1=0.9, b2=0.999, clip_norm=0.0)
-  fn = step_lib.make_train_step(run.graphdef, tx, schedule, objective, readout=run.readout,
-                                label_rows=run.label_rows,
-                                readout_from_hidden=run.readout_from_hidden, **kwargs)
+  fn = step_lib.make_train_step(run.graphdef, tx, schedule, objective, **kwargs)
   return jax.jit(fn), tx
 
 
@@ -80,17 +97,12 @@ def test_every_pair_trains(model_and_batch, weight, direction):
 def test_pure_pair_gradient_equals_plain_loss(model_and_batch, pair):
   """URL(W_X, D_X) has the gradient of loss X for every parameter, LM head included."""
   cfg, run, batch = model_and_batch
-  cfg = dataclasses.replace(cfg, weight=pair, direction=pair)
-  weight_fn, direction_fn = config_lib.objective_fns(cfg)
-
-  def readout(params):
-    model = nnx.merge(run.graphdef, params, run.frozen)
-    return run.readout(model, batch, False)
+  objective = config_lib.make_objective(
+      dataclasses.replace(cfg, objective=pair, weight='', direction=''))
+  readout = lambda params: _readout(run, params, batch)
 
   def surrogate(params):
-    from decomp.url import url_surrogate
-    return url_surrogate(readout(params), batch['labels'], weight=weight_fn,
-                         direction=direction_fn, where=batch['where'])
+    return objective.surrogate(readout(params), batch['labels'], where=batch['where'])
 
   def plain(params):
     r = readout(params)
@@ -116,8 +128,7 @@ def test_exact_per_example_gradient_norms(model_and_batch):
   assert norms.shape == batch['labels'].shape
   # Reference: one document at a time, ||W_i grad_theta f_SFT(x_i)|| by a plain jax.grad.
   def f(params, doc):
-    model = nnx.merge(run.graphdef, params, run.frozen)
-    r = run.readout(model, doc, False)
+    r = _readout(run, params, doc)
     return jnp.sum(r.yes - r.no)
 
   grad_norm = jax.jit(lambda params, doc: optax.global_norm(jax.grad(f)(params, doc)))
@@ -132,17 +143,17 @@ def test_pooled_label_words_reach_the_step_and_its_diagnostics():
   cfg, run, batch = _tiny_run('label_words=["yes","no","true","false"]', 'label_pooling=pairs')
   params, frozen = run.params, run.frozen
   model = nnx.merge(run.graphdef, params, frozen)
-  out = run.readout(model, batch, False)
-  again = run.readout_from_hidden(model)(out.hidden)
+  out = _readout(run, params, batch)
+  again = model.readout_from_hidden(out.hidden)
   np.testing.assert_allclose(again.yes, out.yes, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(again.no, out.no, rtol=1e-5, atol=1e-5)
-  k = np.asarray(out.extra_scores['label_logits'])
+  k = np.asarray(out.hidden) @ np.asarray(model.label_rows()).T
   np.testing.assert_allclose(out.yes, np.logaddexp(k[..., 0], k[..., 2]), rtol=1e-5)
   fn, tx = _step(cfg, run, 'sft', 'sft')
   _, _, metrics = fn(params, frozen, tx.init(params), jnp.int32(0), batch)
   per_doc = jax.device_get(metrics['per_doc'])
   grad = jax.vmap(jax.grad(lambda h: jnp.subtract(
-      *(lambda r: (r.yes, r.no))(run.readout_from_hidden(model)(h)))))(
+      *(lambda r: (r.yes, r.no))(model.readout_from_hidden(h)))))(
           out.hidden.reshape(-1, out.hidden.shape[-1]))
   np.testing.assert_allclose(per_doc['direction_norm'].reshape(-1),
                              np.linalg.norm(np.asarray(grad), axis=-1), rtol=1e-4)
@@ -157,9 +168,9 @@ def test_random_label_head_trains_and_is_read_by_every_score():
   model = nnx.merge(run.graphdef, params, frozen)
   rows = np.asarray(model.random_label_rows[...])
   assert 'random_label_rows' in params and 'random_label_rows' not in frozen
-  out = run.readout(model, batch, False)
+  out = _readout(run, params, batch)
   np.testing.assert_allclose(out.yes, np.asarray(out.hidden) @ rows[0], rtol=1e-5, atol=1e-5)
-  again = run.readout_from_hidden(model)(out.hidden)
+  again = model.readout_from_hidden(out.hidden)
   np.testing.assert_allclose(again.no, out.no, rtol=1e-5, atol=1e-5)
   fn, tx = _step(cfg, run, 'sft', 'sft')
   new_params, _, metrics = fn(params, frozen, tx.init(params), jnp.int32(0), batch)

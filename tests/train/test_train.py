@@ -16,7 +16,7 @@ from decomp.data.playground import ATTRIBUTES
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import logs
-from decomp.train import setup as setup_lib
+from decomp.train import data as data_lib
 from decomp.train.loop import evaluate_workdir, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,7 +119,7 @@ def test_evaluation_results(quick_run):
       assert set(pairs) <= {*ATTRIBUTES, '2+ attributes', 'random'} and 'random' in pairs
       assert all(0 <= r['accuracy'] <= 1 for r in pairs.values())
   pairs = sum(r['pairs'] for r in test['pairwise']['sft'].values())
-  assert pairs == 24 * setup_lib.playground_config(cfg).negatives  # one positive per list
+  assert pairs == 24 * data_lib.playground_config(cfg).negatives  # one positive per list
 
 
 def test_finished_run_started_again_changes_nothing(quick_run):
