@@ -14,6 +14,7 @@ import numpy as np
 from decomp.metrics import MRB_MODALITY as TASK_MODALITY  # noqa: E402
 
 TASKS = tuple(TASK_MODALITY)
+TEXT_ONLY_TASKS = ('t2t',)  # families whose queries and documents carry no image
 
 
 @dataclasses.dataclass(frozen=True)

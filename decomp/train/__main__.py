@@ -34,6 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
+  if os.environ.get('DECOMP_COMPILATION_CACHE'):
+    # Runs of a sweep compile the same programs: later runs load them (the same executables, so
+    # the same numbers) instead of compiling again.
+    jax.config.update('jax_compilation_cache_dir', os.environ['DECOMP_COMPILATION_CACHE'])
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   if args.coordinator:
     if args.cpu_collectives:
       jax.config.update('jax_cpu_collectives_implementation', args.cpu_collectives)

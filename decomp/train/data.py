@@ -106,6 +106,8 @@ class PlaygroundSource:
     self.train_pool = cfg.train_pool
     # Without a pool each run seed reads its own stretch of the unbounded train stream.
     self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed
+    self.has_images = any(task not in data_types.TEXT_ONLY_TASKS
+                          for task in self.playground.config.tasks)
 
   def train_group(self, index: int) -> data_types.Group:
     if self.train_pool:  # a fixed training set shared by every seed, visited in the seed's order
@@ -148,6 +150,10 @@ class JsonlSource:
     if not train:
       raise ValueError(f'{self._path("train")} holds no groups')
     self.max_negatives = min(sum(1 for label in g.labels if label <= 0) for g in train)
+    self.has_images = load_images and any(
+        item.image is not None or getattr(item, 'image_path', None)
+        for split in self.SPLIT_FILES if os.path.exists(self._path(split))
+        for g in self._split(split) for item in (g.query, *g.docs))
 
   def _path(self, split: str) -> str:
     return os.path.join(self.directory, self.SPLIT_FILES[split])
@@ -188,10 +194,14 @@ class GroupData:
     self.image_tokens = vision.num_patches if vision is not None else 0
 
   def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
-    """Numpy model inputs ``[B, n, ...]`` (fixed ``T = max_length``: one compiled shape)."""
+    """Numpy model inputs ``[B, n, ...]`` (fixed ``T = max_length``: one compiled shape).
+
+    Pixel arrays only when the source has images at all: a text-only source (the T->T
+    playground) never runs the vision tower on empty image slots.
+    """
     cfg = self.cfg
     kwargs = {}
-    if self.vision is not None:
+    if self.vision is not None and self.source.has_images:
       kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.image_size,
                     image_mean=self.vision.image_mean, image_std=self.vision.image_std)
     else:
