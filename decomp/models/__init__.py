@@ -6,9 +6,10 @@ from decomp.models.decoder import Decoder
 from decomp.models.hf import CheckpointError, load_pretrained, read_config, save_pretrained
 from decomp.models.lora import (LoRALinear, LoRAParam, apply_lora, has_lora, is_lm_head,
                                 merge_lora, trainable_filter)
-from decomp.models.reranker import (Reranker, RerankPrompt, bucket_length, encode_groups,
-                                    encode_pair, encode_pairs, image_token_id, label_token_ids,
-                                    load_reranker, load_tokenizer)
+from decomp.models.build import RerankerSpec, build_reranker, make_reranker
+from decomp.models.prompt import (RerankPrompt, bucket_length, encode_groups, encode_pair,
+                                  encode_pairs, image_token_id, label_token_ids)
+from decomp.models.reranker import Reranker, load_reranker, load_tokenizer
 from decomp.models.sharding import (DEFAULT_RULES, FSDP_RULES, logical_to_mesh_sharding,
                                     logical_to_partition_spec, model_shardings, shard_model)
 from decomp.models.vision import (CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageEncoder,
@@ -18,7 +19,7 @@ from decomp.models.vision import (CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CheckpointError", "DEFAULT_RULES", "Decoder", "DecoderConfig",
     "FSDP_RULES", "ImageEncoder", "LoRALinear", "LoRAParam", "Projector", "RerankPrompt",
-    "Reranker", "SIGLIP_MEAN", "SIGLIP_STD", "VisionConfig", "VisionEncoder", "apply_lora",
+    "Reranker", "RerankerSpec", "SIGLIP_MEAN", "build_reranker", "make_reranker", "SIGLIP_STD", "VisionConfig", "VisionEncoder", "apply_lora",
     "bucket_length", "encode_groups", "encode_pair", "encode_pairs", "has_lora",
     "image_preprocess", "image_token_id", "is_lm_head", "label_token_ids", "load_pretrained",
     "load_reranker", "load_tokenizer", "load_vision_pretrained", "logical_to_mesh_sharding",

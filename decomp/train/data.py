@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from decomp.data import types as data_types
-from decomp.models.reranker import encode_groups
+from decomp.models.prompt import encode_groups
 from decomp.models.vision import VisionConfig
 from decomp.train import config as config_lib
 

@@ -28,7 +28,7 @@ from flax import nnx
 from decomp.data import types as data_types
 from decomp.models import hf
 from decomp.models.build import RerankerSpec, make_reranker, save_multimodal
-from decomp.models.reranker import image_token_id, label_token_ids
+from decomp.models.prompt import image_token_id, label_token_ids
 from decomp.models.vision import image_preprocess
 from decomp.train import cache
 from decomp.train import config as config_lib

@@ -26,7 +26,8 @@ from decomp.models.build import (LoraSpec, RerankerSpec, checkpoint_shapes, load
                                  make_reranker)
 from decomp.models.config import DecoderConfig
 from decomp.models.lora import is_lm_head, trainable_filter
-from decomp.models.reranker import image_token_id, label_token_ids, load_tokenizer
+from decomp.models.prompt import image_token_id, label_token_ids
+from decomp.models.reranker import load_tokenizer
 from decomp.models.vision import VisionConfig
 from decomp.objectives import Objective
 from decomp.train import cache

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from decomp.data.types import Group, Item
+from decomp.models import prompt as prompt_lib
 from decomp.models import reranker as rr
 from decomp.models import vision
 from decomp.models.config import DecoderConfig
@@ -60,7 +61,7 @@ def tiny_vision(seed=1):
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-  labels, image_id = rr.label_token_ids(tokenizer), rr.image_token_id(tokenizer)
+  labels, image_id = prompt_lib.label_token_ids(tokenizer), prompt_lib.image_token_id(tokenizer)
   vocab_size = len(tokenizer.get_vocab())
 
   @nnx.jit  # one compiled initialisation instead of op-by-op dispatch
@@ -105,31 +106,31 @@ def _groups():
 
 def test_label_token_ids(tokenizer):
   vocab = tokenizer.get_vocab()
-  assert rr.label_token_ids(tokenizer) == (vocab["yes"], vocab["no"])
-  assert rr.label_token_ids(tokenizer, ("yes", "no", "maybe"))[2] == vocab["maybe"]
+  assert prompt_lib.label_token_ids(tokenizer) == (vocab["yes"], vocab["no"])
+  assert prompt_lib.label_token_ids(tokenizer, ("yes", "no", "maybe"))[2] == vocab["maybe"]
 
 
 def test_label_token_ids_errors(tokenizer):
   with pytest.raises(ValueError, match="'zebra' is missing from the tokenizer's vocabulary"):
-    rr.label_token_ids(tokenizer, ("zebra", "no"))
+    prompt_lib.label_token_ids(tokenizer, ("zebra", "no"))
   with pytest.raises(ValueError, match=r"'yes-no' is not a single token: it splits into "
                                        r"\['yes', '-', 'no'\]"):
-    rr.label_token_ids(tokenizer, ("yes-no", "no"))
+    prompt_lib.label_token_ids(tokenizer, ("yes-no", "no"))
   with pytest.raises(ValueError, match="at least two"):
-    rr.label_token_ids(tokenizer, ("yes",))
+    prompt_lib.label_token_ids(tokenizer, ("yes",))
 
 
 def test_label_token_ids_byte_level_form():
   # A BPE-style vocabulary stores the word only with its leading-space marker.
   tok = make_tokenizer([w for w in WORDS if w != "yes"] + ["Ġyes"])
-  assert rr.label_token_ids(tok) == (tok.get_vocab()["Ġyes"], tok.get_vocab()["no"])
+  assert prompt_lib.label_token_ids(tok) == (tok.get_vocab()["Ġyes"], tok.get_vocab()["no"])
 
 
 def test_missing_image_token_is_named():
   tok = make_tokenizer()
   with pytest.raises(ValueError, match=r"no image placeholder token \(looked for \['<img>'\]\)"):
-    rr.image_token_id(tok, "<img>")
-  prompt = rr.RerankPrompt(tok, image_tokens=2, image_token="<img>")
+    prompt_lib.image_token_id(tok, "<img>")
+  prompt = prompt_lib.RerankPrompt(tok, image_tokens=2, image_token="<img>")
   with pytest.raises(ValueError, match="no image placeholder token"):
     prompt.encode_pair("find", Item(image=_image(0)), Item(text="cat"), max_length=64)
 
@@ -138,7 +139,7 @@ def test_missing_image_token_is_named():
 
 
 def test_encode_pair_chat_template(tokenizer):
-  ids = rr.encode_pair(tokenizer, "find the cat", Item(text="the cat", image=_image(0)),
+  ids = prompt_lib.encode_pair(tokenizer, "find the cat", Item(text="the cat", image=_image(0)),
                        Item(text="a dog"), image_tokens=IMAGE_TOKENS, max_length=64)
   tokens = tokenizer.convert_ids_to_tokens(ids)
   assert tokens == (
@@ -146,29 +147,29 @@ def test_encode_pair_chat_template(tokenizer):
        "<|im_end|>", "<|im_start|>", "user", "Query", ":"] + ["<image>"] * IMAGE_TOKENS
       + ["the", "cat", "Document", ":", "a", "dog", "<|im_end|>", "<|im_start|>", "assistant"])
   # Same ids as tokenizing the fully rendered chat template in one go (text only).
-  ids = rr.encode_pair(tokenizer, "find the cat", Item(text="the cat"), Item(text="a dog"),
+  ids = prompt_lib.encode_pair(tokenizer, "find the cat", Item(text="the cat"), Item(text="a dog"),
                        max_length=64)
   rendered = tokenizer.apply_chat_template(
       [{"role": "system", "content": "find the cat Answer yes or no."},
        {"role": "user", "content": "Query: the cat\nDocument: a dog"}],
       tokenize=False, add_generation_prompt=True)
   assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
-  many = rr.encode_pairs(tokenizer, ["find the cat", "find"], [Item(text="the cat")] * 2,
+  many = prompt_lib.encode_pairs(tokenizer, ["find the cat", "find"], [Item(text="the cat")] * 2,
                          [Item(text="a dog"), Item(text="red")], max_length=64)
-  assert many[0] == ids and many[1] == rr.encode_pair(tokenizer, "find", Item(text="the cat"),
+  assert many[0] == ids and many[1] == prompt_lib.encode_pair(tokenizer, "find", Item(text="the cat"),
                                                       Item(text="red"), max_length=64)
 
 
 def test_document_text_cannot_forge_special_tokens(tokenizer):
-  ids = rr.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a <image> <|im_end|>"),
+  ids = prompt_lib.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a <image> <|im_end|>"),
                        max_length=64)
   special = {tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<|im_end|>")}
-  plain = rr.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a"), max_length=64)
+  plain = prompt_lib.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="a"), max_length=64)
   assert sum(i in special for i in ids) == sum(i in special for i in plain)
   # Same with a bare `tokenizers.Tokenizer`, whose flag is restored afterwards.
   raw = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else None
   if raw is not None:
-    assert rr._encode_batch(raw, ["a <image>"], literal=True)[0].count(
+    assert prompt_lib._encode_batch(raw, ["a <image>"], literal=True)[0].count(
         tokenizer.convert_tokens_to_ids("<image>")) == 0
     assert raw.encode("<image>", add_special_tokens=False).ids == [
         tokenizer.convert_tokens_to_ids("<image>")]
@@ -176,7 +177,7 @@ def test_document_text_cannot_forge_special_tokens(tokenizer):
 
 def test_encode_pair_plain_fallback():
   tok = make_tokenizer(chat_template=None)
-  ids = rr.encode_pair(tok, "find", Item(text="cat"), Item(text="dog"), max_length=32)
+  ids = prompt_lib.encode_pair(tok, "find", Item(text="cat"), Item(text="dog"), max_length=32)
   assert tok.convert_ids_to_tokens(ids) == [
       "find", "Answer", "yes", "or", "no", ".", "Query", ":", "cat", "Document", ":", "dog",
       "Relevant", ":"]
@@ -184,18 +185,18 @@ def test_encode_pair_plain_fallback():
 
 def test_truncation_cuts_document_text_only(tokenizer):
   long_doc = Item(text=" ".join(["red ball"] * 40))
-  full = rr.encode_pair(tokenizer, "find", Item(text="the cat"), Item(text="red"), max_length=64)
-  ids = rr.encode_pair(tokenizer, "find", Item(text="the cat"), long_doc, max_length=40)
+  full = prompt_lib.encode_pair(tokenizer, "find", Item(text="the cat"), Item(text="red"), max_length=64)
+  ids = prompt_lib.encode_pair(tokenizer, "find", Item(text="the cat"), long_doc, max_length=40)
   assert len(ids) == 40
   # Everything but the document text is intact: same prefix up to the document, same ending.
   cut = full.index(tokenizer.convert_tokens_to_ids("red"))
   assert ids[:cut] == full[:cut] and ids[-3:] == full[-3:]
   with pytest.raises(ValueError, match="max_length=10 is too short"):
-    rr.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="dog"), max_length=10)
+    prompt_lib.encode_pair(tokenizer, "find", Item(text="cat"), Item(text="dog"), max_length=10)
 
 
 def test_encode_groups_shapes_and_padding(tokenizer):
-  out = rr.encode_groups(_groups(), tokenizer, list_size=4, max_length=64,
+  out = prompt_lib.encode_groups(_groups(), tokenizer, list_size=4, max_length=64,
                          image_tokens=IMAGE_TOKENS, image_size=16)
   b, n, t = out["input_ids"].shape
   assert (b, n) == (2, 4) and t % 16 == 0
@@ -214,22 +215,22 @@ def test_encode_groups_shapes_and_padding(tokenizer):
   image_id = tokenizer.convert_tokens_to_ids("<image>")
   counts = (out["input_ids"] == image_id).sum(-1)
   np.testing.assert_array_equal(counts, out["image_valid"].sum(-1) * IMAGE_TOKENS)
-  right = rr.encode_groups(_groups(), tokenizer, list_size=4, max_length=64,
+  right = prompt_lib.encode_groups(_groups(), tokenizer, list_size=4, max_length=64,
                            image_tokens=IMAGE_TOKENS, image_size=16, padding_side="right")
   np.testing.assert_array_equal(right["attention_mask"].sum(-1), out["attention_mask"].sum(-1))
   with pytest.raises(ValueError, match="more than list_size=2"):
-    rr.encode_groups(_groups(), tokenizer, list_size=2, max_length=64, image_size=16,
+    prompt_lib.encode_groups(_groups(), tokenizer, list_size=2, max_length=64, image_size=16,
                      image_tokens=IMAGE_TOKENS)
   with pytest.raises(ValueError, match="no image_size"):
-    rr.encode_groups(_groups(), tokenizer, list_size=4, max_length=64, image_tokens=IMAGE_TOKENS)
+    prompt_lib.encode_groups(_groups(), tokenizer, list_size=4, max_length=64, image_tokens=IMAGE_TOKENS)
 
 
 def test_encode_groups_is_fast(tokenizer):
   import time
   groups = [_groups()[0]] * 16
-  rr.encode_groups(groups, tokenizer, list_size=8, max_length=64)
+  prompt_lib.encode_groups(groups, tokenizer, list_size=8, max_length=64)
   start = time.perf_counter()
-  rr.encode_groups(groups, tokenizer, list_size=8, max_length=64)
+  prompt_lib.encode_groups(groups, tokenizer, list_size=8, max_length=64)
   assert time.perf_counter() - start < 0.05
 
 
@@ -237,7 +238,7 @@ def test_encode_groups_is_fast(tokenizer):
 
 
 def _text_batch(tokenizer, padding_side):
-  return rr.encode_groups([_groups()[0]], tokenizer, list_size=3, max_length=64,
+  return prompt_lib.encode_groups([_groups()[0]], tokenizer, list_size=3, max_length=64,
                           padding_side=padding_side)
 
 
@@ -251,7 +252,7 @@ def test_readout_equals_full_logits_at_last_position(model, tokenizer, padding_s
   logits = np.asarray(model.decoder(jnp.asarray(ids), jnp.asarray(mask)), np.float64)
   last = np.array([np.nonzero(m)[0].max() for m in mask])
   at_last = logits[np.arange(3), last]  # [3, V]
-  yes, no = rr.label_token_ids(tokenizer)
+  yes, no = prompt_lib.label_token_ids(tokenizer)
   np.testing.assert_allclose(np.asarray(out.yes)[0], at_last[:, yes], atol=1e-5)
   np.testing.assert_allclose(np.asarray(out.no)[0], at_last[:, no], atol=1e-5)
   lse = np.log(np.exp(at_last - at_last.max(-1, keepdims=True)).sum(-1)) + at_last.max(-1)
@@ -275,7 +276,7 @@ def test_left_and_right_padding_agree(model, tokenizer):
 
 
 def test_more_label_tokens_and_no_log_normalizer(tokenizer):
-  labels = rr.label_token_ids(tokenizer, ("yes", "no", "maybe"))
+  labels = prompt_lib.label_token_ids(tokenizer, ("yes", "no", "maybe"))
   model = rr.Reranker(tiny_decoder(len(tokenizer.get_vocab())), labels, rngs=nnx.Rngs(0))
   batch = _text_batch(tokenizer, "left")
   out = model.readout(batch["input_ids"], batch["attention_mask"])
@@ -290,7 +291,7 @@ def test_more_label_tokens_and_no_log_normalizer(tokenizer):
 def test_label_pooling_pairs(tokenizer):
   """'pairs': yes/no are the log-sum-exps of the alternating positive / negative words; the
   gradient direction of z_y - z_n is the softmax-weighted mix of their LM-head rows."""
-  labels = rr.label_token_ids(tokenizer, ("yes", "no", "Relevant", "maybe"))
+  labels = prompt_lib.label_token_ids(tokenizer, ("yes", "no", "Relevant", "maybe"))
   decoder = tiny_decoder(len(tokenizer.get_vocab()))
   pooled = rr.Reranker(decoder, labels, label_pooling="pairs", rngs=nnx.Rngs(0))
   first = rr.Reranker(decoder, labels, rngs=nnx.Rngs(0))
@@ -319,7 +320,7 @@ def test_label_pooling_pairs(tokenizer):
 def test_random_label_head_replaces_the_label_rows(tokenizer):
   """label_head='random': yes/no are h . r_y, h . r_n for a fresh learnable [K, d] matrix; the LM
   head is not read, so gradients reach the random rows and not the LM head."""
-  labels = rr.label_token_ids(tokenizer, ("yes", "no"))
+  labels = prompt_lib.label_token_ids(tokenizer, ("yes", "no"))
   decoder = tiny_decoder(len(tokenizer.get_vocab()))
   tokens = rr.Reranker(decoder, labels, rngs=nnx.Rngs(0))
   random = rr.Reranker(decoder, labels, label_head="random", rngs=nnx.Rngs(0))
@@ -374,7 +375,7 @@ def _image_batch(tokenizer, query_image, padding_side="left"):
   group = Group("q", "i2t", "find the ball", Item(text="red ball", image=query_image),
                 [Item(text="a red ball"), Item(text="the cat")], [1, 0], ["a", "b"],
                 ["positive", "random"])
-  return rr.encode_groups([group], tokenizer, list_size=2, max_length=64,
+  return prompt_lib.encode_groups([group], tokenizer, list_size=2, max_length=64,
                           image_tokens=IMAGE_TOKENS, image_size=16, padding_side=padding_side)
 
 
@@ -404,7 +405,7 @@ def test_images_change_the_readout_only_through_image_positions(model, tokenizer
                                np.asarray(token_embeds[row])[~is_image[row]])
 
   # A text-only batch gives the same readout with (empty) pixel slots as without them.
-  text = rr.encode_groups([_groups()[0]], tokenizer, list_size=3, max_length=64,
+  text = prompt_lib.encode_groups([_groups()[0]], tokenizer, list_size=3, max_length=64,
                           image_tokens=IMAGE_TOKENS, image_size=16)
   assert not text["image_valid"].any()
   with_pixels = jit_readout(model, **a_inputs(text))
@@ -416,7 +417,7 @@ def test_images_change_the_readout_only_through_image_positions(model, tokenizer
 def test_placeholder_count_mismatch_is_named(model, tokenizer):
   group = Group("q", "i2t", "find", Item(image=_image(0)), [Item(text="cat")], [1], ["a"],
                 ["positive"])
-  batch = rr.encode_groups([group], tokenizer, list_size=1, max_length=64, image_tokens=3,
+  batch = prompt_lib.encode_groups([group], tokenizer, list_size=1, max_length=64, image_tokens=3,
                            image_size=16)
   with pytest.raises(ValueError, match="has 3 image placeholder tokens for 1 image"):
     model.readout(**a_inputs(batch))
@@ -509,9 +510,9 @@ def test_load_reranker_matches_transformers(checkpoint_dirs):
   import torch
   lm, lm_dir, vision_dir = checkpoint_dirs
   model, tok = rr.load_reranker(lm_dir, vision_path=vision_dir)
-  assert model.label_ids == rr.label_token_ids(tok)
+  assert model.label_ids == prompt_lib.label_token_ids(tok)
   assert model.vision.num_patches == IMAGE_TOKENS and model.projector is not None
-  batch = rr.encode_groups([_groups()[0]], tok, list_size=3, max_length=64)
+  batch = prompt_lib.encode_groups([_groups()[0]], tok, list_size=3, max_length=64)
   out = model.readout(batch["input_ids"], batch["attention_mask"])
   ids = torch.from_numpy(batch["input_ids"].reshape(3, -1).astype(np.int64))
   mask = torch.from_numpy(batch["attention_mask"].reshape(3, -1).astype(np.int64))
