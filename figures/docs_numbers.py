@@ -14,9 +14,9 @@ from, invisible in the rendered page:
 ``row`` is the first cell of a row of ``docs/<sweep>_summary.md``; ``column`` a header of that
 table (default ``overall``; aliases in ``COLUMN_ALIASES``); ``negated`` when the prose quotes
 the opposite difference (b - a for a table's a - b). The number right before the comment (its
-sign, optional ``± ci``, optional ``**``) must equal the table's cell to the digits written. A mean ± CI written without a marker is an
-error, unless its line carries ``<!-- unchecked: why -->`` (say, runs whose logs were not
-kept).
+sign, optional ``± ci``, optional ``**``) must equal the table's cell to the digits written. A
+mean ± CI written without a marker is an error, unless its line carries
+``<!-- unchecked: why -->`` (say, runs whose logs were not kept).
 
   python figures/docs_numbers.py [FILE.md ...] [--docs docs]
 
@@ -34,7 +34,7 @@ import sys
 
 CHECKED = ("README.md", "docs/findings.md", "docs/calibration.md")
 COLUMN_ALIASES = {"sft": "ranked by SFT's score", "cl": "ranked by CL's score",
-                  "std": "paired std", "seeds": "seeds for ± 1", "macro tasks": "macro over tasks"}
+                  "std": "paired std", "seeds": "seeds for ± 1"}
 UNCHECKED = "unchecked"
 
 # <!-- sweep: row; column; negated -->; a sweep name is a plain identifier (so other comments,
@@ -87,7 +87,8 @@ def _agrees(written: str, cell: str, sign: int = 1) -> bool:
   value = sign * decimal.Decimal(cell)
   if places_written >= places_cell:
     return decimal.Decimal(written) == value
-  tolerance = decimal.Decimal(5).scaleb(-places_written - 1) + decimal.Decimal(5).scaleb(-places_cell - 1)
+  half_unit = lambda places: decimal.Decimal(5).scaleb(-places - 1)
+  tolerance = half_unit(places_written) + half_unit(places_cell)
   return abs(decimal.Decimal(written) - value) <= tolerance
 
 
@@ -102,7 +103,7 @@ def _quoted(prefix: str):
     return None
   sign, mean, ci = match.groups()
   before = prefix[:match.start()]
-  if sign == "-" and before[-1:].isalnum() or sign == "-" and before.endswith(">"):
+  if sign == "-" and (before[-1:].isalnum() or before.endswith(">")):
     sign = ""  # "1.58-1.78": a range's dash, not a minus sign
   return sign, mean, ci
 
