@@ -53,9 +53,11 @@ decomposition: $(STAMP)
 figures: $(STAMP)
 	$(PY) figures/make_all.py $(SWEEP)
 
-# Every table and figure the README shows, rebuilt from the logs of the sweeps under runs/.
+# Every table and figure the docs show, rebuilt from the logs of the sweeps under runs/ (when
+# there are any), then every number README.md and docs/*.md quote checked against those tables.
 docs: $(STAMP)
 	$(PY) figures/publish.py
+	$(PY) figures/docs_numbers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Regenerates every figure and table the README shows, from the sweeps' logs alone.
+"""Regenerates every figure and table the docs show, from the sweeps' logs alone.
 
 For each sweep directory: rebuilds ``summary.json`` / ``summary.md`` from ``sweep.json`` and the
 runs' ``results.json`` (``experiments/sweep.py: summarize_dir``), redraws its figures, and copies
@@ -6,8 +6,10 @@ them to ``<docs>/figures/<sweep>/*.png`` and the table to ``<docs>/<sweep>_summa
 
   python figures/publish.py [runs/probe runs/negatives ...] [--docs docs]
 
-Without sweep arguments: every directory under ``runs/`` that holds a ``sweep.json``. ``make docs``
-runs it.
+Without sweep arguments: every directory under ``runs/`` that holds a ``sweep.json`` (none, on a
+fresh clone: then the committed tables stay as they are). ``make docs`` runs it, then
+``figures/docs_numbers.py``, which checks every number the README and ``docs/*.md`` quote against
+these tables.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def main(argv=None) -> list[str]:
   args = parser.parse_args(argv)
   sweeps = args.sweeps or sweeps_under("runs")
   if not sweeps:
-    raise SystemExit("no sweep directories given and none under runs/ (run `make demo` first)")
+    print("no sweep under runs/ (`make demo` writes one): the committed tables in "
+          f"{args.docs}/ stay as they are")
   paths = []
   for sweep_dir in sweeps:
     written = publish(sweep_dir, args.docs)
