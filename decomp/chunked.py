@@ -231,7 +231,7 @@ def chunked_value_and_grad(readout_fn: ReadoutFn, params, docs, labels, *, weigh
     grads = jax.grad(chunk_surrogate)(params)
     return jax.tree.map(lambda t, g: t + g.astype(t.dtype), total, grads), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _accumulator_dtype(p)), params)
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, _accumulator_dtype(p)), params)
   total, _ = jax.lax.scan(add_chunk, zeros, (starts, firsts))
   grads = jax.tree.map(lambda t, p: t.astype(jnp.result_type(p)), total, params)
   return SurrogateGrad(value, grads, readout, signed_weight)
@@ -336,7 +336,7 @@ def accumulate_grads(readout_fn: ReadoutFn, params, docs, labels, *, weight, dir
     grads_sum = jax.tree.map(lambda t, g: t + g.astype(t.dtype), grads_sum, out.grads)
     return (value_sum + out.value, grads_sum), (out.readout, out.signed_weight)
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _accumulator_dtype(p)), params)
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, _accumulator_dtype(p)), params)
   parts = _split_groups((docs, labels, where), micro_batches)
   value_zero = jnp.zeros((), jnp.result_type(float))
   (value, total), (readouts, signed_weights) = jax.lax.scan(add_part, (value_zero, zeros), parts)
