@@ -21,6 +21,9 @@ from decomp.readout import Readout
 
 PAIRS = list(itertools.product(sorted(weights.WEIGHTS), sorted(directions.DIRECTIONS)))
 TOKENS, FEATURES, WIDTH, DIM, VOCAB = 3, 5, 8, 6, 11
+# The tests' cost is XLA compiling small programs; its lowest optimisation level halves that and
+# changes no float64 result. (Not for the memory test, which measures the real compilation.)
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +92,7 @@ def max_error(x, reference, rtol):
   return jnp.max(jnp.abs(x - reference) / (rtol * jnp.abs(reference) + 1e-15))
 
 
-@functools.partial(jax.jit, static_argnames=("cases",))
+@functools.partial(jit, static_argnames=("cases",))
 def errors(params, docs, labels, where, cases):
   """For each ``(weight, direction, doc_chunk, micro_batches)``: how far the chunked result is
   from the one-pass one. One jitted program for all cases (one compile, not one per case)."""
@@ -147,7 +150,7 @@ def test_every_pair_matches_one_pass():
   params = init_params()
   docs, labels, where = make_batch()
 
-  @jax.jit
+  @jit
   def pair_errors(weight_index, direction_index):
     weight, direction = by_index(weight_index, direction_index)
     got = chunked.chunked_value_and_grad(readout_fn, params, docs, labels, weight=weight,
@@ -176,7 +179,7 @@ def test_no_mask_callable_weight_and_sum_reduction():
   docs, labels, _ = make_batch(5, groups=2, n=6)
   weight = functools.partial(weights.cl, temperature=0.3)
 
-  @jax.jit
+  @jit
   def both(params):
     got = chunked.chunked_value_and_grad(readout_fn, params, docs, labels, weight=weight,
                                          direction="sft", doc_chunk=4, reduce_fn=jnp.sum)
@@ -191,7 +194,7 @@ def test_masked_documents_contribute_exactly_zero():
   """Changing masked documents' inputs (or a list without a positive) changes no gradient."""
   params = init_params(6)
   docs, labels, where = make_batch(7)
-  run = jax.jit(lambda docs: chunked.chunked_value_and_grad(
+  run = jit(lambda docs: chunked.chunked_value_and_grad(
       readout_fn, params, docs, labels, weight="cl", direction="cl", where=where, doc_chunk=3))
   out = run(docs)
   ignored = ~np.asarray(chunked._lists.doc_mask(labels, where))
@@ -207,7 +210,7 @@ def test_no_list_has_a_positive():
   """url_surrogate's rule: no list takes part -> value 0 and zero gradients, not NaN."""
   docs, _, where = make_batch(10)
   labels = jnp.zeros(where.shape, jnp.int32)
-  outs = jax.jit(lambda params: [chunked.chunked_value_and_grad(
+  outs = jit(lambda params: [chunked.chunked_value_and_grad(
       readout_fn, params, docs, labels, weight="cl", direction="cl_logprob", where=where,
       doc_chunk=doc_chunk) for doc_chunk in (0, 3)])(init_params(9))
   for out in outs:
@@ -219,10 +222,10 @@ def test_low_precision_params():
   """float32 params (and inputs) accumulate in float32 and come back float32."""
   params = init_params(11)
   docs, labels, where = make_batch(12, groups=2, n=9)
-  _, grads = jax.jit(functools.partial(one_pass, weight="sft", direction="sft"))(
+  _, grads = jit(functools.partial(one_pass, weight="sft", direction="sft"))(
       params, docs, labels, where)
   to32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
-  out32 = jax.jit(functools.partial(chunked.chunked_value_and_grad, readout_fn, weight="sft",
+  out32 = jit(functools.partial(chunked.chunked_value_and_grad, readout_fn, weight="sft",
                                     direction="sft", doc_chunk=4))(
                                         to32(params), to32(docs), labels, where=where)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(out32.grads))
@@ -285,13 +288,13 @@ def _temp_bytes(n, doc_chunk, groups=2):
 
 
 def test_memory_is_one_chunk():
-  """Measured on CPU (jax 0.10.2): 4 docs 1.18 MB, 64 docs chunked by 4 1.18 MB (1.00x),
-  64 docs in one pass 18.9 MB (16x)."""
+  """Measured on CPU (jax 0.10.2): 4 docs 1,179,648 B; 64 docs chunked by 4 1,181,936 B
+  (1.002x); 64 docs in one pass 18,874,368 B (16x). The bounds are loose on purpose."""
   four = _temp_bytes(4, 0)
   chunked64 = _temp_bytes(64, 4)
   one_pass64 = _temp_bytes(64, 0)
   assert one_pass64 > 8 * four, (four, one_pass64)
-  assert chunked64 < 1.5 * four, (four, chunked64)
+  assert chunked64 < 2 * four, (four, chunked64)
 
 
 def test_sharded_batch_and_params():
