@@ -163,7 +163,9 @@ def chunked_value_and_grad(readout_fn: ReadoutFn, params, docs, labels, *, weigh
     readout_fn: ``(params, docs_chunk) -> Readout``; maps per-document inputs ``[B, c, ...]`` to a
       readout ``[B, c]`` (``yes``, ``no`` and whatever the weight and direction read:
       ``log_normalizer``, ``extra_scores``; ``hidden`` ``[B, c, d]`` is kept if given). Each
-      document's readout must depend on that document alone (and on ``params``).
+      document's readout must depend on that document alone (and on ``params``), and be
+      deterministic: the second pass must recompute what the first one read (no dropout, or
+      the same random key for a chunk in both passes).
     params: the pytree differentiated.
     docs: pytree of per-document inputs, every leaf ``[B, n, ...]`` (``[*labels.shape, ...]``).
     labels: ``[B, n]`` 1 for positives, 0 for negatives.
