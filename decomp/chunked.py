@@ -153,7 +153,7 @@ def _score_cotangents(readout, labels, *, weight_fn, direction_fn, where, reduce
 def chunked_value_and_grad(readout_fn: ReadoutFn, params, docs, labels, *, weight, direction,
                            where=None, doc_chunk: int,
                            reduce_fn: _lists.ReduceFn = jnp.mean) -> SurrogateGrad:
-  r"""Value and parameter gradient of :func:`decomp.url_surrogate`, ``doc_chunk`` documents at a time.
+  r"""Value and gradient of :func:`decomp.url_surrogate`, ``doc_chunk`` documents at a time.
 
   Equal (to rounding) to ``jax.value_and_grad`` of
   ``url_surrogate(readout_fn(params, docs), labels, ...)``, with the activations of only one

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from decomp import chunked, directions, url_surrogate, weights
+from decomp import _lists, chunked, directions, resolve_weight, url_surrogate, weights
 from decomp.readout import Readout
 
 PAIRS = list(itertools.product(sorted(weights.WEIGHTS), sorted(directions.DIRECTIONS)))
@@ -49,7 +49,7 @@ def init_params(seed=0, *, features=FEATURES, width=WIDTH, dim=DIM, vocab=VOCAB,
 
 
 def readout_fn(params, docs):
-  """Per-document readout ``[..., n]`` of ``docs['x']`` ``[..., n, T, F]``; documents independent."""
+  """Readout ``[..., n]`` of ``docs['x']`` ``[..., n, T, F]``, every document on its own."""
   act = jnp.tanh(docs["x"] @ params["w1"] + params["b1"])
   hidden = jnp.mean(jnp.tanh(act @ params["w2"]), axis=-2)          # [..., n, d]
   label_logits = hidden @ params["label_rows"].T
@@ -61,7 +61,8 @@ def readout_fn(params, docs):
 
 
 def make_batch(seed=1, *, groups=3, n=7, tokens=TOKENS, features=FEATURES):
-  """Lists with several positives, masked documents (the last one too), a list without a positive."""
+  """Lists with several positives, masked documents (the last one too), a list without a
+  positive."""
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((groups, n, tokens, features)))
   labels = np.zeros((groups, n), np.int32)
@@ -108,7 +109,7 @@ def errors(params, docs, labels, where, cases):
       got = chunked.chunked_value_and_grad(readout_fn, params, docs, labels, weight=weight,
                                            direction=direction, where=where, doc_chunk=doc_chunk)
     value, grads = one_pass(params, docs, labels, where, weight, direction)
-    signed_weight = chunked.resolve_weight(weight)(readout, labels, where=where)
+    signed_weight = resolve_weight(weight)(readout, labels, where=where)
     out[weight, direction, doc_chunk, micro_batches] = {
         "grad_norm": optax.tree.norm(grads),
         "grad": relative_error(got.grads, grads),
@@ -198,7 +199,7 @@ def test_masked_documents_contribute_exactly_zero():
   run = jit(lambda docs: chunked.chunked_value_and_grad(
       readout_fn, params, docs, labels, weight="cl", direction="cl", where=where, doc_chunk=3))
   out = run(docs)
-  ignored = ~np.asarray(chunked._lists.doc_mask(labels, where))
+  ignored = ~np.asarray(_lists.doc_mask(labels, where))
   assert ignored[0, -1] and ignored[2].all()   # the last document, a list without a positive
   noise = 5.0 * np.random.default_rng(8).standard_normal(docs["x"].shape)
   out_moved = run({"x": jnp.where(ignored[..., None, None], docs["x"] + noise, docs["x"])})
@@ -239,7 +240,7 @@ def test_accumulation_equals_the_large_batch():
   docs, labels, where = make_batch(14, groups=8, n=5)
   # Micro-batch j holds groups j, j+4: groups 2 and 6 lack a positive -> part 2 has no valid list.
   labels = labels.at[6].set(0)
-  assert not bool(jnp.any(chunked._lists.list_mask(labels[2::4], where[2::4])))
+  assert not bool(jnp.any(_lists.list_mask(labels[2::4], where[2::4])))
   cases = [("cl", "cl", 0, 4), ("cl_rescaled", "cl_logprob", 3, 4)]
   assert_match_one_pass(init_params(13), docs, labels, where, cases)
 
