@@ -31,9 +31,13 @@ Array = Any
 def resolve_weight(weight: str | Callable[..., Array], **params) -> weights_lib.Weight:
   """A weight function from a built-in name (see ``decomp.weights.WEIGHTS``) or a callable.
 
-  Keyword ``params`` (e.g. ``temperature=0.05``, ``tau=0.1``) are bound to it.
+  Keyword ``params`` (e.g. ``temperature=0.05``, ``tau=0.1``) are bound to it; a built-in
+  refuses values its loss refuses (``temperature=0``) here, not with NaN later.
   """
   fn = _resolve(weight, weights_lib.WEIGHTS, "weight")
+  for name, builtin in weights_lib.WEIGHTS.items():
+    if fn is builtin:
+      weights_lib.check_parameters(name, **params)
   return functools.partial(fn, **params) if params else fn
 
 

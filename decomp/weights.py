@@ -15,10 +15,12 @@ Every function here follows one protocol (:class:`Weight`) and has the signature
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from decomp import _lists
 from decomp.readout import Readout
@@ -31,6 +33,50 @@ class Weight(Protocol):
 
   def __call__(self, readout: Readout, labels: Array, *, where: Array | None = None) -> Array:
     ...
+
+
+def _number(weight: str, key: str, value) -> float | None:
+  """``value`` as a float, None for a traced value (checked only when concrete)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, bool) or not (isinstance(value, (int, float, np.number))
+                                     or (hasattr(value, 'shape') and np.ndim(value) == 0)):
+    raise TypeError(f"weight {weight!r}: {key} must be a number, got {value!r}")
+  number = float(value)
+  if not math.isfinite(number):
+    raise ValueError(f"weight {weight!r}: {key} must be finite, got {number}")
+  return number
+
+
+def _check_temperature(weight: str, value) -> None:
+  number = _number(weight, 'temperature', value)
+  if number is not None and number <= 0:  # as cl_loss: InfoNCE divides by it
+    raise ValueError(f"weight {weight!r}: temperature must be > 0, got {number}")
+
+
+def _check_tau(weight: str, value) -> None:
+  number = _number(weight, 'tau', value)
+  # A positive counts as learned once P(yes) > 1 - tau, a negative once P(yes) < tau: beyond
+  # 0.5 misclassified documents would count as learned; at 0 nothing is ever masked.
+  if number is not None and not 0 < number <= 0.5:
+    raise ValueError(f"weight {weight!r}: tau must be in (0, 0.5], got {number} (a positive "
+                     "counts as learned once P(yes) > 1 - tau, a negative once P(yes) < tau)")
+
+
+PARAMETER_CHECKS = {'temperature': _check_temperature, 'tau': _check_tau}
+"""Checks of the built-in weights' parameters, by parameter name (type and range)."""
+
+
+def check_parameters(weight: str, **params) -> None:
+  """Raises TypeError / ValueError for a parameter value the built-in ``weight`` refuses.
+
+  >>> check_parameters('cl', temperature=0.0)
+  Traceback (most recent call last):
+  ValueError: weight 'cl': temperature must be > 0, got 0.0
+  """
+  for key, value in params.items():
+    if key in PARAMETER_CHECKS:
+      PARAMETER_CHECKS[key](weight, value)
 
 
 def _sign(labels, docs):
@@ -69,6 +115,7 @@ def cl(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Arr
   >>> cl(r, jnp.array([1, 0, 0])).round(4).tolist()
   [-0.6667, 0.3333, 0.3333]
   """
+  _check_temperature('cl', temperature)
   docs = _lists.doc_mask(labels, where)
   pos, neg = _lists.positives(labels, docs), _lists.negatives(labels, docs)
   scores = _lists.masked(readout.yes, docs) / temperature
@@ -93,8 +140,9 @@ def tau_mask(readout: Readout, labels, *, where=None, tau: float = 0.1) -> Array
 
   Learned means, with the SFT probability :math:`s = \sigma(z_y - z_n)`: :math:`s > 1 - \tau`
   for a positive, :math:`s < \tau` for a negative. The paper's "W=1 with a tau mask" ablation:
-  a hard, per-document schedule instead of SFT's smooth one.
+  a hard, per-document schedule instead of SFT's smooth one. ``tau`` is in (0, 0.5].
   """
+  _check_tau('tau_mask', tau)
   docs = _lists.doc_mask(labels, where)
   prob = jax.nn.sigmoid(_lists.masked(readout.yes - readout.no, docs))
   learned = jnp.where(labels > 0, prob > 1.0 - tau, prob < tau)
