@@ -5,7 +5,9 @@
 Modules: ``config`` (TrainConfig, presets, overrides, validate), ``mesh`` (device mesh),
 ``setup`` (data sources, sharded model init), ``step`` (optimiser, jitted update / eval steps),
 ``loop`` (``train``), ``evaluate`` (ranking metrics), ``logs`` (workdir files and readers),
-``checkpoint`` (Orbax), ``pretrain`` (the playground base-checkpoint recipe).
+``checkpoint`` (Orbax, verified restores), ``pretrain`` (the playground base-checkpoint recipe),
+``workdir`` (the workdir lock, resume rules), ``preflight`` (checks before the workdir is touched),
+``nonfinite`` (the divergence guard), ``errors`` (named failures the CLI prints in one line).
 """
 
 import sys as _sys
