@@ -99,6 +99,11 @@ class WorkdirLock:
         raise WorkdirLockedError(
             f'{os.path.dirname(self.path)} is in use by another run: {holder} (lock file '
             f'{self.path}); wait for it to end or use another workdir') from None
+      except OSError as e:  # a file system without locks (some network mounts): say so, go on
+        os.close(fd)
+        _log.warning('%s: cannot lock the workdir (%s); make sure no other run uses it',
+                     self.path, e)
+        return
       try:  # the file we locked may have been removed by a run that just ended: retry
         same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
       except FileNotFoundError:
