@@ -101,6 +101,7 @@ class WorkdirLock:
             f'{self.path}); wait for it to end or use another workdir') from None
       except OSError as e:  # a file system without locks (some network mounts): say so, go on
         os.close(fd)
+        os.remove(self.path)
         _log.warning('%s: cannot lock the workdir (%s); make sure no other run uses it',
                      self.path, e)
         return
