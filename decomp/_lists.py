@@ -31,11 +31,15 @@ def check_inputs(fn: str, labels, where, **arrays) -> None:
   """Raises a clear error for mismatched shapes, a non-boolean mask or labels outside {0, 1}.
 
   Shape and dtype checks are static and run under ``jit`` too; the label-value check needs
-  concrete values and runs only eagerly.
+  concrete values and runs only eagerly (a trainer checks its batches on the host with
+  :func:`binary_labels` before they reach ``jit``).
   """
   labels_shape = jnp.shape(labels)
   if len(labels_shape) < 1:
     raise ValueError(f"{fn}: labels must be shaped [..., list_size], got a scalar")
+  if labels_shape[-1] == 0:
+    raise ValueError(f"{fn}: the lists are empty (labels shape {tuple(labels_shape)}); a list "
+                     "needs at least one document")
   for name, value in arrays.items():
     if value is None:
       continue
@@ -60,6 +64,32 @@ def check_inputs(fn: str, labels, where, **arrays) -> None:
           f"{fn}: labels must be 0 (negative) or 1 (positive); found {bad.tolist()[:5]}")
 
 
+def binary_labels(labels, where=None, *, context: str = "") -> np.ndarray:
+  """Host check of a batch's labels before it enters ``jit``: ``int32`` 0/1 labels ``[..., n]``.
+
+  Valid documents (``where``) must carry non-negative integer labels; graded relevance (2, 3,
+  ...) is allowed in data and, like every loss here (``labels > 0`` is a positive), counts as a
+  positive. Padded documents are set to 0. Raises ValueError naming the first bad entry.
+
+  >>> binary_labels(np.array([[2, 0, 1]])).tolist()
+  [[1, 0, 1]]
+  """
+  labels = np.asarray(labels)
+  valid = np.ones(labels.shape, bool) if where is None else np.asarray(where, bool)
+  if labels.ndim < 1 or labels.shape[-1] == 0:
+    raise ValueError(f"{context}labels must be shaped [..., list_size] with list_size >= 1, got "
+                     f"shape {labels.shape}")
+  numeric = labels.astype(np.float64) if labels.dtype.kind in "biuf" else None
+  if numeric is None:
+    raise ValueError(f"{context}labels must be numbers, got dtype {labels.dtype}")
+  bad = valid & ~(np.isfinite(numeric) & (numeric >= 0) & (numeric == np.round(numeric)))
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{context}label {labels[first].item():g} at {first} is not a relevance grade "
+                     "(0 for a negative, an integer >= 1 for a positive)")
+  return np.where(valid & (numeric > 0), 1, 0).astype(np.int32)
+
+
 def check_has_positive(labels, where=None, *, context: str = "") -> None:
   """Eager check used by data pipelines: every list has at least one valid positive."""
   labels = np.asarray(labels)
@@ -73,6 +103,9 @@ def check_has_positive(labels, where=None, *, context: str = "") -> None:
 
 def doc_mask(labels, where) -> Array:
   """``[..., n]`` True for the documents that take part (valid, in a list with a positive)."""
+  if jnp.shape(labels)[-1:] == (0,):  # static: a clear error instead of a 0-size reduction
+    raise ValueError(f"the lists are empty (labels shape {tuple(jnp.shape(labels))}); a list "
+                     "needs at least one document")
   valid = jnp.ones(jnp.shape(labels), bool) if where is None else where
   return valid & list_mask(labels, where)[..., None]
 

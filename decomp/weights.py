@@ -17,10 +17,12 @@ entries of :data:`WEIGHTS`. Derivations: ``paper_notes.md`` sections 3-4.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from decomp import _lists, _params
 from decomp.losses import cl_loss, sft_loss
@@ -69,8 +71,11 @@ class Weight:
     return self.fn(readout, labels, where=where, **self.params)
 
   def bind(self, **params) -> "Weight":
-    """A copy with ``params`` bound (refuses names ``fn`` does not take)."""
+    """A copy with ``params`` bound (refuses names ``fn`` does not take, and values a built-in
+    refuses, e.g. ``temperature=0``: here, not as NaN later)."""
     _params.check("weight", self.name, self.fn, params)
+    if getattr(self.fn, "__module__", None) == __name__:
+      check_parameters(self.name, **params)
     return dataclasses.replace(self, params={**self.params, **params})
 
   def loss_value(self, readout: Readout, labels: Array, *, where: Array | None = None) -> Array:
@@ -88,6 +93,50 @@ def sft_readout_loss(readout: Readout, labels, *, where=None) -> Array:
 def cl_readout_loss(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Array:
   """:func:`~decomp.cl_loss` on a readout's yes-logits: the loss of CL's weight."""
   return cl_loss(readout.yes, labels, where=where, temperature=temperature)
+
+
+def _number(weight: str, key: str, value) -> float | None:
+  """``value`` as a float, None for a traced value (checked only when concrete)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, bool) or not (isinstance(value, (int, float, np.number))
+                                     or (hasattr(value, 'shape') and np.ndim(value) == 0)):
+    raise TypeError(f"weight {weight!r}: {key} must be a number, got {value!r}")
+  number = float(value)
+  if not math.isfinite(number):
+    raise ValueError(f"weight {weight!r}: {key} must be finite, got {number}")
+  return number
+
+
+def _check_temperature(weight: str, value) -> None:
+  number = _number(weight, 'temperature', value)
+  if number is not None and number <= 0:  # as cl_loss: InfoNCE divides by it
+    raise ValueError(f"weight {weight!r}: temperature must be > 0, got {number}")
+
+
+def _check_tau(weight: str, value) -> None:
+  number = _number(weight, 'tau', value)
+  # A positive counts as learned once P(yes) > 1 - tau, a negative once P(yes) < tau: beyond
+  # 0.5 misclassified documents would count as learned; at 0 nothing is ever masked.
+  if number is not None and not 0 < number <= 0.5:
+    raise ValueError(f"weight {weight!r}: tau must be in (0, 0.5], got {number} (a positive "
+                     "counts as learned once P(yes) > 1 - tau, a negative once P(yes) < tau)")
+
+
+PARAMETER_CHECKS = {'temperature': _check_temperature, 'tau': _check_tau}
+"""Checks of the built-in weights' parameters, by parameter name (type and range)."""
+
+
+def check_parameters(weight: str, **params) -> None:
+  """Raises TypeError / ValueError for a parameter value the built-in ``weight`` refuses.
+
+  >>> check_parameters('cl', temperature=0.0)
+  Traceback (most recent call last):
+  ValueError: weight 'cl': temperature must be > 0, got 0.0
+  """
+  for key, value in params.items():
+    if key in PARAMETER_CHECKS:
+      PARAMETER_CHECKS[key](weight, value)
 
 
 def _sign(labels, docs):
@@ -126,6 +175,7 @@ def cl(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Arr
   >>> cl(r, jnp.array([1, 0, 0])).round(4).tolist()
   [-0.6667, 0.3333, 0.3333]
   """
+  _check_temperature('cl', temperature)
   docs = _lists.doc_mask(labels, where)
   pos, neg = _lists.positives(labels, docs), _lists.negatives(labels, docs)
   scores = _lists.masked(readout.yes, docs) / temperature
@@ -150,8 +200,9 @@ def tau_mask(readout: Readout, labels, *, where=None, tau: float = 0.1) -> Array
 
   Learned means, with the SFT probability :math:`s = \sigma(z_y - z_n)`: :math:`s > 1 - \tau`
   for a positive, :math:`s < \tau` for a negative. The paper's "W=1 with a tau mask" ablation:
-  a hard, per-document schedule instead of SFT's smooth one.
+  a hard, per-document schedule instead of SFT's smooth one. ``tau`` is in (0, 0.5].
   """
+  _check_tau('tau_mask', tau)
   docs = _lists.doc_mask(labels, where)
   prob = jax.nn.sigmoid(_lists.masked(readout.yes - readout.no, docs))
   learned = jnp.where(labels > 0, prob > 1.0 - tau, prob < tau)

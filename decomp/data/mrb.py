@@ -23,10 +23,10 @@ Documents come out positives first, then negatives, in file order; pass ``shuffl
 permute them per row (deterministically) -- metrics break score ties by position, so a
 constant-score model would otherwise look perfect.
 
-Errors: with ``errors="raise"`` (default) any malformed row raises
-``ValueError("<file>:<line>: <what is wrong>")``. With ``errors="skip"`` the row is skipped and
-counted in :class:`LoadStats` (per reason, with the first messages kept) and a warning is logged
-at the end; nothing is dropped silently.
+Errors: with ``errors="raise"`` (default) any malformed row (bad JSON, not UTF-8, a schema
+violation) raises ``ValueError("<file>:<line>: <what is wrong>")``. With ``errors="skip"`` the
+row is skipped and counted in :class:`LoadStats` (per reason, with the first messages kept) and
+a warning is logged at the end; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -173,13 +173,20 @@ def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
   stats = stats if stats is not None else LoadStats()
   stats.path = path
   folder = os.path.dirname(os.path.abspath(path))
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
+  # Bytes, decoded line by line: a row that is not UTF-8 is a row error (file:line), not a
+  # UnicodeDecodeError of the whole read.
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      if not raw.strip():
         stats.blank_lines += 1
         continue
       stats.lines += 1
       try:
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise RowError(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})",
+                         "not utf-8") from None
         try:
           row = json.loads(line)
         except json.JSONDecodeError as e:

@@ -129,6 +129,8 @@ class DecoderConfig:
 
     hidden_size = int(required('hidden_size'))
     num_heads = int(required('num_attention_heads'))
+    if num_heads <= 0:  # named here: the head width below divides by it
+      raise ValueError(f'num_attention_heads must be a positive int, got {num_heads}')
     num_kv_heads = int(hf.get('num_key_value_heads') or num_heads)
     head_dim = int(hf.get('head_dim') or hidden_size // num_heads)
     hidden_act = hf.get('hidden_act', 'silu')

@@ -96,6 +96,11 @@ class VisionConfig:
   def __post_init__(self):
     if self.family not in _DEFAULTS:
       raise ValueError(f"VisionConfig.family must be 'siglip' or 'clip', got {self.family!r}")
+    for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "image_size",
+                 "patch_size"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"VisionConfig.{name} must be a positive int, got {value!r}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"VisionConfig: hidden_size {self.hidden_size} is not divisible by "
                        f"num_heads {self.num_heads}")

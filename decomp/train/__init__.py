@@ -6,7 +6,9 @@ Modules: ``config`` (TrainConfig, presets, overrides, validate), ``mesh`` (devic
 ``data`` (group sources, batches), ``state`` (tokenizer, reranker spec, sharded init),
 ``cache`` (built tokenizers and bases), ``step`` (optimiser, jitted update / eval steps),
 ``loop`` (``train``), ``evaluate`` (ranking metrics), ``logs`` (workdir files and readers),
-``checkpoint`` (Orbax), ``pretrain`` (the playground base-checkpoint recipe).
+``checkpoint`` (Orbax, verified restores), ``pretrain`` (the playground base-checkpoint recipe),
+``workdir`` (the workdir lock, resume rules), ``preflight`` (checks before the workdir is touched),
+``nonfinite`` (the divergence guard), ``errors`` (named failures the CLI prints in one line).
 """
 
 import sys as _sys

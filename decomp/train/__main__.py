@@ -2,6 +2,10 @@
 
 Runs (or resumes) ``decomp.train.train``. Multi-host: start one process per host with
 ``--coordinator HOST:PORT --num-processes N --process-id I`` (``jax.distributed``).
+
+A named error (a bad config, missing data, a diverged run, a locked workdir, a corrupt
+checkpoint, ...) prints one ``error: <message>`` line and exits with status 2; a traceback means
+a bug (``--debug`` shows the traceback of named errors too).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       metavar='KEY=VALUE', help='override config keys, e.g. --set steps=100 '
                       'weight=cl mesh.data=4')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
+  parser.add_argument('--debug', action='store_true',
+                      help='show the traceback of named errors too')
   parser.add_argument('--coordinator', help='jax.distributed coordinator address HOST:PORT')
   parser.add_argument('--num-processes', type=int, help='jax.distributed process count')
   parser.add_argument('--process-id', type=int, help='jax.distributed process id')
@@ -31,8 +37,29 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions whose message names a problem of the run's input, not a bug of decomp."""
+  from decomp.train.errors import RunError
+  return (RunError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _report(error: BaseException) -> int:
+  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+  print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  try:
+    return _main(args)
+  except _user_errors() as e:
+    if args.debug:
+      raise
+    return _report(e)
+
+
+def _main(args: argparse.Namespace) -> int:
   import jax
   if os.environ.get('DECOMP_COMPILATION_CACHE'):
     # Runs of a sweep compile the same programs: later runs load them (the same executables, so
@@ -51,9 +78,10 @@ def main(argv=None) -> int:
     overrides.append('quiet=true')
   try:
     cfg = config_lib.apply_overrides(config_lib.get_config(args.config), overrides)
-  except (KeyError, ValueError, FileNotFoundError, TypeError) as e:
-    print(f'error: {e.args[0] if e.args else e}', file=sys.stderr)
-    return 2
+  except TypeError as e:  # e.g. a config file whose get_config() returns something else
+    if args.debug:
+      raise
+    return _report(e)
   results = train(cfg, args.workdir)
   if jax.process_index() == 0:
     summary = {'workdir': os.path.abspath(args.workdir), 'steps': results['steps'],

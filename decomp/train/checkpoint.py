@@ -6,18 +6,38 @@ read, and anything else the loop needs to continue exactly). Orbax writes each s
 temporary directory and renames it when complete, so a run killed while saving leaves the
 previous checkpoints intact. In a multi-host run every process calls :meth:`save` and
 :meth:`restore`; Orbax writes each array shard and the metadata once.
+
+Verification: once a step is on disk, process 0 writes ``<step>/decomp_checksums.json`` (size and
+SHA-256 of every file of the step). :meth:`Checkpoints.restore` checks those checksums (when the
+step has them: a run killed right after a save may not), Orbax's metadata and read, and that
+every restored float is finite. A step failing any of these is reported in one line with its
+path, and the restore falls back to the newest intact step.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import logging
 import os
+import shutil
+import sys
+import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from decomp.train import logs
+from decomp.train.errors import CorruptCheckpointError
+
 CHECKPOINT_DIR = 'checkpoints'
+CORRUPT_DIR = 'checkpoints_corrupt'  # where a training run moves the corrupt steps it skipped
+MANIFEST_FILE = 'decomp_checksums.json'
+
+_log = logging.getLogger(__name__)
 
 
 class Checkpoints:
@@ -43,6 +63,9 @@ class Checkpoints:
           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_handlers=_handlers())
+    self._read_only = read_only
+    self._unverified: list[int] = []  # saved steps whose checksums are not written yet
+    self.skipped: list[int] = []  # corrupt steps the last restore() fell back from
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or None."""
@@ -54,40 +77,125 @@ class Checkpoints:
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Saves ``state`` (pytree of jax arrays) and ``meta`` (JSON-able dict) as ``step``."""
     meta = dict(meta, step=int(step))
+    self._manager.wait_until_finished()  # what save() does first anyway: the last step is done
+    self._write_checksums()
     self._manager.save(
         int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
+    self._unverified.append(int(step))
+    self.poll()
+
+  def poll(self) -> None:
+    """Writes the checksums of saved steps once their asynchronous save is complete (cheap:
+    the training loop calls it every step, so a killed run rarely leaves a step without them)."""
+    if self._unverified and not self._manager.is_saving_in_progress():
+      self._write_checksums()
+
+  def _write_checksums(self) -> None:
+    for step in list(self._unverified):
+      path = self._step_dir(step)
+      if jax.process_index() == 0 and os.path.isdir(path):
+        write_checksums(path)
+      self._unverified.remove(step)
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores ``(state, meta)`` of ``step`` (default: the latest).
+    """Restores ``(state, meta)`` of ``step``, verified; default: the newest intact step.
 
     Args:
       abstract_state: pytree of :class:`jax.ShapeDtypeStruct` with ``sharding`` set: the arrays
         come back with those shardings (so a run may resume on another mesh).
+      step: the step to read; a corrupt one raises :class:`CorruptCheckpointError`. With None,
+        corrupt steps are reported (one warning line each) and skipped (``self.skipped``).
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      CorruptCheckpointError: ``step`` (or, by default, every step) is corrupt or incomplete.
+      ValueError: the checkpoint's arrays do not match ``abstract_state`` (another config).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    _quiet_closed_event_loop()
+    self.skipped = []
+    if step is not None:
+      return self._restore_verified(abstract_state, step)
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    _check_matches(os.path.join(self.directory, str(step)),
-                   self._manager.item_metadata(step)['state'], abstract_state)
+    reasons = []
+    for i, candidate in enumerate(steps):
+      try:
+        restored = self._restore_verified(abstract_state, candidate)
+      except CorruptCheckpointError as e:
+        reasons.append(str(e))
+        self.skipped.append(candidate)
+        fallback = (f'falling back to step {steps[i + 1]}' if i + 1 < len(steps)
+                    else 'no older checkpoint is left')
+        _log.warning('%s; %s', e, fallback)
+        continue
+      return restored
+    raise CorruptCheckpointError(
+        f'no intact checkpoint in {self.directory} ({"; ".join(reasons)}); remove the '
+        'checkpoints to start over')
+
+  def _restore_verified(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
+    path = self._step_dir(step)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'no checkpoint {path}')
+    verify_checksums(path)
+    try:
+      metadata = self._manager.item_metadata(step)['state']
+    except Exception as e:  # empty or missing _METADATA, an emptied step directory, ...
+      raise CorruptCheckpointError(f'checkpoint {path} is corrupt or incomplete: unreadable '
+                                   f'metadata ({_one_line(e)})') from e
+    _check_matches(path, metadata, abstract_state)
+    failure = None
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    except Exception as e:
-      raise ValueError(
-          f'checkpoint {os.path.join(self.directory, str(step))} could not be restored into the '
-          f'current train state (corrupt, or written by a different config?): '
-          f'{type(e).__name__}: {e}') from e
+    except Exception as e:  # kept as text: the error's frames hold Orbax's abandoned reads
+      failure = _one_line(e)
+    if failure is not None:
+      _drop_abandoned_reads()
+      raise CorruptCheckpointError(
+          f'checkpoint {path} could not be read (corrupt or incomplete, or written by a '
+          f'different config?): {failure}')
+    bad = nonfinite_arrays(restored['state'])
+    if bad:
+      raise CorruptCheckpointError(f'checkpoint {path} is corrupt: non-finite values in '
+                                   f'{", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}')
     return restored['state'], dict(restored['meta'])
 
+  def set_aside(self, steps: list[int]) -> list[str]:
+    """Moves corrupt steps out of the way (to ``<workdir>/checkpoints_corrupt/<step>``), so that
+    the run can save those steps again; nothing is deleted. Returns the new paths."""
+    if self._read_only:
+      raise ValueError('set_aside: this Checkpoints is read only')
+    moved = []
+    target_dir = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+    if jax.process_index() == 0:
+      for step in steps:
+        target, n = os.path.join(target_dir, str(step)), 1
+        while os.path.exists(target):
+          target, n = os.path.join(target_dir, f'{step}-{n}'), n + 1
+        os.makedirs(target_dir, exist_ok=True)
+        shutil.move(self._step_dir(step), target)
+        moved.append(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('decomp_checkpoints_set_aside')
+    self._manager.reload()
+    return moved
+
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
+    """Blocks until pending asynchronous saves are on disk (and their checksums written)."""
     self._manager.wait_until_finished()
+    self._write_checksums()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
   def __enter__(self):
@@ -95,6 +203,132 @@ class Checkpoints:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """The first line of an error message, shortened (TensorStore errors span pages)."""
+  # Orbax appends the whole TensorStore spec ('See full TensorStore details: ...'); the cause
+  # (e.g. 'OUT_OF_RANGE: Error reading ...') says more.
+  text = str(error).strip().split('\n')[0].split(' See full TensorStore details')[0]
+  cause = str(error.__cause__ or '').strip()
+  if cause:
+    text += f' ({cause.splitlines()[0]})'
+  text = text if len(text) <= limit else text[:limit] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
+def _file_digest(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def _step_files(step_dir: str) -> list[str]:
+  files = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if rel != MANIFEST_FILE:
+        files.append(rel)
+  return sorted(files)
+
+
+def write_checksums(step_dir: str) -> None:
+  """Writes ``<step_dir>/decomp_checksums.json``: size and SHA-256 of every file of the step."""
+  files = {rel: {'size': os.path.getsize(os.path.join(step_dir, rel)),
+                 'sha256': _file_digest(os.path.join(step_dir, rel))}
+           for rel in _step_files(step_dir)}
+  logs.write_json_atomic(os.path.join(step_dir, MANIFEST_FILE), {'files': files})
+
+
+def verify_checksums(step_dir: str) -> bool:
+  """Checks a step against its checksums; False when it has none (nothing to check).
+
+  Raises:
+    CorruptCheckpointError: a listed file is missing or differs in size or content, or the
+      checksum file itself is unreadable.
+  """
+  path = os.path.join(step_dir, MANIFEST_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    files = logs.read_json(path)['files']
+  except (ValueError, KeyError, TypeError) as e:
+    raise CorruptCheckpointError(f'checkpoint {step_dir} is corrupt: unreadable {MANIFEST_FILE} '
+                                 f'({_one_line(e)})') from None
+  for rel, want in sorted(files.items()):
+    file = os.path.join(step_dir, rel)
+    if not os.path.isfile(file):
+      raise CorruptCheckpointError(f'checkpoint {step_dir} is incomplete: {rel} is missing')
+    if os.path.getsize(file) != want['size']:
+      raise CorruptCheckpointError(f'checkpoint {step_dir} is corrupt: {rel} has '
+                                   f'{os.path.getsize(file)} bytes, {want["size"]} were saved')
+    if _file_digest(file) != want['sha256']:
+      raise CorruptCheckpointError(f'checkpoint {step_dir} is corrupt: {rel} does not match the '
+                                   'checksum written when it was saved')
+  return True
+
+
+def nonfinite_arrays(state: Any) -> list[str]:
+  """Names of the floating-point arrays of ``state`` holding NaN or inf (one device round trip)."""
+  leaves = [(_key_name(k), v) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]
+            if jnp.issubdtype(jnp.result_type(v), jnp.inexact)]
+  if not leaves:
+    return []
+  # One reduction per array (arrays may live on different devices), one transfer for all.
+  finite = jax.device_get([jnp.all(jnp.isfinite(v)) for _, v in leaves])
+  return [name for (name, _), ok in zip(leaves, finite) if not ok]
+
+
+def _drop_abandoned_reads() -> None:
+  """Collects the array reads Orbax abandoned when one of them failed, muting what they report
+  when collected ('exception was never retrieved', 'Exception ignored in <coroutine>'): one
+  traceback per array, each with the full TensorStore spec."""
+  asyncio_log = logging.getLogger('asyncio')
+  old_hook, old_disabled = sys.unraisablehook, asyncio_log.disabled
+  sys.unraisablehook, asyncio_log.disabled = (lambda unraisable: None), True
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook, asyncio_log.disabled = old_hook, old_disabled
+
+
+_QUIET_INSTALLED = False
+
+
+def _is_orbax_read_noise(value=None, obj=None) -> bool:
+  """What Orbax's abandoned reads of a corrupt checkpoint report when they finish or are
+  collected: TensorStore callbacks into a closed event loop, read coroutines never awaited."""
+  if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+    return True
+  code = getattr(obj, 'cr_code', None)
+  return code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+
+
+class _AbandonedReadFilter(logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' records of Orbax's failed reads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ('never retrieved' in str(record.msg)
+                and 'Encountered error while reading' in str(error or record.getMessage()))
+
+
+def _quiet_closed_event_loop() -> None:
+  """Drops the tracebacks Orbax's abandoned reads print after it gave up on a corrupt
+  checkpoint ('RuntimeError: Event loop is closed' from TensorStore callbacks, through the
+  exception hooks; never-awaited read coroutines): hundreds of lines that bury the one-line
+  error. Installed once; every other exception goes to the previous hooks."""
+  global _QUIET_INSTALLED
+  if _QUIET_INSTALLED:
+    return
+  _QUIET_INSTALLED = True
+  old_excepthook, old_unraisable, old_thread = (sys.excepthook, sys.unraisablehook,
+                                                threading.excepthook)
+  sys.excepthook = lambda t, v, tb: None if _is_orbax_read_noise(v) else old_excepthook(t, v, tb)
+  sys.unraisablehook = lambda u: (None if _is_orbax_read_noise(u.exc_value, u.object)
+                                  else old_unraisable(u))
+  threading.excepthook = lambda a: None if _is_orbax_read_noise(a.exc_value) else old_thread(a)
+  logging.getLogger('asyncio').addFilter(_AbandonedReadFilter())
 
 
 def _handlers() -> dict:
@@ -110,8 +344,8 @@ def _key_name(path) -> str:
 def _check_matches(path: str, metadata: Any, abstract_state: Any) -> None:
   """Names the first array whose saved shape/dtype differs from the restore target."""
   if metadata is None:
-    raise ValueError(f'checkpoint {path} has no array metadata (corrupt or not a decomp '
-                     'checkpoint)')
+    raise CorruptCheckpointError(f'checkpoint {path} has no array metadata (corrupt, or not a '
+                                 'decomp checkpoint)')
   saved = {_key_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(
       getattr(metadata, 'tree', metadata),
       is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))[0]}
@@ -145,6 +379,7 @@ def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
+    verify_checksums(os.path.join(directory, str(step)))
     metadata = manager.item_metadata(step)['state']
     if metadata is None:
       raise ValueError(f'{directory}/{step}: no array metadata (not a decomp checkpoint?)')

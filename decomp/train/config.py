@@ -145,6 +145,9 @@ class TrainConfig:
   checkpoint_every: int = 100  # steps between checkpoints (0 = only the last step)
   keep_checkpoints: int = 2  # checkpoints kept on disk
   quiet: bool = False  # no progress bar (CI)
+  # A non-finite loss, gradient or parameter: 'error' stops the run (named error, last good
+  # checkpoint kept, no results.json); 'skip_step' keeps the old state and counts the step.
+  on_nonfinite: str = 'error'
 
   @property
   def list_size(self) -> int:

@@ -2,13 +2,17 @@
 
 Workdir layout written by ``train``::
 
-  config.json            the TrainConfig (written once, atomically)
+  config.json            the TrainConfig (written atomically once the run can start: after
+                         every check, the model build and the restore)
+  run.lock               pid and host of the run using the workdir (removed when it ends)
   steps.jsonl            one JSON object per logged step (see STEP_KEYS)
   examples/%08d.npz      per-example columns of one logged step (see EXAMPLE_COLUMNS); in a
                          multi-host run process k > 0 writes its rows to %08d.p<k>.npz
   eval.jsonl             one JSON object per validation evaluation
-  checkpoints/<step>/    Orbax checkpoints
-  results.json           final test metrics (written atomically at the end)
+  checkpoints/<step>/    Orbax checkpoints, each with decomp_checksums.json
+  checkpoints_corrupt/   corrupt steps a resumed run skipped (kept, never read)
+  results.json           final test metrics (written atomically at the end; never for a run
+                         that diverged)
 
 A run killed at any moment (SIGKILL) leaves every file readable: JSON lines are appended with one
 ``write`` + flush + fsync each, and readers skip a torn last line; npz shards and JSON files are
@@ -36,7 +40,9 @@ CONFIG_FILE = 'config.json'
 RESULTS_FILE = 'results.json'
 
 # Keys of each steps.jsonl line (``w_*`` are statistics of the signed weight W over positives
-# ('pos') and negatives ('neg'); quantiles q10/q50/q90).
+# ('pos') and negatives ('neg'); quantiles q10/q50/q90). With ``on_nonfinite='skip_step'`` lines
+# also hold ``skipped`` (this step's update was non-finite and dropped) and ``skipped_steps``
+# (how many so far); non-finite values are written as null.
 STEP_KEYS = (
     'step', 'loss', 'objective', 'learning_rate', 'grad_norm', 'update_norm', 'param_norm',
     'w_pos_mean', 'w_pos_q10', 'w_pos_q50', 'w_pos_q90',

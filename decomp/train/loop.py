@@ -2,13 +2,17 @@
 
 Order of work (as in big_vision / the flax examples):
 
-1. read and check the config (names, negatives, mesh against the devices) before any compute;
+1. read and check the config (names, negatives, mesh against the devices, model shapes, the
+   evaluation splits) before any compute; then lock the workdir (``decomp.train.workdir``);
 2. build the mesh, derive parameter shardings from the models' logical names (``jax.eval_shape``
    of the model: nothing is allocated), then create the state directly sharded with
    ``jit(init, out_shardings=...)``;
-3. restore the latest checkpoint of the workdir if there is one (exact resume), else start;
+3. restore the newest intact checkpoint of the workdir if there is one (exact resume), else
+   start; only then is ``config.json`` written;
 4. a donated, jitted update step per batch; the previous step's metrics are fetched after the
-   next step is dispatched, so logging never stalls the device.
+   next step is dispatched, so logging never stalls the device. Those metrics carry the step's
+   finiteness flag (``decomp.train.nonfinite``): a diverged run stops with a named error before
+   any later checkpoint or ``results.json`` is written.
 
 Multi-host: call ``jax.distributed.initialize`` first (the CLI does, from ``--coordinator`` etc.).
 Every process reads only its share of each batch; process 0 writes the logs and results; Orbax
@@ -26,35 +30,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from decomp import _lists
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import evaluate as evaluate_lib
-from decomp.train import data as data_lib
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
+from decomp.train import nonfinite
+from decomp.train import preflight
+from decomp.train import data as data_lib
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
+from decomp.train import workdir as workdir_lib
+from decomp.train.errors import NonFiniteError
 
-# Config keys that may differ between a run and its resumption: they change no trained value.
-# (``steps`` is not among them: it sets the learning-rate schedule of every step.)
-RESUMABLE_CHANGES = ('quiet', 'eval_every', 'log_every', 'example_log_every',
-                     'checkpoint_every', 'keep_checkpoints', 'test_groups', 'eval_groups',
-                     'final_eval', 'name')
-
-
-def _check_resumable(workdir: str, cfg: config_lib.TrainConfig) -> None:
-  """A workdir's config.json must agree with ``cfg`` on everything that shapes the run."""
-  path = os.path.join(workdir, logs.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  old = config_lib.canonical_dict(logs.read_json(path))
-  new = config_lib.canonical_dict(cfg)
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-  if diff:
-    details = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)
-    raise ValueError(f'{workdir} holds a run with a different config ({details}); use a new '
-                     'workdir or the same config')
+RESUMABLE_CHANGES = workdir_lib.RESUMABLE_CHANGES
+_check_resumable = workdir_lib.check_resumable
 
 
 def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -137,17 +128,29 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   cfg = config_lib.get_config(config) if isinstance(config, str) else config
   cfg = config_lib.apply_overrides(cfg, overrides)
   primary = jax.process_index() == 0
+  preflight.check_config(cfg)
   objective = config_lib.make_objective(cfg)
   state_lib.check_applies(cfg)
   tokenizer = state_lib.resolve_tokenizer(cfg)
   data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
   config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
                       num_processes=jax.process_count())
+  preflight.check_splits(cfg, data)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  _check_resumable(workdir, cfg)
-  if primary:
-    logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
+  lock = workdir_lib.WorkdirLock(workdir)
+  if primary:  # one run per workdir (the processes of a multi-host run share it)
+    lock.acquire()
+  try:
+    return _train_locked(cfg, workdir, data, tokenizer, objective, primary)
+  finally:
+    lock.release()
+
+
+def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, objective,
+                  primary: bool) -> dict:
+  """``train`` once the config and data are checked and the workdir is locked."""
+  workdir_lib.check_resumable(workdir, cfg)
 
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
@@ -158,30 +161,24 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   replicated = mesh_lib.replicated(mesh)
 
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
-  start = 0
-  latest = checkpoints.latest_step()
-  if latest is None:  # a fresh run: create the state directly sharded
-    params, frozen = run.initialize()
-    state = {'params': params, 'frozen': frozen,
-             'opt_state': jax.jit(tx.init, out_shardings=opt_shardings)(params)}
-  else:  # resume: restore straight into the sharded layout, no initialisation
-    state, meta = checkpoints.restore(abstract, latest)
-    start = int(meta['step'])
-    if start > cfg.steps:
-      raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.steps}')
-    if meta.get('data_index') != start * cfg.batch_size:
-      raise ValueError(f'checkpoint {latest} of {workdir}: data_index {meta.get("data_index")} '
-                       f'does not match step {start} x batch {cfg.batch_size}')
-  if primary:  # drop what a killed run logged after its last checkpoint
+  try:
+    state, start, skipped_steps = _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
+                                                 opt_shardings)
+  except BaseException:
+    checkpoints.close()
+    raise
+  if primary:  # the run can start: record its config, drop what a killed run logged after its
+    # last checkpoint
+    logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
     logs.truncate_jsonl(os.path.join(workdir, logs.STEPS_FILE), start)
     logs.truncate_jsonl(os.path.join(workdir, logs.EVAL_FILE), start)
     logs.truncate_examples(workdir, start)
 
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
   train_step = jax.jit(
-      step_lib.make_train_step(run.graphdef, tx, schedule, objective,
-                               cl_temperature=cfg.temperature,
-                               example_grad_norms=cfg.example_grad_norms),
+      nonfinite.guard_step(step_lib.make_train_step(
+          run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
+          example_grad_norms=cfg.example_grad_norms), skip=cfg.on_nonfinite == 'skip_step'),
       in_shardings=(state_shardings['params'], state_shardings['frozen'],
                     state_shardings['opt_state'], replicated, None),
       # Metrics are small: replicated, so every process can read them (multi-host).
@@ -201,9 +198,11 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 
   def finish(item):
     """Fetches one step's metrics (blocks until that step is done) and writes its logs."""
-    nonlocal last_time, last_record
+    nonlocal last_time, last_record, skipped_steps
     step, metrics, meta, tokens = item
     scalars, per_doc = jax.device_get((metrics['scalars'], metrics['per_doc']))
+    scalars = dict(scalars)
+    bad = nonfinite.quantities(scalars.pop(nonfinite.KEY))
     rows = meta['doc_id'].shape[0]  # this process's groups are rows [k * rows, (k+1) * rows)
     first = jax.process_index() * rows
     per_doc = {k: v[first:first + rows] for k, v in per_doc.items()}
@@ -212,9 +211,14 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     record = {'step': step, **{k: float(v) for k, v in scalars.items()},
               'examples_per_s': meta['doc_id'].size * jax.process_count() / elapsed,
               'tokens_per_s': tokens * jax.process_count() / elapsed, 'step_time_s': elapsed}
+    if cfg.on_nonfinite == 'skip_step':
+      skipped_steps += bool(bad)
+      record.update(skipped=bool(bad), skipped_steps=skipped_steps)
     last_record = record
-    if step % cfg.log_every == 0 or step == cfg.steps:
+    if step % cfg.log_every == 0 or step == cfg.steps or bad:
       step_log.log(record)
+    if bad and cfg.on_nonfinite == 'error':
+      _diverged(cfg, step, bad, checkpoints)
     if cfg.example_log_every and (step % cfg.example_log_every == 0 or step == cfg.steps):
       example_log.write(step, _per_example_columns(step, per_doc, meta))
     progress.update(record)
@@ -223,11 +227,15 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     for step in range(start + 1, cfg.steps + 1):
       arrays, meta = data.train_batch((step - 1) * cfg.batch_size, cfg.batch_size,
                                       jax.process_index(), jax.process_count())
+      # Under jit the losses cannot check label values: the host does, on every batch.
+      arrays['labels'] = _lists.binary_labels(arrays['labels'], arrays['where'],
+                                              context=f'training batch of step {step}: ')
       batch = _shard_batch(arrays, mesh)
       params, opt_state, metrics = train_step(params, frozen, opt_state,
                                               jnp.asarray(step - 1, jnp.int32), batch)
       if pending is not None:
         finish(pending)
+      checkpoints.poll()
       pending = (step, metrics, meta, int(arrays['attention_mask'].sum()))
       if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
         finish(pending)
@@ -240,7 +248,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
           finish(pending)
           pending = None
         checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state},
-                         {'data_index': step * cfg.batch_size})
+                         {'data_index': step * cfg.batch_size, 'skipped_steps': skipped_steps})
         last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
@@ -265,6 +273,38 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     step_log.close()
     eval_log.close()
     checkpoints.close()
+
+
+def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
+                   opt_shardings) -> tuple[dict, int, int]:
+  """``(state, start step, skipped steps)``: the newest intact checkpoint (corrupt newer steps
+  are reported, then moved aside so the run can redo them), else a fresh sharded state."""
+  if checkpoints.latest_step() is None:  # a fresh run: create the state directly sharded
+    params, frozen = run.initialize()
+    return {'params': params, 'frozen': frozen,
+            'opt_state': jax.jit(tx.init, out_shardings=opt_shardings)(params)}, 0, 0
+  # resume: restore straight into the sharded layout, no initialisation
+  state, meta = checkpoints.restore(abstract)
+  if checkpoints.skipped:
+    checkpoints.set_aside(checkpoints.skipped)
+  start = int(meta['step'])
+  if start > cfg.steps:
+    raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.steps}')
+  if meta.get('data_index') != start * cfg.batch_size:
+    raise ValueError(f'checkpoint {start} of {workdir}: data_index {meta.get("data_index")} '
+                     f'does not match step {start} x batch {cfg.batch_size}')
+  return state, start, int(meta.get('skipped_steps', 0))
+
+
+def _diverged(cfg: config_lib.TrainConfig, step: int, quantities: tuple[str, ...],
+              checkpoints: ckpt_lib.Checkpoints) -> None:
+  latest = checkpoints.latest_step()
+  kept = f'the last good checkpoint is step {latest}' if latest else 'no checkpoint was saved'
+  raise NonFiniteError(
+      f'the run diverged: step {step} gave non-finite {" and ".join(quantities)} '
+      f'(learning_rate={cfg.learning_rate}); {kept}, results.json is not written. Lower the '
+      'learning rate, or set on_nonfinite=skip_step to skip such updates',
+      step=step, quantities=quantities)
 
 
 # Config keys ``evaluate_workdir`` may change: what is evaluated, not what was trained.

@@ -1,0 +1,34 @@
+"""Named failures of a run: what went wrong is the user's to fix, not a bug of decomp.
+
+The CLI prints such an error as one ``error: <message>`` line (exit 2) instead of a traceback;
+``ValueError`` / ``FileNotFoundError`` / ``KeyError`` raised by the config, data and model checks
+are treated the same way (see ``decomp.train.__main__.USER_ERRORS``).
+"""
+
+from __future__ import annotations
+
+
+class RunError(Exception):
+  """A run cannot start or continue, for a reason its message names."""
+
+
+class NonFiniteError(RunError):
+  """A training step produced a non-finite loss, gradient or parameter (the run diverged).
+
+  Attributes:
+    step: the optimiser step whose update was non-finite.
+    quantities: which of 'loss', 'gradient', 'parameters' were non-finite.
+  """
+
+  def __init__(self, message: str, *, step: int, quantities: tuple[str, ...]):
+    super().__init__(message)
+    self.step = step
+    self.quantities = quantities
+
+
+class WorkdirLockedError(RunError):
+  """Another live run holds the workdir."""
+
+
+class CorruptCheckpointError(RunError, ValueError):
+  """A checkpoint step is corrupt or incomplete (checksum, metadata, read or finiteness)."""

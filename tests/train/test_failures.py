@@ -1,0 +1,333 @@
+"""Nothing silent (issue 18): a diverged run fails, a corrupt checkpoint is detected and the last
+good one used, a workdir is locked, and bad input is refused before work starts."""
+
+import glob
+import json
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from decomp.train import checkpoint as ckpt_lib
+from decomp.train import config as config_lib
+from decomp.train import logs
+from decomp.train import nonfinite
+from decomp.train import data as data_lib
+from decomp.train import workdir as workdir_lib
+from decomp.train.errors import CorruptCheckpointError, WorkdirLockedError
+from decomp.train.loop import train
+
+LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'quiet=true',
+        'example_log_every=0']
+# Every run of this module compiles this one program (the XLA cache serves the others).
+RUN = [*LEAN, 'steps=4', 'checkpoint_every=2', 'keep_checkpoints=3']
+
+
+def quick(*overrides):
+  return config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+                                    ['quiet=true', *overrides])
+
+
+def _params(workdir, step=None):
+  state, meta = ckpt_lib.load_state(workdir, step)
+  return jax.tree_util.tree_flatten_with_path(state['params'])[0], meta
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  train(quick(*RUN), workdir)
+  return workdir
+
+
+# --- case 1: a diverged run ----------------------------------------------------------------------
+
+def test_diverged_run_stops_with_a_named_error_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                                 capsys):
+  from decomp.train.__main__ import main
+  workdir = str(tmp_path / 'diverged')
+  # Step 1 has learning rate 0 (warm-up), step 2 the peak: its update overflows.
+  argv = ['--workdir', workdir, '--config', 'playground_quick', '--set', *RUN,
+          'checkpoint_every=1', 'learning_rate=1e38']
+  assert main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: the run diverged: step 2 gave non-finite '
+                                             'parameters'), err
+  assert 'the last good checkpoint is step 1' in err[0]
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
+  assert ckpt_lib.Checkpoints(workdir).all_steps() == [1]
+  params, meta = _params(workdir)
+  assert meta['step'] == 1 and all(np.isfinite(p).all() for _, p in params)
+  records = logs.read_steps(workdir)
+  assert [r['step'] for r in records] == [1, 2] and records[1]['param_norm'] is None
+
+
+def test_skip_step_drops_non_finite_updates_and_counts_them(tmp_path):
+  workdir = str(tmp_path / 'skipping')
+  results = train(quick(*RUN, 'learning_rate=1e38', 'on_nonfinite=skip_step'), workdir)
+  records = logs.read_steps(workdir)
+  skipped = [r['step'] for r in records if r['skipped']]
+  assert skipped and skipped[0] == 2
+  assert [r['skipped_steps'] for r in records] == list(np.cumsum([r['skipped'] for r in records]))
+  assert results['final']['skipped_steps'] == len(skipped)
+  params, meta = _params(workdir)
+  assert meta['skipped_steps'] == len(skipped)
+  assert all(np.isfinite(p).all() for _, p in params)
+
+
+def test_guard_flags_each_quantity_and_keeps_the_old_state():
+  def step_fn(params, frozen, opt_state, step, batch):
+    new = params + batch
+    return new, opt_state + 1, {'scalars': {'loss': batch.sum(), 'objective': 0.0,
+                                            'grad_norm': batch.max(), 'param_norm': new.sum()}}
+
+  params, opt_state = jax.numpy.ones(2), jax.numpy.zeros(2)
+  for skip in (False, True):
+    guarded = jax.jit(nonfinite.guard_step(step_fn, skip=skip))
+    new, opt, metrics = guarded(params, None, opt_state, 0, jax.numpy.array([1.0, np.inf]))
+    flag = int(metrics['scalars'][nonfinite.KEY])
+    assert nonfinite.quantities(flag) == ('loss', 'gradient', 'parameters')
+    np.testing.assert_array_equal(new, [1.0, 1.0] if skip else [2.0, np.inf])
+    np.testing.assert_array_equal(opt, [0.0, 0.0] if skip else [1.0, 1.0])
+    _, _, metrics = guarded(params, None, opt_state, 0, jax.numpy.array([1.0, 2.0]))
+    assert int(metrics['scalars'][nonfinite.KEY]) == 0
+
+
+# --- cases 2, 3: corrupt checkpoints -------------------------------------------------------------
+
+def _flip(step_dir):
+  path = max(glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')),
+             key=os.path.getsize)
+  data = bytearray(open(path, 'rb').read())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  open(path, 'wb').write(bytes(data))
+
+
+def _truncate(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _empty_metadata(step_dir):
+  open(os.path.join(step_dir, 'state', '_METADATA'), 'w').close()
+
+
+def _empty_step(step_dir):
+  shutil.rmtree(step_dir)
+  os.makedirs(step_dir)
+
+
+def _abstract(workdir):
+  state, _ = ckpt_lib.load_state(workdir)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), state)
+
+
+@pytest.mark.parametrize('checksums', [True, False], ids=['checksums', 'orbax-only'])
+@pytest.mark.parametrize('corrupt, reason', [
+    (_flip, 'does not match the checksum'),
+    (_truncate, r'has \d+ bytes, \d+ were saved'),
+    (_empty_metadata, r'state/_METADATA has 0 bytes'),
+    (_empty_step, 'or incomplete: unreadable metadata'),
+])
+def test_corrupt_latest_step_is_reported_in_one_line_and_skipped(reference, tmp_path, capfd,
+                                                                 caplog, corrupt, reason,
+                                                                 checksums):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  if not checksums:  # a step saved just before a kill may lack them: Orbax and finiteness
+    if corrupt is _flip:  # a flip that still decodes cannot be told from a weight without them
+      pytest.skip('needs the checksums')
+    for path in glob.glob(os.path.join(workdir, 'checkpoints', '*', ckpt_lib.MANIFEST_FILE)):
+      os.remove(path)
+    reason = {_truncate: 'could not be read .*OUT_OF_RANGE', _empty_metadata: 'unreadable '
+              'metadata .*JSONDecodeError'}.get(corrupt, reason)
+  step_dir = os.path.join(workdir, 'checkpoints', '4')
+  corrupt(step_dir)
+  abstract = _abstract(reference)
+  capfd.readouterr()
+  with caplog.at_level(logging.WARNING, logger='decomp.train.checkpoint'):
+    with ckpt_lib.Checkpoints(workdir) as checkpoints:
+      state, meta = checkpoints.restore(abstract)
+      assert checkpoints.skipped == [4]
+      with pytest.raises(CorruptCheckpointError, match=f'checkpoint {step_dir} '):
+        checkpoints.restore(abstract, step=4)  # an explicit step: no fallback
+  assert meta['step'] == 2
+  messages = [r.getMessage() for r in caplog.records if r.name == 'decomp.train.checkpoint']
+  assert len(messages) == 1 and '\n' not in messages[0], messages
+  assert messages[0].startswith(f'checkpoint {step_dir} ')
+  assert messages[0].endswith('; falling back to step 2')
+  import re
+  assert re.search(reason, messages[0]), messages[0]
+  noise = capfd.readouterr()
+  assert 'Event loop is closed' not in noise.err + noise.out
+  assert 'Traceback' not in noise.err + noise.out
+
+
+def test_training_resumes_from_the_last_intact_step_bit_exact(reference, tmp_path, caplog):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  os.remove(os.path.join(workdir, 'results.json'))
+  _flip(os.path.join(workdir, 'checkpoints', '4'))
+  with caplog.at_level(logging.WARNING, logger='decomp.train.checkpoint'):
+    train(quick(*RUN), workdir)
+  assert any('falling back to step 2' in r.getMessage() for r in caplog.records)
+  # The corrupt step is kept aside, the run redid steps 3-4 exactly.
+  assert os.listdir(os.path.join(workdir, ckpt_lib.CORRUPT_DIR)) == ['4']
+  ref, _ = _params(reference)
+  got, meta = _params(workdir)
+  assert meta['step'] == 4
+  for (path, a), (_, b) in zip(ref, got):
+    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def test_no_intact_checkpoint_is_a_named_error(reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  for step in (2, 4):
+    _truncate(os.path.join(workdir, 'checkpoints', str(step)))
+  with pytest.raises(CorruptCheckpointError, match=r'no intact checkpoint in .*checkpoints/4 is '
+                     r'corrupt.*checkpoints/2 is corrupt'):
+    train(quick(*RUN), workdir)
+
+
+# --- case 4: late data checks --------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def jsonl_data(tmp_path_factory):
+  from decomp.data import mrb
+  from decomp.data.playground import Playground, PlaygroundConfig
+  world = Playground(PlaygroundConfig(seed=3, negatives=4, tasks=('t2t',)))
+  directory = tmp_path_factory.mktemp('mrb')
+  for split, count in (('train', 8), ('val', 2), ('test', 2)):
+    mrb.write_jsonl(world.groups(split, 0, count), str(directory / f'{split}.jsonl'))
+  return directory
+
+
+@pytest.mark.parametrize('split, change, settings, error, message', [
+    ('test', 'remove', [], FileNotFoundError, r'test.jsonl does not exist'),
+    ('val', 'empty', ['eval_every=2'], ValueError,
+     r'val.jsonl holds no groups, but eval_every=2 evaluates on it'),
+    ('test', 'empty', [], ValueError, r'test.jsonl holds no groups, but final_eval=true'),
+])
+def test_missing_or_empty_splits_fail_before_the_workdir(jsonl_data, tmp_path, split, change,
+                                                         settings, error, message):
+  data = tmp_path / 'data'
+  shutil.copytree(jsonl_data, data)
+  path = data / f'{split}.jsonl'
+  path.unlink() if change == 'remove' else path.write_text('\n')
+  workdir = tmp_path / 'run'
+  with pytest.raises(error, match=message):
+    train(quick(*LEAN, f'data={data}', 'final_eval=true', *settings), str(workdir))
+  assert not workdir.exists()
+  # Splits the config does not evaluate on may be missing.
+  if split == 'test':
+    config_lib.validate(quick(*LEAN, f'data={data}'))
+
+
+# --- cases 6, 10, 11: every input checked before the first step; a failed start is reusable ----
+
+@pytest.mark.parametrize('override, message', [
+    ('num_heads=0', 'num_heads=0: must be a positive integer'),
+    ('hidden_size=31', 'hidden_size=31: must be divisible by num_heads=2'),
+    ('hidden_size=30', r'hidden_size=30: hidden_size / num_heads = 15 must be even'),
+    ('num_kv_heads=3', 'num_kv_heads=3: must divide num_heads=2'),
+    ('vision=true', None),  # (a valid control for the vision keys below)
+    ('vision_heads=0', 'vision_heads=0: must be a positive integer'),
+    ('on_nonfinite=ignore', "on_nonfinite='ignore': expected one of"),
+    ('weight_kwargs.tau=abc', "tau must be a number, got 'abc'"),
+    ('weight_kwargs.tau=5', r'tau must be in \(0, 0.5\]'),
+])
+def test_bad_shapes_and_objective_values_fail_before_the_workdir(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  overrides = [*LEAN, override] + (['weight=tau_mask'] if 'tau' in override else [])
+  if 'vision' in override:
+    overrides = [o for o in overrides if o != 'vision=false'] + ['vision=true']
+  if message is None:
+    from decomp.train import preflight
+    preflight.check_config(quick(*overrides))
+    return
+  with pytest.raises(ValueError, match=message):
+    train(quick(*overrides), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize('override, error, message', [
+    ('label_words=yes,qqqzzz', ValueError, 'qqqzzz'),
+    ('model=/nonexistent/model', FileNotFoundError, "model='/nonexistent/model'"),
+])
+def test_a_failed_start_leaves_the_workdir_reusable(tmp_path, override, error, message):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(error, match=message):
+    train(quick(*LEAN, override), workdir)
+  assert os.listdir(workdir) == []  # no config.json, no lock
+  workdir_lib.check_resumable(workdir, quick(*LEAN))  # a corrected command is not refused
+
+
+# --- cases 7, 8: one run per workdir; checkpoints need their config ------------------------------
+
+def test_a_live_lock_refuses_a_second_run(tmp_path):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  with workdir_lib.WorkdirLock(workdir):
+    with pytest.raises(WorkdirLockedError, match=rf'is in use by another run: pid {os.getpid()} '
+                       r'on host .*run.lock'):
+      train(quick(*RUN), workdir)
+    assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]  # nothing else written
+  assert os.listdir(workdir) == []
+
+
+def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, caplog):
+  path = tmp_path / workdir_lib.LOCK_FILE
+  path.write_text(json.dumps({'pid': 999999, 'host': 'gone', 'since': 'then'}))
+  with caplog.at_level(logging.WARNING, logger='decomp.train.workdir'):
+    with workdir_lib.WorkdirLock(str(tmp_path)):
+      assert json.loads(path.read_text())['pid'] == os.getpid()
+  assert 'taking over the stale lock of pid 999999 on host gone' in caplog.text
+  assert not path.exists()
+
+
+def test_checkpoints_without_their_config_are_refused(reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  os.remove(os.path.join(workdir, 'config.json'))
+  with pytest.raises(ValueError, match=r'holds checkpoints \(steps \[2, 4\]\) but no config.json'):
+    train(quick(*RUN, 'weight=cl'), workdir)
+
+
+# --- case 9: labels checked where the trainer feeds them ------------------------------------------
+
+def test_the_trainer_checks_batch_labels_on_the_host(tmp_path, monkeypatch):
+  original = data_lib.GroupData.train_batch
+
+  def bad_labels(self, *args, **kwargs):
+    arrays, meta = original(self, *args, **kwargs)
+    arrays['labels'] = arrays['labels'].astype(np.float32)
+    arrays['labels'][0, 1] = 0.5
+    return arrays, meta
+
+  monkeypatch.setattr(data_lib.GroupData, 'train_batch', bad_labels)
+  with pytest.raises(ValueError, match=r'training batch of step 1: label 0.5 at \(0, 1\)'):
+    train(quick(*RUN), str(tmp_path / 'run'))
+
+
+# --- case 11: the CLI prints one line for named errors --------------------------------------------
+
+def test_cli_prints_one_error_line_for_checks_inside_train(jsonl_data, tmp_path, capsys):
+  from decomp.train.__main__ import main
+  data = tmp_path / 'data'
+  shutil.copytree(jsonl_data, data)
+  (data / 'test.jsonl').unlink()
+  argv = ['--workdir', str(tmp_path / 'run'), '--config', 'playground_quick', '--set', *LEAN,
+          f'data={data}', 'final_eval=true']
+  assert main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: config data=') and 'test.jsonl' in err[0]
+  with pytest.raises(FileNotFoundError):
+    main([*argv, '--debug'])
