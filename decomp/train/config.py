@@ -364,13 +364,18 @@ def make_objective(cfg: TrainConfig) -> objectives_lib.Objective:
   ``temperature`` is bound to the weight when it takes one (``cl``, ``cl_rescaled``);
   ``weight_kwargs`` / ``direction_kwargs`` must all be accepted.
   """
-  base = objectives_lib.resolve_objective(cfg.objective)
-  objective = base.with_parts(weight=cfg.weight or None, direction=cfg.direction or None)
-  # The config's temperature reaches a weight that takes one, unless the weight binds its own.
-  weight_params = {} if 'temperature' in objective.weight.params else _params.accepted(
-      objective.weight.fn, {'temperature': cfg.temperature})
-  weight_params.update(cfg.weight_kwargs)
-  return objective.with_parts(weight_params=weight_params, direction_params=cfg.direction_kwargs)
+  try:
+    base = objectives_lib.resolve_objective(cfg.objective)
+    objective = base.with_parts(weight=cfg.weight or None, direction=cfg.direction or None)
+    # The config's temperature reaches a weight that takes one, unless the weight binds its own.
+    weight_params = {} if 'temperature' in objective.weight.params else _params.accepted(
+        objective.weight.fn, {'temperature': cfg.temperature})
+    weight_params.update(cfg.weight_kwargs)
+    return objective.with_parts(weight_params=weight_params,
+                                direction_params=cfg.direction_kwargs)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'config objective={cfg.objective!r} (weight={cfg.weight!r}, '
+                     f'direction={cfg.direction!r}): {e}') from None
 
 
 def validate(cfg: TrainConfig, *, num_devices: int | None = None,
@@ -385,11 +390,7 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   def bad(key, message):
     raise ValueError(f'config {key}={getattr(cfg, key)!r}: {message}')
 
-  try:
-    objective = make_objective(cfg)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f'config objective={cfg.objective!r} (weight={cfg.weight!r}, '
-                     f'direction={cfg.direction!r}): {e}') from None
+  objective = make_objective(cfg)
   if not objective.has_loss:
     bad('objective', f'{objective.name!r} has no loss to log as `loss`: give its weight one '
                      '(decomp.Weight(fn, loss=...)) or the objective (decomp.Objective(..., '
