@@ -52,7 +52,7 @@ def test_weights_refuse_what_their_loss_refuses(name, params, error, message):
     resolve_weight(name, **params)
   readout = Readout(yes=jnp.zeros((1, 3)), no=jnp.zeros((1, 3)))
   with pytest.raises(error, match=message):  # the function itself, called directly
-    weights.WEIGHTS[name](readout, jnp.array([[1, 0, 0]]), **params)
+    weights.WEIGHTS[name].fn(readout, jnp.array([[1, 0, 0]]), **params)
 
 
 def test_good_weight_parameters_still_work_under_jit():

@@ -130,8 +130,8 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   primary = jax.process_index() == 0
   preflight.check_config(cfg)
   objective = config_lib.make_objective(cfg)
-  state_lib.check_applies(cfg)
   tokenizer = state_lib.resolve_tokenizer(cfg)
+  state_lib.check_applies(cfg)
   data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
   config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
                       num_processes=jax.process_count())

@@ -266,7 +266,8 @@ def test_a_failed_start_leaves_the_workdir_reusable(tmp_path, override, error, m
   workdir = str(tmp_path / 'run')
   with pytest.raises(error, match=message):
     train(quick(*LEAN, override), workdir)
-  assert os.listdir(workdir) == []  # no config.json, no lock
+  # Refused before the workdir exists, or with nothing left in it: no config.json, no lock.
+  assert not os.path.exists(workdir) or os.listdir(workdir) == []
   workdir_lib.check_resumable(workdir, quick(*LEAN))  # a corrected command is not refused
 
 
