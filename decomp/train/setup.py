@@ -139,8 +139,10 @@ def _take_negatives(group: data_types.Group, negatives: int,
       keep.append(i)
       seen_neg += 1
   pick = lambda seq: tuple(seq[i] for i in keep)
+  teacher = None if group.teacher_scores is None else pick(group.teacher_scores)
   return dataclasses.replace(group, docs=pick(group.docs), labels=pick(group.labels),
-                             doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds))
+                             doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds),
+                             teacher_scores=teacher)
 
 
 def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
