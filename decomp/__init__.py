@@ -8,7 +8,7 @@ from decomp import metrics
 from decomp import weights
 from decomp._lists import check_has_positive
 from decomp.diagnostics import diagnostics, label_readout_fn
-from decomp.losses import cl_loss, sft_loss
+from decomp.losses import cl_loss, kd_loss, sft_loss
 from decomp.metrics import aggregate, ap, mrr, ndcg, precision, recall
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, pool_label_logits
 from decomp.url import resolve_direction, resolve_weight, url_loss, url_surrogate
@@ -54,6 +54,7 @@ __all__ = [
     "recall",
     "check_has_positive",
     "cl_loss",
+    "kd_loss",
     "diagnostics",
     "directions",
     "label_readout_fn",

@@ -99,7 +99,8 @@ def url_loss(yes_logits, no_logits, labels, *, weight, direction, where=None, re
     no_logits: ``[..., n]`` "no" logits.
     labels: ``[..., n]`` 1 for positives, 0 for negatives.
     weight: a name in ``decomp.weights.WEIGHTS`` (``"sft"``, ``"cl"``, ``"constant"``,
-      ``"tau_mask"``, ``"one_plus_sft"``, ``"cl_rescaled"``) or a callable
+      ``"tau_mask"``, ``"one_plus_sft"``, ``"cl_rescaled"``, ``"kd"``: reads
+      ``extra_scores["teacher"]``) or a callable
       ``(readout, labels, *, where) -> [..., n]`` of signed weights.
     direction: a name in ``decomp.directions.DIRECTIONS`` (``"sft"``, ``"cl"``,
       ``"cl_logprob"``, ``"projection"``) or a callable ``(readout) -> [..., n]``.
