@@ -27,6 +27,7 @@ _LAZY = {
     "read_examples": ("decomp.train", "read_examples"),
     "read_evals": ("decomp.train", "read_evals"),
     "load_state": ("decomp.train", "load_state"),
+    "rerank": ("decomp.rerank", None),  # a callable module: decomp.rerank(model, query, docs)
 }
 
 
