@@ -13,12 +13,13 @@ import pytest
 from decomp import rerank as rerank_lib
 from decomp.data import beir, flag, sources
 from decomp.data import tokenizer as tokenizer_lib
+from decomp.data.types import Item
 from decomp.train import config as config_lib
 from decomp.train.loop import train
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'quiet=true',
+LEAN = ['num_layers=1', 'eval_every=0', 'final_eval=false', 'quiet=true',
         'example_log_every=0', 'steps=3', 'negatives=3', 'checkpoint_every=3']
 
 
@@ -41,12 +42,18 @@ def world(tmp_path_factory):
   coll = root / 'toy'
   docs = {f'd{i}': _text(rng, words) for i in range(40)}
   queries = {f'q{i}': _text(rng, words, 4) for i in range(6)}
-  _write_jsonl(str(coll / 'corpus.jsonl'), [{'_id': k, 'title': '', 'text': v}
-                                            for k, v in docs.items()])
+  corpus = [{'_id': k, 'title': '', 'text': v} for k, v in docs.items()]
+  # Images on a few rows (the model has a vision tower): a path, and a list of one path.
+  from PIL import Image
+  os.makedirs(coll / 'img')
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(coll / 'img' / f'{i}.png')
+    corpus[i]['image'] = f'img/{i}.png' if i % 2 else [f'img/{i}.png']
+  _write_jsonl(str(coll / 'corpus.jsonl'), corpus)
   _write_jsonl(str(coll / 'queries.jsonl'), [{'_id': k, 'text': v} for k, v in queries.items()])
   qrels_lines, run_lines = ['query-id\tcorpus-id\tscore'], []
   for qi, qid in enumerate(queries):
-    candidates = rng.choice(40, size=8, replace=False)
+    candidates = rng.choice(40, size=8, replace=False) if qi else np.arange(8)  # q0: images
     for rank, d in enumerate(candidates, start=1):
       run_lines.append(f'{qid} Q0 d{d} {rank} {float(10 - rank // 2)} bm25')  # pairs tie
     for d in candidates[:3]:
@@ -104,7 +111,47 @@ def test_rerank_command_prints_pytrec_evals_ndcg(world):
   assert len({round(s, 6) for v in written.values() for s in v.values()}) > 10
   # The notebook call scores like the command.
   scorer = rerank_lib.load_scorer(workdir, batch_size=8)
-  collection = beir.load_beir(str(coll), run=str(run), top_k=8)
+  collection = beir.load_beir(str(coll), run=str(run), top_k=8, image_size=scorer.image_size)
   g = beir.rerank_groups(collection)[0]
   scores = rerank_lib.rerank(scorer, g.query, list(g.docs), instruction=g.instruction)
   np.testing.assert_allclose(scores, [written[g.query_id][d] for d in g.doc_ids], rtol=1e-6)
+  # q0's candidates d0-d2 carry images, and the model reads them.
+  assert g.query_id == 'q0' and g.docs[0].image is not None and g.docs[0].image.shape == (16, 16, 3)
+  without = rerank_lib.rerank(scorer, g.query, [Item(text=g.docs[0].text)],
+                              instruction=g.instruction)
+  assert abs(float(without[0]) - float(scores[0])) > 1e-6
+
+
+def test_model_directory_scorer_matches_the_reranker(tmp_path):
+  """A base/HF model directory (decoder + tokenizer) scores through the playground preset."""
+  import shutil
+
+  from flax import nnx
+
+  from decomp.data.types import Item
+  from decomp.models.decoder import Decoder
+  from decomp.models.hf import save_pretrained
+  from decomp.models.reranker import Reranker, encode_groups, label_token_ids, load_tokenizer
+  from decomp.train import setup as setup_lib
+  cfg = config_lib.get_config('playground_quick')
+  tok_dir = setup_lib.playground_tokenizer_dir()
+  tokenizer = load_tokenizer(tok_dir)
+  decoder = Decoder(setup_lib.decoder_config(cfg, len(tokenizer)), rngs=nnx.Rngs(1))
+  model_dir = str(tmp_path / 'base')
+  save_pretrained(decoder, model_dir)
+  for name in os.listdir(tok_dir):
+    shutil.copy(os.path.join(tok_dir, name), model_dir)
+  scorer = rerank_lib.load_scorer(model_dir, 'playground', batch_size=4)
+  docs = ['a red square', 'the blue circle is small', 'green', 'a bar', 'another answer']
+  got = rerank_lib.rerank(scorer, 'which shape is red', docs, instruction='Find the shape.')
+  reranker = Reranker(decoder, label_token_ids(tokenizer, ('yes', 'no')), rngs=nnx.Rngs(0))
+  from decomp.data.types import Group
+  group = Group(query_id='q', task='t2t', instruction='Find the shape.',
+                query=Item(text='which shape is red'), docs=tuple(Item(text=d) for d in docs),
+                labels=(0,) * 5, doc_ids=tuple('abcde'), doc_kinds=('',) * 5)
+  arrays = encode_groups([group], tokenizer, list_size=5, max_length=512)  # unpadded to 512
+  out = reranker.readout(arrays['input_ids'], arrays['attention_mask'])
+  np.testing.assert_allclose(got, np.asarray(out.yes - out.no)[0], rtol=1e-4, atol=1e-5)
+  assert len(set(np.round(got, 5))) == len(docs)
+  with pytest.raises(ValueError, match='unknown preset'):
+    rerank_lib.load_scorer(model_dir, 'qwen3-reranker')
