@@ -94,3 +94,19 @@ def export_mrb(directory: str, splits: Mapping[str, Iterable[Group]]) -> str:
                          'and a negative document (the MRB schema)')
     mrb.write_jsonl(groups, os.path.join(directory, f'{split}.jsonl'))
   return directory
+
+
+def teacher_scores_array(groups: Iterable[Group], list_size: int):
+  """``[B, list_size]`` float32 teacher scores of a batch (0 at padding), or None when no group
+  has any: what a training step passes as ``readout.extra_scores['teacher']`` (weight 'kd')."""
+  import numpy as np
+  groups = list(groups)
+  if all(g.teacher_scores is None for g in groups):
+    return None
+  out = np.zeros((len(groups), list_size), np.float32)
+  for b, g in enumerate(groups):
+    if g.teacher_scores is None:
+      raise ValueError(f'group {g.query_id!r} has no teacher scores but others of its batch do; '
+                       "weight 'kd' needs them for every group")
+    out[b, :len(g.teacher_scores)] = g.teacher_scores
+  return out

@@ -199,3 +199,17 @@ def test_flag_source_and_mrb_export_keep_teacher_scores(tmp_path):
   from decomp.train.setup import _take_negatives
   cut = _take_negatives(back[0], 1, positives=1)
   assert len(cut.teacher_scores) == 2
+
+
+def test_teacher_scores_array():
+  from decomp.data.types import Group, Item
+  make = lambda t: Group(query_id="q", task="t2t", instruction="", query=Item(text="q"),
+                         docs=(Item(text="a"), Item(text="b")), labels=(1, 0),
+                         doc_ids=("a", "b"), doc_kinds=("", ""), teacher_scores=t)
+  np.testing.assert_array_equal(sources.teacher_scores_array([make((2.0, 1.0))], 3),
+                                [[2.0, 1.0, 0.0]])
+  assert sources.teacher_scores_array([make(None)], 3) is None
+  with pytest.raises(ValueError, match="no teacher scores"):
+    sources.teacher_scores_array([make((2.0, 1.0)), make(None)], 2)
+  with pytest.raises(ValueError, match="teacher_scores has 1 entries"):
+    make((1.0,))
