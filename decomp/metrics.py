@@ -272,7 +272,11 @@ def rank_run(scores: Mapping[str, float], ties: str = "docid") -> list[str]:
 
   ``'docid'``: trec_eval's order (score descending, then document id descending);
   ``'input'``: score descending, ties in the mapping's order (a stable sort, as rax).
+  A NaN or infinite score is an error (it has no place in an order).
   """
+  bad = next((d for d, s in scores.items() if not np.isfinite(s)), None)
+  if bad is not None:
+    raise ValueError(f"document {bad!r} has score {scores[bad]!r}; run scores must be finite")
   if ties == "docid":
     return [d for d, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
   if ties == "input":

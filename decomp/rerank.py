@@ -83,10 +83,10 @@ class PairScorer:
   description: str = ""
 
   def score(self, instructions, queries, documents) -> np.ndarray:
-    groups = _pair_groups(instructions, queries, documents)
-    if not len(groups) == len(instructions) == len(queries) == len(documents):
+    if not len(instructions) == len(queries) == len(documents):
       raise ValueError(f"score: {len(instructions)} instructions, {len(queries)} queries and "
                        f"{len(documents)} documents")
+    groups = _pair_groups(instructions, queries, documents)
     out = []
     for start in range(0, len(groups), self.batch_size):
       chunk = groups[start:start + self.batch_size]

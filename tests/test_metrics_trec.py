@@ -68,6 +68,8 @@ def test_ties_break_by_document_id_descending():
   run = {"q": {"a": 1.0, "b": 1.0, "c": 1.0}}
   assert metrics.rank_run(run["q"]) == ["c", "b", "a"]
   assert metrics.rank_run(run["q"], "input") == ["a", "b", "c"]
+  with pytest.raises(ValueError, match="'b' has score nan"):
+    metrics.rank_run({"a": 1.0, "b": float("nan")})
   ours = metrics.evaluate_run(qrels, run, cutoffs=(1,))
   assert ours["per_query"]["q"]["mrr@1"] == 1.0
   rax_style = metrics.evaluate_run(qrels, run, cutoffs=(1,), convention="rax")
