@@ -154,7 +154,15 @@ def _workdir_scorer(workdir, *, batch_size, score, step) -> PairScorer:
   # The model and its encoder, without the training data: a source that offers nothing.
   data = setup_lib.GroupData(cfg, types.SimpleNamespace(max_negatives=0))
   mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
-  run = setup_lib.build_model_state(cfg, mesh, data)
+  directory = False  # the config's base: shapes and tokenizer (its weights are not read)
+  if cfg.model == "playground":
+    # The playground base has the config's shapes and the playground tokenizer: read it if it
+    # is cached, never pretrain it just to rerank (the checkpoint holds every weight).
+    from decomp.train import pretrain
+    cached = os.path.join(setup_lib.cache_dir(),
+                          f"base-{config_lib.config_hash(pretrain.recipe(cfg))}")
+    directory = cached if os.path.isdir(cached) else None
+  run = setup_lib.build_model_state(cfg, mesh, data, directory=directory)
   tx, _ = loop._optimizer(cfg)
   abstract, _ = loop._abstract_state(cfg, run, tx, mesh)
   with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
