@@ -10,7 +10,7 @@ from decomp import weights
 from decomp._lists import check_has_positive
 from decomp.diagnostics import diagnostics, label_readout_fn
 from decomp.directions import DIRECTIONS, Direction
-from decomp.losses import cl_loss, sft_loss
+from decomp.losses import cl_loss, kd_loss, sft_loss
 from decomp.metrics import aggregate, ap, mrr, ndcg, precision, recall
 from decomp.objectives import (OBJECTIVES, RANK_SCORES, Objective, register_direction,
                                register_objective, register_weight, resolve_direction,
@@ -34,6 +34,7 @@ _LAZY = {
     "read_examples": ("decomp.train", "read_examples"),
     "read_evals": ("decomp.train", "read_evals"),
     "load_state": ("decomp.train", "load_state"),
+    "rerank": ("decomp.rerank", None),  # a callable module: decomp.rerank(model, query, docs)
 }
 
 
@@ -75,6 +76,7 @@ __all__ = [
     "recall",
     "check_has_positive",
     "cl_loss",
+    "kd_loss",
     "diagnostics",
     "directions",
     "label_readout_fn",

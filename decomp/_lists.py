@@ -144,6 +144,13 @@ def masked_logsumexp(x, mask, axis: int = -1) -> tuple[Array, Array]:
   return jnp.where(any_valid, lse, 0.0), any_valid
 
 
+def masked_log_softmax(x, mask, axis: int = -1) -> Array:
+  """log-softmax over the ``mask``ed entries (0 elsewhere); finite values and gradients, also
+  for a row without any valid entry."""
+  lse, _ = masked_logsumexp(x, mask, axis=axis)
+  return masked(x - lse, mask)
+
+
 def reduce_lists(per_list, list_valid, reduce_fn: ReduceFn | None) -> Array:
   """Reduces per-list values over all leading axes, counting only the lists that take part.
 

@@ -99,3 +99,45 @@ def cl_loss(yes_logits, labels, *, where=None, temperature=1.0, reduce_fn=jnp.me
   per_positive = jnp.where(pos & has_neg, jax.nn.softplus(log_neg - scores), 0.0)
   return _lists.reduce_lists(jnp.sum(per_positive, axis=-1), _lists.list_mask(labels, where),
                              reduce_fn)
+
+
+def kd_loss(scores, teacher_scores, *, where=None, temperature=1.0, reduce_fn=jnp.mean):
+  r"""Listwise distillation: KL divergence from the teacher's ranking distribution to the student's.
+
+  With :math:`p = \mathrm{softmax}(s / \tau)` and :math:`q = \mathrm{softmax}(t / \tau)` over the
+  valid documents of a list (``s`` the student's scores, e.g. yes-logits; ``t`` the teacher's),
+
+  .. math:: L_{KD} = \mathrm{KL}(q \,\|\, p) = \sum_i q_i (\log q_i - \log p_i),
+            \qquad \frac{\partial L_{KD}}{\partial s_i} = \frac{1}{\tau}(p_i - q_i)
+
+  without Hinton et al.'s :math:`\tau^2` factor (multiply it in if gradient scales across
+  temperatures must match). A list takes part iff it has a valid document; the mean is over
+  those lists, and all-masked input gives 0 with zero gradients. FlagEmbedding's reranker
+  distillation; Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network" (2015).
+  ``decomp.url_loss(weight="kd", direction="cl")`` has the same gradient (lists with a positive).
+
+  Args:
+    scores: ``[..., n]`` the student's scores.
+    teacher_scores: ``[..., n]`` the teacher's scores (logits, not probabilities).
+    where: optional ``[..., n]`` boolean mask of valid documents.
+    temperature: :math:`\tau` (> 0), shared by student and teacher.
+    reduce_fn: reduction over lists; ``None`` returns the per-list losses ``[...]``.
+
+  >>> import jax.numpy as jnp
+  >>> round(float(kd_loss(jnp.zeros(2), jnp.array([jnp.log(3.0), 0.0]))), 4)  # KL((3/4,1/4)||(1/2,1/2))
+  0.1308
+  """
+  scores, teacher_scores = jnp.asarray(scores), jnp.asarray(teacher_scores)
+  if scores.ndim < 1 or scores.shape != teacher_scores.shape:
+    raise ValueError(f"kd_loss: scores {scores.shape} and teacher_scores {teacher_scores.shape} "
+                     "must have the same shape [..., list_size]")
+  if where is not None and (jnp.shape(where) != scores.shape
+                            or jnp.result_type(where) != jnp.bool_):
+    raise ValueError(f"kd_loss: where must be a boolean mask shaped {scores.shape}")
+  if isinstance(temperature, (int, float)) and temperature <= 0:
+    raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
+  docs = jnp.ones(scores.shape, bool) if where is None else where
+  log_p = _lists.masked_log_softmax(_lists.masked(scores, docs) / temperature, docs)
+  log_q = _lists.masked_log_softmax(_lists.masked(teacher_scores, docs) / temperature, docs)
+  per_list = jnp.sum(_lists.masked(jnp.exp(log_q) * (log_q - log_p), docs), axis=-1)
+  return _lists.reduce_lists(per_list, jnp.any(docs, axis=-1), reduce_fn)

@@ -7,12 +7,18 @@ candidate list) and follows rax 0.4 exactly, so numbers are comparable with rax-
   (the earlier item ranks higher); items masked out by ``where`` are ranked after all valid ones;
 * an item is *retrieved* if it is valid, its score is not ``-inf`` and its rank is ``<= topn``;
 * an item is *relevant* if its label is ``>= 1``; NDCG uses graded gains ``2**label - 1`` and
-  discounts ``1 / log2(rank + 1)``;
+  discounts ``1 / log2(rank + 1)`` (``gain="linear"``: gains ``label``, as trec_eval's
+  ``ndcg_cut``; see :data:`GAINS`);
 * a list without a relevant item scores 0 (its denominator is replaced by 1, as in rax), and a
   list without any valid item is left out of the reduction (and is 0 when ``reduce_fn=None``).
 
 ``reduce_fn=jnp.mean`` (the default) averages over lists; ``reduce_fn=None`` returns the
 per-list values ``[...]``.
+
+:func:`evaluate_run` scores a TREC-style run (``{qid: {docid: score}}``) against qrels
+(``{qid: {docid: relevance}}``) the way papers count it: by default trec_eval's convention
+(linear gain, score ties broken by document id, unretrieved relevant documents in the ideal
+ranking and in recall's denominator, P@k over k); ``convention="rax"`` keeps this module's.
 
 >>> scores = jnp.array([[0., 1., 3.], [1., 2., 0.]])
 >>> labels = jnp.array([[0., 0., 1.], [1., 0., 0.]])
@@ -143,18 +149,37 @@ def ap(scores, labels, *, where=None, topn=None, reduce_fn: ReduceFn | None = jn
   return _reduce(values, where, reduce_fn)
 
 
-def _dcg(scores, labels, where, topn):
+# NDCG's gain of a graded label: rax's (and Burges et al.'s) exponential gain, or trec_eval's
+# linear one. They agree on binary labels and differ on graded ones (2 -> 3 vs 2).
+GAINS: dict[str, Callable[[Array], Array]] = {
+    "exponential": lambda labels: jnp.power(2.0, labels) - 1.0,
+    "linear": lambda labels: labels,
+}
+
+
+def _gains(labels, gain: str):
+  if gain not in GAINS:
+    raise ValueError(f"unknown gain {gain!r}; known: {sorted(GAINS)}")
+  return GAINS[gain](labels)
+
+
+def _dcg(scores, gains, where, topn):
   rank = ranks(scores, where=where)
   retrieved = _retrieved(scores, rank, where, topn)
-  gains = jnp.power(2.0, labels) - 1.0
   return _sum(retrieved * gains / jnp.log2(rank + 1.0), where)
 
 
-def ndcg(scores, labels, *, where=None, topn=None, reduce_fn: ReduceFn | None = jnp.mean):
-  """Normalised DCG with gains ``2**label - 1`` and discounts ``1/log2(rank+1)``; NDCG@topn."""
+def ndcg(scores, labels, *, where=None, topn=None, reduce_fn: ReduceFn | None = jnp.mean,
+         gain: str = "exponential"):
+  """Normalised DCG with discounts ``1/log2(rank+1)``; NDCG@topn.
+
+  ``gain="exponential"`` (rax's default) gains ``2**label - 1``; ``gain="linear"`` gains
+  ``label`` (trec_eval's ``ndcg_cut``). The ideal ranking sorts the valid items by gain.
+  """
   scores, labels, where = _check(scores, labels, where)
-  dcg = _dcg(scores, labels, where, topn)
-  ideal = _dcg(jnp.power(2.0, labels) - 1.0, labels, where, topn)
+  gains = _gains(labels, gain)
+  dcg = _dcg(scores, gains, where, topn)
+  ideal = _dcg(gains, gains, where, topn)
   values = dcg / jnp.where(ideal == 0.0, 1.0, ideal)
   return _reduce(values, where, reduce_fn)
 
@@ -221,3 +246,113 @@ def aggregate(per_query: Mapping[str, Array], tasks: Sequence[str],
       "per_task": per_task,
       "per_modality": per_modality,
   }
+
+
+# --- TREC-style runs ------------------------------------------------------------------------------
+
+# How a run is counted. 'trec_eval' reproduces trec_eval 9.x (and pytrec_eval): linear NDCG gain,
+# score ties broken by document id (descending, as trec_eval's sort does), P@k over k. 'rax' keeps
+# this module's conventions: exponential gain, ties in the run's order, P@k over the retrieved.
+CONVENTIONS = {
+    "trec_eval": {"gain": "linear", "ties": "docid", "precision": "cutoff"},
+    "rax": {"gain": "exponential", "ties": "input", "precision": "retrieved"},
+}
+RUN_METRICS = ("ndcg", "mrr", "recall", "p")
+
+
+def convention_note(convention: str) -> str:
+  """One line naming a convention's choices, for the header of every table."""
+  c = CONVENTIONS[convention]
+  ties = "document id (descending)" if c["ties"] == "docid" else "run order"
+  return f"{convention} convention: {c['gain']} NDCG gain, score ties broken by {ties}"
+
+
+def rank_run(scores: Mapping[str, float], ties: str = "docid") -> list[str]:
+  """Document ids of one query's run, best first, ties broken as ``ties`` says.
+
+  ``'docid'``: trec_eval's order (score descending, then document id descending);
+  ``'input'``: score descending, ties in the mapping's order (a stable sort, as rax).
+  A NaN or infinite score is an error (it has no place in an order).
+  """
+  bad = next((d for d, s in scores.items() if not np.isfinite(s)), None)
+  if bad is not None:
+    raise ValueError(f"document {bad!r} has score {scores[bad]!r}; run scores must be finite")
+  if ties == "docid":
+    return [d for d, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+  if ties == "input":
+    return [d for d, _ in sorted(scores.items(), key=lambda kv: -kv[1])]
+  raise ValueError(f"unknown ties={ties!r}; use 'docid' or 'input'")
+
+
+def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
+                 *, cutoffs: Sequence[int] = (10,), convention: str = "trec_eval") -> dict:
+  """NDCG@k, MRR@k, Recall@k and P@k of a run against qrels, per query and averaged.
+
+  Args:
+    qrels: ``{query_id: {doc_id: relevance}}``; relevance >= 1 is relevant, graded levels are
+      NDCG gains (negative levels count as 0).
+    run: ``{query_id: {doc_id: score}}`` (higher is better; a run file's ranks are ignored, as
+      trec_eval ignores them).
+    cutoffs: the k of each metric.
+    convention: a key of :data:`CONVENTIONS`.
+
+  Queries are evaluated iff they are in both (trec_eval without ``-c``). Relevant documents the
+  run misses still count in the ideal DCG and in recall's denominator. Ranks are computed once in
+  float64 from the run's scores; the metric functions above then read exact rank scores, in
+  float64 (``jax.enable_x64``), as trec_eval computes.
+
+  Returns:
+    ``{"convention", "gain", "cutoffs", "num_queries", "queries_not_in_run",
+    "queries_not_in_qrels", "per_query": {qid: {"ndcg@10": ..., "mrr@10", "recall@10",
+    "p@10"}}, "mean": {name: mean over evaluated queries}}``.
+
+  >>> qrels = {"q1": {"a": 1, "b": 0, "c": 2}}
+  >>> out = evaluate_run(qrels, {"q1": {"a": 0.5, "b": 0.9, "c": 0.1}}, cutoffs=(2,))
+  >>> out["mean"]["mrr@2"], out["mean"]["recall@2"], out["mean"]["p@2"]
+  (0.5, 0.5, 0.5)
+  """
+  if convention not in CONVENTIONS:
+    raise ValueError(f"unknown convention {convention!r}; known: {sorted(CONVENTIONS)}")
+  cutoffs = [int(k) for k in cutoffs]
+  if not cutoffs or min(cutoffs) < 1:
+    raise ValueError(f"cutoffs must be positive integers, got {cutoffs}")
+  c = CONVENTIONS[convention]
+  qids = [q for q in run if q in qrels]
+  result = {"convention": convention, "gain": c["gain"], "cutoffs": cutoffs,
+            "num_queries": len(qids),
+            "queries_not_in_run": sorted(q for q in qrels if q not in run),
+            "queries_not_in_qrels": sorted(q for q in run if q not in qrels)}
+  names = [f"{m}@{k}" for k in cutoffs for m in RUN_METRICS]
+  if not qids:
+    return {**result, "per_query": {}, "mean": {n: 0.0 for n in names}}
+  rows = []
+  for q in qids:
+    judged = qrels[q]
+    order = rank_run(run[q], c["ties"])
+    labels = [max(int(judged.get(d, 0)), 0) for d in order]
+    missed = [max(int(r), 0) for d, r in judged.items() if r > 0 and d not in run[q]]
+    rows.append((labels, missed))
+  width = max(len(a) + len(b) for a, b in rows)
+  scores = np.full((len(rows), width), -np.inf)
+  labels = np.zeros((len(rows), width))
+  where = np.zeros((len(rows), width), bool)
+  for i, (ranked, missed) in enumerate(rows):
+    n = len(ranked)
+    scores[i, :n] = np.arange(n, 0, -1)  # exact, strictly decreasing: the rank order above
+    labels[i, :n + len(missed)] = ranked + missed
+    where[i, :n + len(missed)] = True  # missed relevant documents: valid, never retrieved (-inf)
+  values = {}
+  with jax.enable_x64(True):  # float64 throughout, as trec_eval computes
+    for k in cutoffs:
+      values[f"ndcg@{k}"] = ndcg(scores, labels, where=where, topn=k, gain=c["gain"],
+                                 reduce_fn=None)
+      values[f"mrr@{k}"] = mrr(scores, labels, where=where, topn=k, reduce_fn=None)
+      values[f"recall@{k}"] = recall(scores, labels, where=where, topn=k, reduce_fn=None)
+      if c["precision"] == "cutoff":  # trec_eval's P_k: relevant in the top k over k
+        values[f"p@{k}"] = np.sum((labels[:, :k] >= 1) & (scores[:, :k] > -np.inf), -1) / k
+      else:
+        values[f"p@{k}"] = precision(scores, labels, where=where, topn=k, reduce_fn=None)
+    values = {n: np.asarray(values[n], np.float64) for n in names}
+  result["per_query"] = {q: {n: float(values[n][i]) for n in names} for i, q in enumerate(qids)}
+  result["mean"] = {n: float(values[n].mean()) for n in names}
+  return result

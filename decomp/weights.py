@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from decomp import _lists, _params
-from decomp.losses import cl_loss, sft_loss
+from decomp.losses import cl_loss, kd_loss, sft_loss
 from decomp.readout import READOUT_NEEDS, Readout
 
 Array = Any
@@ -93,6 +93,16 @@ def sft_readout_loss(readout: Readout, labels, *, where=None) -> Array:
 def cl_readout_loss(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Array:
   """:func:`~decomp.cl_loss` on a readout's yes-logits: the loss of CL's weight."""
   return cl_loss(readout.yes, labels, where=where, temperature=temperature)
+
+
+def kd_readout_loss(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Array:
+  """:func:`~decomp.kd_loss` of the yes-logits against ``extra_scores['teacher']``: the loss of
+  the distillation weight."""
+  teacher = (readout.extra_scores or {}).get("teacher")
+  if teacher is None:
+    raise ValueError("the kd loss needs the teacher's scores as readout.extra_scores['teacher']")
+  return kd_loss(readout.yes, teacher, where=_lists.doc_mask(labels, where),
+                 temperature=temperature)
 
 
 def _number(weight: str, key: str, value) -> float | None:
@@ -230,6 +240,44 @@ def cl_rescaled(readout: Readout, labels, *, where=None, temperature: float = 1.
   return w_cl * scale
 
 
+def kd(readout: Readout, labels, *, where=None, temperature: float = 1.0) -> Array:
+  r"""Listwise distillation's weight: the gradient of KL(teacher || student) on the yes-logit.
+
+  With :math:`p = \mathrm{softmax}(z_y / \tau)` and :math:`q = \mathrm{softmax}(t / \tau)` over
+  the list's valid documents, :math:`t` the teacher's scores ``readout.extra_scores["teacher"]``,
+
+  .. math:: W_{KD,i} = \frac{1}{\tau} (p_i - q_i)
+            = \frac{\partial}{\partial z_{y,i}} \mathrm{KL}(q \,\|\, p)
+
+  (no :math:`\tau^2` rescaling: exactly the gradient of :func:`decomp.losses.kd_loss`; derivation
+  in ``paper_notes.md``). Paired with the ``'cl'`` direction (:math:`f = z_y`), ``url_loss``
+  reproduces ``kd_loss``'s gradient. The weights of a list sum to 0: documents the student
+  over-rates (:math:`p_i > q_i`) are pushed down, the others up. Labels only decide which lists
+  take part (those with a valid positive, as for every weight); they do not enter the weight.
+
+  >>> import jax.numpy as jnp
+  >>> r = Readout(yes=jnp.zeros(2), no=jnp.zeros(2),
+  ...             extra_scores={"teacher": jnp.array([jnp.log(3.0), 0.0])})
+  >>> kd(r, jnp.array([1, 0])).round(4).tolist()  # p = (1/2, 1/2), q = (3/4, 1/4)
+  [-0.25, 0.25]
+  """
+  extra = readout.extra_scores or {}
+  if "teacher" not in extra or extra["teacher"] is None:
+    raise ValueError(
+        "weight 'kd' needs the teacher's scores as readout.extra_scores['teacher'] ([..., n]; "
+        "e.g. FlagEmbedding's pos_scores/neg_scores, Group.teacher_scores), found "
+        f"{sorted(extra) or 'no extra scores'}")
+  teacher = extra["teacher"]
+  if jnp.shape(teacher) != jnp.shape(labels):
+    raise ValueError(f"weight 'kd': teacher scores have shape {jnp.shape(teacher)}, the labels "
+                     f"{jnp.shape(labels)}")
+  docs = _lists.doc_mask(labels, where)
+  log_p = _lists.masked_log_softmax(_lists.masked(readout.yes, docs) / temperature, docs)
+  log_q = _lists.masked_log_softmax(_lists.masked(teacher, docs) / temperature, docs)
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  return _lists.masked((p - q) / temperature, docs)
+
+
 # The built-in weights. Those without a loss of their own (schedules, rescalings) log the loss of
 # the objective whose score they read: SFT's for the schedules on P(yes), CL's for rescaled CL.
 WEIGHTS: dict[str, Weight] = {
@@ -239,4 +287,5 @@ WEIGHTS: dict[str, Weight] = {
     "tau_mask": Weight(tau_mask, loss=sft_readout_loss),
     "one_plus_sft": Weight(one_plus_sft, loss=sft_readout_loss),
     "cl_rescaled": Weight(cl_rescaled, loss=cl_readout_loss),
+    "kd": Weight(kd, loss=kd_readout_loss, needs={"teacher"}),
 }

@@ -318,7 +318,7 @@ def test_sharded_batch_and_params():
 
 def test_wired_to_a_reranker():
   """The wiring the training step uses: ``readout_fn`` merges the NNX model and reads a chunk of
-  the batch arrays ``[B, c, ...]``, as ``decomp.train.setup``'s readout does. A tiny 1-layer
+  the batch arrays ``[B, c, ...]``, as the training step's readout does. A tiny 1-layer
   Qwen2-shaped reranker, text only (a 1-layer SigLIP encoder triples this test's compile time;
   images are further ``[B, n, ...]`` leaves, sliced alike), float32 (the model computes its
   softmax and readout in float32), so the tolerance is float32's."""

@@ -21,7 +21,8 @@ def _url(weight, direction):
     # A log-normaliser and projection score that depend on the logits, so every direction is live.
     return decomp.url_loss(yes, no, labels, weight=weight, direction=direction, where=where,
                            reduce_fn=reduce_fn, log_normalizer=jnp.logaddexp(yes, no) + 0.5,
-                           extra_scores={"projection": 0.3 * yes + 0.7 * no})
+                           extra_scores={"projection": 0.3 * yes + 0.7 * no,
+                                         "teacher": jnp.sin(3.0 * no)})
   return loss
 
 
@@ -94,7 +95,8 @@ def test_finite_difference_gradients(loss):
       # is an ordinary function whose finite differences check the direction's gradient.
       name = next(k for k, v in LOSSES.items() if v is loss)
       w_name, d_name = name[4:-1].split(",")
-      frozen = decomp.resolve_weight(w_name)(decomp.Readout(yes=yes, no=no), labels)
+      frozen = decomp.resolve_weight(w_name)(
+          decomp.Readout(yes=yes, no=no, extra_scores={"teacher": jnp.sin(3.0 * no)}), labels)
       fn = lambda y, n: _url(lambda r, l, where=None: frozen, d_name)(y, n, labels)
     check_grads(fn, (yes, no), order=2, modes=("rev",), atol=1e-6, rtol=1e-6)
 

@@ -47,7 +47,13 @@ def _inputs(seed, shape=(3, 4, 6), extreme=False):
 
 def _url(yes, no, log_norm, projection, labels, where, *, weight, direction, **kw):
   return decomp.url_loss(yes, no, labels, weight=weight, direction=direction, where=where,
-                         log_normalizer=log_norm, extra_scores={"projection": projection}, **kw)
+                         log_normalizer=log_norm, **kw,
+                         # 'kd' reads a teacher's scores; any fixed per-document array will do.
+                         extra_scores={"projection": projection, "teacher": _teacher(projection)})
+
+
+def _teacher(projection):
+  return jax.lax.stop_gradient(jnp.cos(projection))
 
 
 def _rel_err(a, b):
@@ -107,7 +113,7 @@ def test_every_pair_has_the_hand_derived_gradient(weight, direction):
   yes, no, log_norm, proj, labels, where = _inputs(5)
   grads = jax.grad(_url, argnums=(0, 1, 2, 3))(yes, no, log_norm, proj, labels, where,
                                                  weight=weight, direction=direction)
-  readout = decomp.Readout(yes=yes, no=no)
+  readout = decomp.Readout(yes=yes, no=no, extra_scores={"teacher": _teacher(proj)})
   w = np.asarray(decomp.resolve_weight(weight)(readout, labels, where=where))
   lists = np.any(np.asarray(where) & (np.asarray(labels) > 0), axis=-1)
   w = w / lists.sum()

@@ -6,7 +6,8 @@ Schema: one JSON object per line (blank lines are allowed and counted)::
    "task": "t2i",                              # str, required (t2t, t2i, i2t, i2i, it2it, t2vd
                                                #   or any dataset name)
    "instruction": "Find the image ...",        # str, required (may be "")
-   "query": {"text": "...", "image": "q.png"}, # at least one of text / image
+   "query": {"text": "...", "image": "q.png"}, # at least one of text / image (image: a path
+                                               #   or a list of one path)
    "positives": [{"id": "d1", "text": "...", "image": "img/d1.png", "label": 1}, ...],
    "negatives": [{"id": "d9", "image": "img/d9.png", "kind": "hard"}, ...],
    "modality": "cross"}                        # optional: single / cross / fused
@@ -17,60 +18,36 @@ Schema: one JSON object per line (blank lines are allowed and counted)::
   to ``"positive"`` / ``"negative"`` (the playground writes ``"hard"`` / ``"random"``).
 * Image paths are relative to the JSONL file's folder (absolute paths are kept). Images are read
   with PIL, converted to RGB ``uint8 [H, W, 3]`` and resized to ``image_size`` (``None``: keep).
+* a document's optional ``teacher_score`` (a number; all documents of a row or none) becomes
+  ``Group.teacher_scores`` (distillation).
 * ``modality`` defaults to MRB's grouping of known task names (``TASK_MODALITY``), else ``""``.
 
 Documents come out positives first, then negatives, in file order; pass ``shuffle_seed`` to
 permute them per row (deterministically) -- metrics break score ties by position, so a
 constant-score model would otherwise look perfect.
 
-Errors: with ``errors="raise"`` (default) any malformed row (bad JSON, not UTF-8, a schema
-violation) raises ``ValueError("<file>:<line>: <what is wrong>")``. With ``errors="skip"`` the
-row is skipped and counted in :class:`LoadStats` (per reason, with the first messages kept) and
-a warning is logged at the end; nothing is dropped silently.
+Errors: with ``errors="raise"`` (default) any malformed row raises
+``ValueError("<file>:<line>: <what is wrong>")``. With ``errors="skip"`` the row is skipped and
+counted in :class:`LoadStats` (per reason, with the first messages kept) and a warning is logged
+at the end; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
-import logging
 import os
 import re
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from decomp.data.reading import LoadStats, RowError, read_rows
 from decomp.data.types import TASK_MODALITY, Group, Item
 
-_log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class LoadStats:
-  """What a read did: every non-blank line is either loaded or skipped (with its reason)."""
-
-  path: str = ""
-  lines: int = 0  # non-blank lines seen
-  blank_lines: int = 0
-  loaded: int = 0
-  skipped: int = 0
-  reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  messages: list = dataclasses.field(default_factory=list)  # the first few error messages
-
-  def summary(self) -> str:
-    text = f"{self.path}: {self.loaded} groups loaded, {self.skipped} rows skipped"
-    if self.reasons:
-      text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) + ")"
-    return text
-
-
-class RowError(ValueError):
-  """A malformed row; ``reason`` is a short category used for counting skips."""
-
-  def __init__(self, message: str, reason: str):
-    super().__init__(message)
-    self.reason = reason
+__all__ = ["LoadStats", "RowError", "load_image", "load_jsonl", "parse_item", "parse_row",
+           "read_jsonl",
+           "write_jsonl"]
 
 
 def load_image(path: str, image_size: int | None = None) -> np.ndarray:
@@ -84,7 +61,8 @@ def load_image(path: str, image_size: int | None = None) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def _item(obj, where: str, folder: str, image_size, load_images) -> Item:
+def parse_item(obj, where: str, folder: str, image_size, load_images) -> Item:
+  """``{"text", "image"}`` -> :class:`Item`; image paths relative to ``folder``."""
   if not isinstance(obj, dict):
     raise RowError(f"{where} must be an object with 'text' and/or 'image', got {obj!r:.80}",
                    "bad item")
@@ -92,8 +70,13 @@ def _item(obj, where: str, folder: str, image_size, load_images) -> Item:
   image_rel = obj.get("image")
   if text is not None and not isinstance(text, str):
     raise RowError(f"{where}.text must be a string", "bad item")
+  if isinstance(image_rel, list):  # a list of paths: Item holds one image today
+    if len(image_rel) > 1:
+      raise RowError(f"{where}.image lists {len(image_rel)} images; an item holds at most one",
+                     "several images")
+    image_rel = image_rel[0] if image_rel else None
   if image_rel is not None and not isinstance(image_rel, str):
-    raise RowError(f"{where}.image must be a path string", "bad item")
+    raise RowError(f"{where}.image must be a path string or a list of one", "bad item")
   if not text and not image_rel:
     raise RowError(f"{where} has neither text nor image", "empty item")
   image, image_path = None, None
@@ -122,8 +105,8 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
   for key in ("query_id", "task", "instruction"):
     if not isinstance(row[key], str):
       raise RowError(f"field {key!r} must be a string", "bad field")
-  query = _item(row["query"], "query", folder, image_size, load_images)
-  docs, labels, ids, kinds = [], [], [], []
+  query = parse_item(row["query"], "query", folder, image_size, load_images)
+  docs, labels, ids, kinds, teacher = [], [], [], [], []
   for field, default_label, default_kind, prefix in (("positives", 1, "positive", "p"),
                                                      ("negatives", 0, "negative", "n")):
     values = row[field]
@@ -133,7 +116,7 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
       raise RowError(f"{field!r} is empty", f"empty {field}")
     for i, doc in enumerate(values):
       where = f"{field}[{i}]"
-      docs.append(_item(doc, where, folder, image_size, load_images))
+      docs.append(parse_item(doc, where, folder, image_size, load_images))
       label = doc.get("label", default_label)
       if not isinstance(label, int) or isinstance(label, bool):
         raise RowError(f"{where}.label must be an integer, got {label!r}", "bad label")
@@ -142,16 +125,27 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
       labels.append(label)
       ids.append(str(doc.get("id", f"{query_id}-{prefix}{i}")))
       kinds.append(str(doc.get("kind", default_kind)))
+      score = doc.get("teacher_score")
+      if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)
+                                or not np.isfinite(score)):
+        raise RowError(f"{where}.teacher_score must be a finite number, got {score!r}",
+                       "bad teacher score")
+      teacher.append(score)
+  if any(s is not None for s in teacher) and any(s is None for s in teacher):
+    raise RowError("teacher_score is given for some documents but not all", "bad teacher score")
+  teacher = None if teacher[0] is None else [float(s) for s in teacher]
   if len(set(ids)) != len(ids):
     dup = [k for k, v in collections.Counter(ids).items() if v > 1]
     raise RowError(f"duplicate document ids {dup[:3]}", "duplicate id")
   if shuffle is not None:
     order = shuffle.permutation(len(docs))
     docs, labels, ids, kinds = ([x[i] for i in order] for x in (docs, labels, ids, kinds))
+    teacher = None if teacher is None else [teacher[i] for i in order]
   modality = row.get("modality", TASK_MODALITY.get(task, ""))
   return Group(query_id=query_id, task=task, instruction=instruction, query=query,
                docs=tuple(docs), labels=tuple(labels), doc_ids=tuple(ids),
-               doc_kinds=tuple(kinds), modality=str(modality))
+               doc_kinds=tuple(kinds), modality=str(modality),
+               teacher_scores=None if teacher is None else tuple(teacher))
 
 
 def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
@@ -168,45 +162,15 @@ def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
       ``(shuffle_seed, line number)``.
     stats: a :class:`LoadStats` to fill (read it after the generator is exhausted).
   """
-  if errors not in ("raise", "skip"):
-    raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
-  stats = stats if stats is not None else LoadStats()
-  stats.path = path
   folder = os.path.dirname(os.path.abspath(path))
-  # Bytes, decoded line by line: a row that is not UTF-8 is a row error (file:line), not a
-  # UnicodeDecodeError of the whole read.
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, start=1):
-      if not raw.strip():
-        stats.blank_lines += 1
-        continue
-      stats.lines += 1
-      try:
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise RowError(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})",
-                         "not utf-8") from None
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise RowError(f"malformed JSON: {e}", "malformed json") from e
-        shuffle = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, line_no])
-        group = parse_row(row, folder=folder, image_size=image_size, load_images=load_images,
-                          shuffle=shuffle)
-      except RowError as e:
-        message = f"{path}:{line_no}: {e}"
-        if errors == "raise":
-          raise ValueError(message) from e
-        stats.skipped += 1
-        stats.reasons[e.reason] += 1
-        if len(stats.messages) < 20:
-          stats.messages.append(message)
-        continue
-      stats.loaded += 1
-      yield group
-  if stats.skipped:
-    _log.warning("%s; first: %s", stats.summary(), stats.messages[0])
+
+  def parse(row, line_no):
+    shuffle = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, line_no])
+    return parse_row(row, folder=folder, image_size=image_size, load_images=load_images,
+                     shuffle=shuffle)
+
+  for _, group in read_rows(path, parse, errors=errors, stats=stats):
+    yield group
 
 
 def load_jsonl(path: str, **kwargs) -> tuple[list[Group], LoadStats]:
@@ -249,10 +213,13 @@ def write_jsonl(groups: Iterable[Group], path: str, *, image_dir: str | None = N
       row = {"query_id": group.query_id, "task": group.task, "instruction": group.instruction,
              "query": item_json(group.query, f"{group.query_id}__query"),
              "positives": [], "negatives": []}
-      for doc, label, doc_id, kind in zip(group.docs, group.labels, group.doc_ids,
-                                          group.doc_kinds):
+      teacher = group.teacher_scores or (None,) * len(group.docs)
+      for doc, label, doc_id, kind, score in zip(group.docs, group.labels, group.doc_ids,
+                                                 group.doc_kinds, teacher):
         entry = {"id": doc_id, **item_json(doc, f"{group.query_id}__{doc_id}"),
                  "label": int(label), "kind": kind}
+        if score is not None:
+          entry["teacher_score"] = float(score)
         row["positives" if label >= 1 else "negatives"].append(entry)
       if group.modality:
         row["modality"] = group.modality

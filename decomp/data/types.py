@@ -57,12 +57,14 @@ class Group:
   doc_ids: Sequence[str]
   doc_kinds: Sequence[str]
   modality: str = ""  # 'single', 'cross' or 'fused' (MRB's grouping)
+  # A teacher's score of each document (distillation, e.g. FlagEmbedding's pos/neg_scores).
+  teacher_scores: tuple[float, ...] | None = None
 
   def __post_init__(self):
     n = len(self.docs)
     if n == 0:
       raise ValueError(f"group {self.query_id!r} has an empty candidate list")
-    for name in ("labels", "doc_ids", "doc_kinds"):
-      if len(getattr(self, name)) != n:
+    for name in ("labels", "doc_ids", "doc_kinds", "teacher_scores"):
+      if getattr(self, name) is not None and len(getattr(self, name)) != n:
         raise ValueError(
             f"group {self.query_id!r}: {name} has {len(getattr(self, name))} entries for {n} docs")

@@ -16,12 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from decomp.data import types as data_types
+from decomp.data.sources import is_flag_directory, teacher_scores_array
 from decomp.models.prompt import encode_groups
 from decomp.models.vision import VisionConfig
 from decomp.train import config as config_lib
 
 
-def _take_negatives(group: data_types.Group, negatives: int,
+def take_negatives(group: data_types.Group, negatives: int,
                     positives: int | None = None) -> data_types.Group:
   """The group's first ``positives`` positives (all when None) and first ``negatives``
   negatives, in list order (which the data sources randomise)."""
@@ -35,8 +36,10 @@ def _take_negatives(group: data_types.Group, negatives: int,
       keep.append(i)
       seen_neg += 1
   pick = lambda seq: tuple(seq[i] for i in keep)
+  teacher = None if group.teacher_scores is None else pick(group.teacher_scores)
   return dataclasses.replace(group, docs=pick(group.docs), labels=pick(group.labels),
-                             doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds))
+                             doc_ids=pick(group.doc_ids), doc_kinds=pick(group.doc_kinds),
+                             teacher_scores=teacher)
 
 
 def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
@@ -137,14 +140,18 @@ class JsonlSource:
 
   SPLIT_FILES = {'train': 'train.jsonl', 'val': 'val.jsonl', 'test': 'test.jsonl'}
 
-  def __init__(self, cfg: config_lib.TrainConfig, *, load_images: bool = True):
+  @staticmethod
+  def read(path: str, **options) -> list[data_types.Group]:
     from decomp.data import mrb
+    return mrb.load_jsonl(path, **options)[0]
+
+  def __init__(self, cfg: config_lib.TrainConfig, *, load_images: bool = True):
     self.directory = cfg.data
     self.seed = cfg.seed
     self.train_pool = cfg.train_pool
-    self._load = lambda path: mrb.load_jsonl(
+    self._load = lambda path: self.read(
         path, image_size=cfg.image_size if load_images else None, load_images=load_images,
-        shuffle_seed=cfg.seed)[0]
+        shuffle_seed=cfg.seed)
     self._splits: dict[str, list[data_types.Group]] = {}
     train = self._split('train')
     if not train:
@@ -174,6 +181,17 @@ class JsonlSource:
   def split_groups(self, split: str, count: int) -> list[data_types.Group]:
     groups = self._split(split)
     return list(groups if not count else groups[:count])
+
+
+class FlagEmbeddingSource(JsonlSource):
+  """FlagEmbedding reranker JSONL splits (``query``, ``pos``, ``neg``, optional ``prompt`` and
+  teacher ``pos_scores``/``neg_scores``; :mod:`decomp.data.flag`), read as :class:`JsonlSource`
+  reads MRB's."""
+
+  @staticmethod
+  def read(path: str, **options) -> list[data_types.Group]:
+    from decomp.data import flag
+    return flag.load_flag(path, **options)[0]
 
 
 class GroupData:
@@ -210,6 +228,9 @@ class GroupData:
                            max_length=cfg.max_length, padding_side='left',
                            pad_multiple=cfg.max_length, **kwargs)
     arrays['labels'] = arrays['labels'].astype(np.int32)
+    teacher = teacher_scores_array(groups, list_size)
+    if teacher is not None:  # distillation reads them (readout.extra_scores['teacher'])
+      arrays['teacher'] = teacher
     return arrays
 
   def train_batch(self, start: int, count: int, process_index: int = 0,
@@ -217,7 +238,7 @@ class GroupData:
     """This process's share of the global batch of groups ``start .. start+count-1``."""
     local = count // process_count
     first = start + process_index * local
-    groups = [_take_negatives(self.source.train_group(i), self.cfg.negatives, positives=1)
+    groups = [take_negatives(self.source.train_group(i), self.cfg.negatives, positives=1)
               for i in range(first, first + local)]
     return self.encode(groups, self.cfg.list_size), group_meta(groups, self.cfg.list_size)
 
@@ -225,7 +246,7 @@ class GroupData:
     """The first ``count`` groups of a split (0: all), candidates cut to ``eval_list_size``."""
     groups = self.source.split_groups(split, count)
     if self.cfg.eval_list_size:
-      groups = [_take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
+      groups = [take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
     return groups
 
   def eval_plans(self, split: str, count: int) -> list | None:
@@ -256,7 +277,8 @@ def make_source(cfg: config_lib.TrainConfig, *, load_images: bool = True):
   if cfg.data == 'playground':
     return PlaygroundSource(cfg)
   if os.path.isdir(cfg.data):
-    return JsonlSource(cfg, load_images=load_images)
+    source = FlagEmbeddingSource if is_flag_directory(cfg.data) else JsonlSource
+    return source(cfg, load_images=load_images)
   raise ValueError(f'config data={cfg.data!r}: expected "playground" or a directory with '
                    'train.jsonl / val.jsonl / test.jsonl')
 

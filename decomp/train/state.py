@@ -198,17 +198,19 @@ class ModelState:
   initialize: Callable[[], tuple[Any, Any]]
 
 
-def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer,
-                      objective: Objective) -> ModelState:
+def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: Objective, *,
+                      build_base: bool = True) -> ModelState:
   """The reranker of ``cfg`` as sharded ``params``/``frozen`` states on ``mesh``.
 
   Random weights come from ``nnx.Rngs(cfg.seed)``; pretrained ones from :func:`model_dir`.
   LoRA adapters, a fresh projector (when the checkpoint has none), a random label head and the
   projection direction are initialised from the seed too, inside the same jitted init.
+  ``build_base=False``: a run restored from its own checkpoint needs the playground base's
+  shapes, not its weights, so the base is not built for it (``initialize`` then starts random).
   """
   rules = {**rules_for(cfg.layout), **{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in cfg.axis_rules.items()}}
-  directory = model_dir(cfg)
+  directory = model_dir(cfg, build=build_base)
   spec = reranker_spec(cfg, tokenizer, model_shapes(cfg, tokenizer, directory), objective,
                        directory)
   keep = trainable(cfg)

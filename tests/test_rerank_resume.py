@@ -1,0 +1,83 @@
+"""decomp.rerank's resumable scoring with a stand-in scorer (no model): nothing scored twice."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from decomp import rerank as rerank_lib
+from decomp.data.types import Group, Item
+
+
+class HashScorer:
+  """Deterministic scores from the texts; counts the pairs it scores; can die mid-way."""
+
+  image_size = None
+
+  def __init__(self, die_after=None):
+    self.scored = []
+    self.die_after = die_after
+
+  def score(self, instructions, queries, documents):
+    if self.die_after is not None and len(self.scored) >= self.die_after:
+      raise KeyboardInterrupt("killed")
+    self.scored += [(q.text, d.text) for q, d in zip(queries, documents)]
+    return np.array([(hash((q.text, d.text)) % 1000) / 7.0 for q, d in zip(queries, documents)],
+                    np.float32)
+
+
+def _groups():
+  return [Group(query_id=f"q{i}", task="t2t", instruction="", query=Item(text=f"query {i}"),
+                docs=tuple(Item(text=f"doc {i} {j}") for j in range(5)), labels=(1, 0, 0, 0, 0),
+                doc_ids=tuple(f"d{i}-{j}" for j in range(5)), doc_kinds=("",) * 5)
+          for i in range(4)]
+
+
+def test_killed_rerank_resumes_without_rescoring(tmp_path):
+  out = str(tmp_path / "out.trec")
+  header = {"model": "m", "top_k": 5}
+  reference = rerank_lib.rerank_groups(HashScorer(), _groups(), str(tmp_path / "ref.trec"),
+                                       header=header, batch_size=3, progress=False)
+  dying = HashScorer(die_after=6)
+  with pytest.raises(KeyboardInterrupt):
+    rerank_lib.rerank_groups(dying, _groups(), out, header=header, batch_size=3, progress=False)
+  assert not os.path.exists(out)  # no torn output
+  partial = out + rerank_lib.PARTIAL_SUFFIX
+  assert len(open(partial).read().splitlines()) == 1 + 6
+  with open(partial, "a") as f:
+    f.write('["q2", "d2-0", 1.')  # a kill in the middle of a line
+  with pytest.raises(ValueError, match="another rerank"):
+    rerank_lib.rerank_groups(HashScorer(), _groups(), out, header={"model": "other"},
+                             progress=False)
+  resumed = HashScorer()
+  run = rerank_lib.rerank_groups(resumed, _groups(), out, header=header, batch_size=3,
+                                 progress=False)
+  assert len(resumed.scored) == 20 - 6 and not set(resumed.scored) & set(dying.scored)
+  assert run == reference and not os.path.exists(partial)
+  assert open(out).read() == open(tmp_path / "ref.trec").read()
+
+
+def test_notebook_call_with_a_scorer():
+  scores = rerank_lib.rerank(HashScorer(), "query 1", ["doc 1 0", "doc 1 1"])
+  ref = HashScorer().score(["", ""], [Item(text="query 1")] * 2,
+                           [Item(text="doc 1 0"), Item(text="doc 1 1")])
+  np.testing.assert_array_equal(scores, ref)
+  import decomp
+  np.testing.assert_array_equal(decomp.rerank(HashScorer(), "query 1", ["doc 1 0", "doc 1 1"]),
+                                ref)
+
+
+def test_pair_scorer_pads_batches_to_one_shape():
+  shapes = []
+
+  def encode(groups):
+    shapes.append(len(groups))
+    return {"x": np.array([len(g.docs[0].text) for g in groups], np.float32)}
+
+  scorer = rerank_lib.PairScorer(encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=4)
+  got = scorer.score([""] * 6, ["q"] * 6, ["a", "bb", "ccc", "d", "ee", "fff"])
+  np.testing.assert_array_equal(got, [1, 2, 3, 1, 2, 3])
+  assert shapes == [4, 4]
+  with pytest.raises(TypeError, match="must be a str"):
+    scorer.score([""], ["q"], [3])
