@@ -108,6 +108,13 @@ class TrainConfig:
   train_pool: int = 0
   negatives: int = 4  # negatives per training group (list size = 1 + negatives)
   batch_size: int = 16  # groups per step (global, over all hosts)
+  # Documents per chunk of the exact two-pass step (decomp.chunked): a forward over every
+  # document without activations, the list's weights, then one chunk's forward + backward at a
+  # time, so memory holds one chunk. 0: the whole list at once (one pass).
+  doc_chunk: int = 0
+  # Micro-batches of groups per step, their gradients accumulated with the whole batch's list
+  # normaliser (equal to the one large batch). 1: none.
+  accumulate_steps: int = 1
   max_length: int = 64  # tokens per prompt (image placeholders included); fixed batch shape
   eval_groups: int = 256  # validation groups per periodic evaluation (0 = the whole split)
   test_groups: int = 0  # test groups of the final evaluation (0 = the whole split)
@@ -406,6 +413,14 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('negatives', 'needs at least one negative per group')
   if max_negatives is not None and cfg.negatives > max_negatives:
     bad('negatives', f'the data offers only {max_negatives} negatives per group')
+  if not isinstance(cfg.doc_chunk, int) or isinstance(cfg.doc_chunk, bool) or not (
+      0 <= cfg.doc_chunk <= cfg.list_size):
+    bad('doc_chunk', f'expected 0 (the whole list at once) or 1..{cfg.list_size} (documents per '
+                     f'chunk of a list of 1 + negatives={cfg.negatives})')
+  if (not isinstance(cfg.accumulate_steps, int) or isinstance(cfg.accumulate_steps, bool)
+      or cfg.accumulate_steps < 1 or cfg.batch_size % cfg.accumulate_steps):
+    divisors = [d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0]
+    bad('accumulate_steps', f'expected a divisor of batch_size={cfg.batch_size}: {divisors}')
   if cfg.learning_rate <= 0:
     bad('learning_rate', 'must be positive')
   if cfg.temperature <= 0:
@@ -466,5 +481,9 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     for key in ('batch_size', 'eval_batch_size'):
       if getattr(cfg, key) % split:
         bad(key, f'must be divisible by the {split} data-parallel shards of mesh {sizes}')
+    if (cfg.batch_size // max(cfg.accumulate_steps, 1)) % split:
+      bad('accumulate_steps', f'each of the {cfg.accumulate_steps} micro-batches of '
+                              f'batch_size={cfg.batch_size} must split over the {split} '
+                              f'data-parallel shards of mesh {sizes}')
   elif num_processes > 1 and cfg.batch_size % num_processes:
     bad('batch_size', f'must be divisible by the {num_processes} processes')

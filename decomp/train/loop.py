@@ -178,7 +178,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   train_step = jax.jit(
       nonfinite.guard_step(step_lib.make_train_step(
           run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
-          example_grad_norms=cfg.example_grad_norms), skip=cfg.on_nonfinite == 'skip_step'),
+          example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
+          micro_batches=cfg.accumulate_steps), skip=cfg.on_nonfinite == 'skip_step'),
       in_shardings=(state_shardings['params'], state_shardings['frozen'],
                     state_shardings['opt_state'], replicated, None),
       # Metrics are small: replicated, so every process can read them (multi-host).

@@ -17,6 +17,7 @@ from flax import nnx
 
 # Functions imported by module path: ``decomp.diagnostics`` is also a function's name in the
 # package namespace.
+from decomp import chunked
 from decomp.diagnostics import diagnostics as doc_diagnostics
 from decomp.losses import cl_loss, sft_loss
 from decomp.objectives import RANK_SCORES, Objective
@@ -107,7 +108,8 @@ def objective_terms(readout: Readout, labels: Array, where: Array, objective: Ob
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, objective: Objective, *,
-                    cl_temperature: float = 1.0, example_grad_norms: bool = False):
+                    cl_temperature: float = 1.0, example_grad_norms: bool = False,
+                    doc_chunk: int = 0, micro_batches: int = 1):
   """The update step ``(params, frozen, opt_state, step, batch) -> (params, opt_state, metrics)``.
 
   Args:
@@ -120,6 +122,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     cl_temperature: InfoNCE temperature of the logged ``cl_loss``.
     example_grad_norms: also return exact per-document parameter-gradient norms
       ``||sg(W_i) grad_theta f_D(x_i)||`` (one backward pass per document; small models only).
+    doc_chunk: documents per chunk of the exact two-pass gradient (:mod:`decomp.chunked`); 0
+      runs the whole list at once.
+    micro_batches: groups are split into this many micro-batches whose gradients accumulate
+      with the whole batch's normaliser.
 
   ``batch`` holds ``labels`` and ``where`` ``[B, n]`` plus the model inputs. The returned
   ``metrics`` are device arrays: ``scalars`` (step log) and ``per_doc`` ``[B, n]``.
@@ -130,7 +136,23 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     model = nnx.merge(graphdef, params, frozen)
     out = model_readout(model, batch, needs)
     value = objective.surrogate(out, batch['labels'], where=batch['where'])
-    return value, (out, model)
+    return value, out
+
+  def value_grads_readout(params, frozen, batch):
+    """The surrogate, its gradient and the readout: in one pass, or chunk by chunk."""
+    if not doc_chunk and micro_batches == 1:
+      (value, out), grads = jax.value_and_grad(surrogate, has_aux=True)(params, frozen, batch)
+      return value, grads, out
+    readout_fn = lambda p, docs: model_readout(nnx.merge(graphdef, p, frozen), docs, needs)
+    docs = {k: v for k, v in batch.items() if k not in ('labels', 'where')}
+    kwargs = dict(weight=objective.weight, direction=objective.direction, where=batch['where'],
+                  doc_chunk=doc_chunk)
+    if micro_batches > 1:
+      result = chunked.accumulate_grads(readout_fn, params, docs, batch['labels'],
+                                        micro_batches=micro_batches, **kwargs)
+    else:
+      result = chunked.chunked_value_and_grad(readout_fn, params, docs, batch['labels'], **kwargs)
+    return result.value, result.grads, result.readout
 
   def per_doc_grad_norms(params, frozen, batch, signed_weight):
     """``||W_i grad_theta f_D(x_i)||`` for every document, vmapped over the flattened list."""
@@ -148,12 +170,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     docs = {k: v.reshape((b * n,) + v.shape[2:]) for k, v in batch.items()
             if k not in ('labels', 'where')}
-    norms = jax.lax.map(lambda args: one(*args), (docs, signed_weight.reshape(-1)), batch_size=n)
+    norms = jax.lax.map(lambda args: one(*args), (docs, signed_weight.reshape(-1)),
+                        batch_size=doc_chunk or n)
     return norms.reshape(b, n)
 
   def step_fn(params, frozen, opt_state, step, batch):
-    (value, (out, model)), grads = jax.value_and_grad(surrogate, has_aux=True)(
-        params, frozen, batch)
+    value, grads, out = value_grads_readout(params, frozen, batch)
+    model = nnx.merge(graphdef, params, frozen)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     terms = objective_terms(out, batch['labels'], batch['where'], objective,
