@@ -304,20 +304,14 @@ def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
   import optax
   from flax import nnx
   from decomp.models import Reranker
+  from decomp import OBJECTIVES
   from decomp.train import step as step_lib
-  from decomp.url import resolve_direction, resolve_weight
 
   model = Reranker(load_decoder(path, remat=remat), (YES_ID, NO_ID), rngs=nnx.Rngs(0))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
   opt_state = tx.init(params)
-  objective = step_lib.Objective(weight=resolve_weight('sft'), direction=resolve_direction('sft'))
-
-  def readout(m, batch, log_normalizer):
-    return m.readout(batch['input_ids'], batch['attention_mask'], log_normalizer=log_normalizer)
-
-  inner = step_lib.make_train_step(graphdef, tx, lambda s: LEARNING_RATE, objective,
-                                   readout=readout, label_rows=lambda m: m.label_rows(),
+  inner = step_lib.make_train_step(graphdef, tx, lambda s: LEARNING_RATE, OBJECTIVES['sft'],
                                    example_grad_norms=example_grad_norms)
 
   def step(params, opt_state, batch):  # ``frozen`` is empty here: every weight trains
@@ -337,27 +331,26 @@ def make_jax_url_step_without_norms(path: str, batch) -> JaxStep:
   import optax
   from flax import nnx
   from decomp.models import Reranker
+  from decomp import OBJECTIVES
   from decomp.train import step as step_lib
-  from decomp.url import resolve_direction, resolve_weight, url_surrogate
 
   model = Reranker(load_decoder(path), (YES_ID, NO_ID), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
   opt_state = tx.init(params)
-  objective = step_lib.Objective(weight=resolve_weight('sft'), direction=resolve_direction('sft'))
+  objective = OBJECTIVES['sft']
 
   def surrogate(params, batch):
     m = nnx.merge(graphdef, params)
     out = m.readout(batch['input_ids'], batch['attention_mask'])
-    value = url_surrogate(out, batch['labels'], weight=objective.weight,
-                          direction=objective.direction, where=batch['where'])
+    value = objective.surrogate(out, batch['labels'], where=batch['where'])
     return value, (out, m)
 
   def step(params, opt_state, batch):
     (value, (out, m)), grads = jax.value_and_grad(surrogate, has_aux=True)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     terms = step_lib.objective_terms(out, batch['labels'], batch['where'], objective,
-                                     label_rows=m.label_rows(), readout_fn=None)
+                                     readout_fn=m.readout_from_hidden)
     scalars = dict(terms['scalars'], objective=value)
     return (optax.apply_updates(params, updates), opt_state,
             {'scalars': scalars, 'per_doc': terms['per_doc']})
