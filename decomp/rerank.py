@@ -162,8 +162,8 @@ def _workdir_scorer(workdir, *, batch_size, score, step) -> PairScorer:
   mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
   # The checkpoint holds every weight: the playground base is never pretrained just to rerank.
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective, build_base=False)
-  tx, _ = loop._optimizer(cfg)
-  abstract, _ = loop._abstract_state(cfg, run, tx, mesh)
+  tx, _ = loop.optimizer(cfg)
+  abstract, _ = loop.abstract_state(cfg, run, tx, mesh)
   with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
     state, meta = checkpoints.restore(abstract, step)
   params, frozen = state["params"], state["frozen"]

@@ -92,14 +92,14 @@ def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
   return {k: v[valid] for k, v in cols.items()}
 
 
-def _optimizer(cfg: config_lib.TrainConfig):
+def optimizer(cfg: config_lib.TrainConfig):
   return step_lib.make_optimizer(
       peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
       end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
       b2=cfg.b2, clip_norm=cfg.clip_norm)
 
 
-def _abstract_state(cfg: config_lib.TrainConfig, run, tx, mesh):
+def abstract_state(cfg: config_lib.TrainConfig, run, tx, mesh):
   """The whole train state as shapes + shardings (nothing allocated): params/frozen from the
   models' logical names, the optimizer state mirroring the params. Returns it and the optimizer
   state's shardings."""
@@ -155,9 +155,9 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
-  tx, schedule = _optimizer(cfg)
+  tx, schedule = optimizer(cfg)
 
-  abstract, opt_shardings = _abstract_state(cfg, run, tx, mesh)
+  abstract, opt_shardings = abstract_state(cfg, run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
 
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
@@ -354,8 +354,8 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
-  tx, _ = _optimizer(cfg)
-  abstract, _ = _abstract_state(cfg, run, tx, mesh)
+  tx, _ = optimizer(cfg)
+  abstract, _ = abstract_state(cfg, run, tx, mesh)
   with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
     state, meta = checkpoints.restore(abstract, step)
   count = cfg.test_groups if split == 'test' else cfg.eval_groups
