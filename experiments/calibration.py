@@ -32,7 +32,7 @@ Expected runtime (2-core CPU): 11 variants x 2 objectives x 3 seeds, two at a ti
 per run (4 for qa4-steps400, ~6.5 for batch64, ~5.5 for random-lora-steps600), about 105 minutes
 in all (~99 with the default linked from the probe), plus three base builds of 1.5-5 minutes.
 
-Expected result (measured, README): every variant's paired SFT - CL std lies between 1.6 and 11
+Expected result (measured, docs/findings.md): every variant's paired SFT - CL std lies between 1.6 and 11
 points, indistinguishable from one another with 3 seeds (pooled: ~5.7); a 4x larger batch does
 not narrow it (6.5), so it is not minibatch noise; SFT and CL tie on average. The logged pairwise
 accuracy by attribute shows why: each run learns the attributes one at a time, at steps of its own.

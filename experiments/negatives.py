@@ -12,7 +12,7 @@ Expected runtime (2-core CPU): cost grows linearly with the list size: 63 s per 
 negative, ~100 s at 3, ~170 s at 7, ~285 s at 15 (two at a time): about 36 minutes for the 24
 runs; 31 negatives doubles that.
 
-Expected result (measured, README): both improve with more negatives (1 -> 15: SFT +6.0, CL
+Expected result (measured, docs/findings.md): both improve with more negatives (1 -> 15: SFT +6.0, CL
 +6.7 on average, not resolved with 3 seeds); SFT and CL tie at every list size.
 """
 

@@ -9,14 +9,14 @@ Two regimes, one script. ``make demo`` trains the LM head alone on the pretraine
 features (``finetune=head``): the calibrated benchmark, where the seeds differ only in the order
 of the data and 3 seeds resolve differences of under a point. The config's default fine-tunes
 every weight (the paper's question with the features trained): deeper but noisy, because each
-run learns the playground's attributes one by one at its own steps (README, "Calibration").
+run learns the playground's attributes one by one at its own steps (docs/calibration.md).
 
 Expected runtime (2-core CPU, two runs at a time, the cached pretrained base built once in ~1
 minute on first use): about 6 minutes for 4 arms x 3 seeds head-only, about 12 minutes with full
 fine-tuning; ``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
 
 Expected result: the paper (MRB, Qwen2-VL LoRA) finds SFT best, the *weight* worth 1.10-1.48
-points (W_SFT better) and the *direction* 0.21-0.59. Head-only (measured, README): SFT ahead of CL
+points (W_SFT better) and the *direction* 0.21-0.59. Head-only (measured, docs/findings.md): SFT ahead of CL
 by 1.9 +- 0.4 and W_SFT ahead of W_CL under D_SFT by 2.7 +- 0.2, as in the paper, but W_SFT x
 D_CL collapses below chance (46), so the direction's main effect is large here, unlike the paper.
 Full fine-tuning: CL at least as good as SFT, no contrast resolved with 3 seeds (paired stds ~4-10).

@@ -17,7 +17,7 @@ Command::
 Expected runtime (2-core CPU): 12 arms x 3 seeds, ~2 minutes per run (head-only runs ~1), two at
 a time: about 30 minutes (~26 with the probe's two pure arms linked by --reuse runs/probe).
 
-Expected result (measured, README): CL ahead wherever the network's features train (by 1.3-5.8
+Expected result (measured, docs/findings.md): CL ahead wherever the network's features train (by 1.3-5.8
 points, none resolved); SFT ahead only with the LM head alone on the frozen base (+1.89 ± 0.38,
 paired std 0.15); a frozen random network with LoRA beats every pretrained arm by ~24 points.
 """

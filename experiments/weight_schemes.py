@@ -14,7 +14,7 @@ Expected runtime (2-core CPU): 6 arms x 3 seeds ~ 1.5x the probe (~20 minutes).
 Expected result (the paper, MRB): constant W 49.47 (far below both), tau mask 56.57, 1 + W_SFT
 58.19 (>= W_SFT 58.09): a weight that decays on learned documents is what matters. The question
 the paper leaves open: if ``cl_rescaled`` closes the gap to W_SFT, SFT wins by the scale of its
-weights; if not, by their per-document shape. README's "What we found" reports our numbers.
+weights; if not, by their per-document shape. docs/findings.md reports our numbers.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class TrainConfig:
   data: str = 'playground'  # 'playground' or a directory of MRB-style JSONL
   # PlaygroundConfig overrides. The calibrated default probe reranks text (T->T) and is tested
   # on 2048 queries: with 256, the test set's own sampling noise (~1.5 points NDCG@10 x 100)
-  # was as large as the seed spread. Image task families need longer budgets (README).
+  # was as large as the seed spread. Image task families need longer budgets (docs/calibration.md).
   playground: dict = dataclasses.field(
       default_factory=lambda: {'tasks': ['t2t'], 'num_eval_queries': 2048})
   # Distinct training groups shared by every seed (0: the playground's unbounded stream, where

@@ -5,7 +5,7 @@ a ranking can be read attribute by attribute: the fraction of (positive, negativ
 list in which the positive scores above a negative that differs *only* in, say, its colour says
 whether the model tells colours apart. Chance is 0.5 for every row; a row at 1 is a learned
 distinction. This is how the playground's seed spread was traced to runs that learn the
-attributes one by one, each at its own step (README, "Calibration").
+attributes one by one, each at its own step (docs/calibration.md).
 """
 
 from __future__ import annotations
