@@ -337,7 +337,8 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
                   padding_side: str = "left", image_mean: Sequence[float] = (0.5, 0.5, 0.5),
                   image_std: Sequence[float] = (0.5, 0.5, 0.5), image_token: str | None = None,
                   system_suffix: str = DEFAULT_SYSTEM_SUFFIX,
-                  pad_multiple: int = 16) -> dict[str, np.ndarray]:
+                  pad_multiple: int = 16,
+                  lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
   """Encodes a batch of ``Group`` records (query + candidate list) into padded numpy arrays.
 
   Args:
@@ -351,6 +352,8 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
       arrays are returned and an image is an error).
     padding_side: 'left' or 'right' padding of the token axis.
     image_mean, image_std: normalisation (SigLIP: 0.5/0.5; CLIP: vision.CLIP_MEAN/CLIP_STD).
+    lengths: bucket lengths: T is the smallest that holds the batch's longest prompt (a handful
+      of compiled shapes instead of one per length); None rounds up to ``pad_multiple``.
 
   Returns:
     ``input_ids [B, n, T]`` int32, ``attention_mask [B, n, T]`` int32 (T: longest prompt rounded
@@ -379,7 +382,15 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
       labels[gi, di] = float(group.labels[di])
       where[gi, di] = True
   encoded = prompt.encode_pairs(instructions, queries, docs, max_length=max_length)
-  t = bucket_length(max((len(ids) for ids in encoded), default=1), pad_multiple)
+  longest = max((len(ids) for ids in encoded), default=1)
+  if lengths:
+    fits = [length for length in sorted(lengths) if length >= longest]
+    if not fits:
+      raise ValueError(f"a prompt of {longest} tokens fits none of the bucket lengths "
+                       f"{sorted(lengths)}")
+    t = fits[0]
+  else:
+    t = bucket_length(longest, pad_multiple)
   input_ids = np.full((b, n, t), prompt.pad_id, np.int32)
   attention_mask = np.zeros((b, n, t), np.int32)
   last = t - 1 if padding_side == "left" else 0

@@ -116,6 +116,9 @@ class TrainConfig:
   # normaliser (equal to the one large batch). 1: none.
   accumulate_steps: int = 1
   max_length: int = 64  # tokens per prompt (image placeholders included); fixed batch shape
+  # Bucket lengths: each batch is padded to the smallest that holds its longest prompt, so mixed
+  # lengths do not all pay for the longest (a compiled shape per bucket). () = max_length always.
+  length_buckets: tuple[int, ...] = ()
   eval_groups: int = 256  # validation groups per periodic evaluation (0 = the whole split)
   test_groups: int = 0  # test groups of the final evaluation (0 = the whole split)
   eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
@@ -421,6 +424,15 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
       or cfg.accumulate_steps < 1 or cfg.batch_size % cfg.accumulate_steps):
     divisors = [d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0]
     bad('accumulate_steps', f'expected a divisor of batch_size={cfg.batch_size}: {divisors}')
+  if cfg.length_buckets:
+    if any(not isinstance(b, int) or b < 1 for b in cfg.length_buckets):
+      bad('length_buckets', 'must be positive integers')
+    if max(cfg.length_buckets) < cfg.max_length:
+      bad('length_buckets', f'the longest bucket must hold max_length={cfg.max_length} '
+                            '(a prompt is truncated to max_length, then padded to a bucket)')
+    if num_processes > 1:
+      bad('length_buckets', 'pads each process\'s rows to their own bucket: use it with one '
+                            'process (the processes of a multi-host run must agree on shapes)')
   if cfg.learning_rate <= 0:
     bad('learning_rate', 'must be positive')
   if cfg.temperature <= 0:

@@ -212,7 +212,8 @@ class GroupData:
     self.image_tokens = vision.num_patches if vision is not None else 0
 
   def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
-    """Numpy model inputs ``[B, n, ...]`` (fixed ``T = max_length``: one compiled shape).
+    """Numpy model inputs ``[B, n, ...]``: ``T = max_length`` (one compiled shape), or the
+    smallest of ``length_buckets`` that holds the batch (a handful of shapes).
 
     Pixel arrays only when the source has images at all: a text-only source (the T->T
     playground) never runs the vision tower on empty image slots.
@@ -226,7 +227,8 @@ class GroupData:
       groups = [_drop_images(g) for g in groups]
     arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
                            max_length=cfg.max_length, padding_side='left',
-                           pad_multiple=cfg.max_length, **kwargs)
+                           pad_multiple=cfg.max_length, lengths=cfg.length_buckets or None,
+                           **kwargs)
     arrays['labels'] = arrays['labels'].astype(np.int32)
     teacher = teacher_scores_array(groups, list_size)
     if teacher is not None:  # distillation reads them (readout.extra_scores['teacher'])
