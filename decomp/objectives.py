@@ -206,35 +206,29 @@ def _lookup(spec: Any, kind: str, table: Mapping[str, Any]) -> Any:
                    f"one by import path 'package.module:attribute'")
 
 
+def _resolve_part(spec: Any, kind: str, cls: type, table: Mapping[str, Any], params):
+  value = _lookup(spec, kind, table)
+  if not isinstance(value, cls):
+    if not callable(value) or isinstance(value, (Weight, Direction, Objective)):
+      raise TypeError(f"{kind} must be a registered name, an import path, a {cls.__name__} or a "
+                      f"function, got {type(value).__name__} ({spec!r})")
+    value = cls(value)
+  return value.bind(**params) if params else value
+
+
 def resolve_weight(weight: Any, **params) -> Weight:
   """A :class:`~decomp.weights.Weight` from a name, an import path, a Weight or a function.
 
   A bare function becomes a Weight without a loss of its own. Keyword ``params`` (e.g.
   ``temperature=0.05``, ``tau=0.1``) are bound to it.
   """
-  value = _lookup(weight, "weight", weights_lib.WEIGHTS)
-  if isinstance(value, Weight):
-    pass
-  elif callable(value) and not isinstance(value, (Direction, Objective)):
-    value = Weight(value)
-  else:
-    raise TypeError(f"weight must be a registered name, an import path, a Weight or a function, "
-                    f"got {type(value).__name__} ({weight!r})")
-  return value.bind(**params) if params else value
+  return _resolve_part(weight, "weight", Weight, weights_lib.WEIGHTS, params)
 
 
 def resolve_direction(direction: Any, **params) -> Direction:
   """A :class:`~decomp.directions.Direction` from a name, an import path, a Direction or a
   function (a bare function declares no needs and is ranked by P(yes))."""
-  value = _lookup(direction, "direction", directions_lib.DIRECTIONS)
-  if isinstance(value, Direction):
-    pass
-  elif callable(value) and not isinstance(value, (Weight, Objective)):
-    value = Direction(value)
-  else:
-    raise TypeError(f"direction must be a registered name, an import path, a Direction or a "
-                    f"function, got {type(value).__name__} ({direction!r})")
-  return value.bind(**params) if params else value
+  return _resolve_part(direction, "direction", Direction, directions_lib.DIRECTIONS, params)
 
 
 def resolve_objective(objective: Any) -> Objective:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Iterator, Mapping
 
+from decomp._files import write_atomic
 from decomp.data.reading import LoadStats, Problems, RowError, read_rows
 from decomp.metrics import rank_run
 
@@ -93,27 +93,16 @@ def write_run(path: str, run: Mapping[str, Mapping[str, float]], *, tag: str = "
   if not tag or any(c.isspace() for c in tag):
     raise ValueError(f"run tag {tag!r} must be a non-empty word")
   path = os.path.abspath(path)
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the run private
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for qid, docs in run.items():
-        for rank, docid in enumerate(rank_run(docs)[:top_k], start=1):
-          if any(c.isspace() for c in qid + docid):
-            raise ValueError(f"query {qid!r} / document {docid!r}: ids in a run file must not "
-                             "contain whitespace")
-          f.write(f"{qid} Q0 {docid} {rank} {format_score(docs[docid])} {tag}\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+
+  def write(f):
+    for qid, docs in run.items():
+      for rank, docid in enumerate(rank_run(docs)[:top_k], start=1):
+        if any(c.isspace() for c in qid + docid):
+          raise ValueError(f"query {qid!r} / document {docid!r}: ids in a run file must not "
+                           "contain whitespace")
+        f.write(f"{qid} Q0 {docid} {rank} {format_score(docs[docid])} {tag}\n")
+
+  write_atomic(path, write)
   return path
 
 

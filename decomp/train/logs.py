@@ -29,9 +29,11 @@ import math
 import os
 import re
 import tempfile
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from decomp._files import fsync_dir, write_atomic
 
 STEPS_FILE = 'steps.jsonl'
 EVAL_FILE = 'eval.jsonl'
@@ -69,19 +71,6 @@ EXAMPLE_COLUMNS = {
 }
 
 
-def _fsync_dir(path: str) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:  # pragma: no cover - e.g. platforms without directory fds
-    return
-  try:
-    os.fsync(fd)
-  except OSError:  # pragma: no cover
-    pass
-  finally:
-    os.close(fd)
-
-
 def _jsonable(value: Any) -> Any:
   if isinstance(value, Mapping):
     return {str(k): _jsonable(v) for k, v in value.items()}
@@ -99,30 +88,6 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def _write_atomic(path: str, write: Callable[[Any], None], *, binary: bool = False) -> None:
-  """Calls ``write(file)`` on a temporary sibling of ``path``, fsyncs it, renames it into place.
-
-  A reader (or a run killed mid-write) sees the old file or the new one, never half of one.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # The suffix keeps the real extension (np.savez appends '.npz' to names without it).
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path),
-                             suffix='.tmp' + os.path.splitext(path)[1])
-  try:
-    os.fchmod(fd, 0o644)  # readable like any other log file (mkstemp creates it 0600)
-    with os.fdopen(fd, 'wb' if binary else 'w') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(directory)
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
 
@@ -130,7 +95,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
     f.write('\n')
 
-  _write_atomic(path, write)
+  write_atomic(path, write)
 
 
 def read_json(path: str) -> Any:
@@ -222,7 +187,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
-  _fsync_dir(directory)
+  fsync_dir(directory)
 
 
 class ExampleLogger:
@@ -253,7 +218,7 @@ class ExampleLogger:
     if len(set(lengths.values())) > 1:
       raise ValueError(f'per-example columns of step {step} have different lengths: {lengths}')
     path = os.path.join(self.directory, f'{step:08d}{self.suffix}.npz')
-    _write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in columns.items()}),
+    write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in columns.items()}),
                   binary=True)
     return path
 
