@@ -1,0 +1,56 @@
+"""What a model has follows what it is: a text checkpoint gets no vision tower unless asked, a
+checkpoint's shape is its own (config shape fields that would be ignored are refused), and the
+tokenizer and shapes are resolved without building any model."""
+
+import dataclasses
+import os
+
+import pytest
+from flax import nnx
+
+from decomp.models import hf
+from decomp.models.build import RerankerSpec, make_reranker
+from decomp.train import cache
+from decomp.train import config as config_lib
+from decomp.train import state as state_lib
+
+
+@pytest.fixture(scope='module')
+def text_checkpoint(tmp_path_factory):
+  """A random Qwen2-layout text checkpoint with the playground tokenizer beside it."""
+  cfg = config_lib.get_config('playground_quick')
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  shapes = state_lib.model_shapes(dataclasses.replace(cfg, vision=False), tokenizer)
+  model = make_reranker(RerankerSpec(decoder=shapes.decoder, label_ids=(1, 2)), nnx.Rngs(0))
+  path = str(tmp_path_factory.mktemp('text_ckpt'))
+  hf.save_pretrained(model.decoder, path)
+  tokenizer.save_pretrained(path)
+  return path
+
+
+def _cfg(path, *overrides):
+  return config_lib.apply_overrides(config_lib.get_config('playground'),
+                                    [f'model={path}', *overrides])
+
+
+def test_a_text_checkpoint_reads_no_images_unless_asked(text_checkpoint):
+  cfg = _cfg(text_checkpoint)
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  assert state_lib.data_shapes(cfg, tokenizer).vision is None  # vision='auto'
+  asked = state_lib.data_shapes(_cfg(text_checkpoint, 'vision=true'), tokenizer)
+  assert asked.vision is not None and not asked.vision_pretrained  # a fresh ViT + projector
+  # The playground reads images by default; its base is not built to know its shapes.
+  playground = config_lib.get_config('playground_quick')
+  assert state_lib.data_shapes(playground, tokenizer).vision is not None
+
+
+def test_shape_fields_that_do_not_apply_are_refused(text_checkpoint):
+  state_lib.check_applies(_cfg(text_checkpoint))
+  with pytest.raises(ValueError, match=r"hidden_size=256.*do not apply to model="):
+    state_lib.check_applies(_cfg(text_checkpoint, 'hidden_size=256'))
+
+
+def test_the_tokenizer_comes_from_the_checkpoint_or_the_playground(text_checkpoint):
+  own = state_lib.resolve_tokenizer(_cfg(text_checkpoint))
+  assert len(own) == len(state_lib.resolve_tokenizer(config_lib.get_config('playground')))
+  assert os.path.isdir(cache.playground_tokenizer_dir())
