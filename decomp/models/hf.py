@@ -213,6 +213,9 @@ def hf_tensors(model: Decoder) -> Iterator[tuple[str, jax.Array]]:
     yield f'{p}.input_layernorm.weight', layer.input_layernorm.scale[...]
     for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
       yield from _linear_weights(getattr(layer.self_attn, name), f'{p}.self_attn.{name}')
+    if layer.self_attn.q_norm is not None:
+      yield f'{p}.self_attn.q_norm.weight', layer.self_attn.q_norm.scale[...]
+      yield f'{p}.self_attn.k_norm.weight', layer.self_attn.k_norm.scale[...]
     yield f'{p}.post_attention_layernorm.weight', layer.post_attention_layernorm.scale[...]
     for name in ('gate_proj', 'up_proj', 'down_proj'):
       yield from _linear_weights(getattr(layer.mlp, name), f'{p}.mlp.{name}')
