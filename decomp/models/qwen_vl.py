@@ -251,14 +251,16 @@ class QwenVL(nnx.Module):
     """Logits [B, T, V] for what transformers' processor returns (concrete arrays, not traced).
 
     mm_token_type_ids (which the processor also returns) is accepted and checked against the
-    image-pad tokens; the positions are derived from input_ids.
+    image-pad tokens; the positions are derived from input_ids. The traced half runs under
+    `nnx.jit` (one compilation per input shape).
     """
     if mm_token_type_ids is not None:
       types = np.asarray(mm_token_type_ids)
       if (types.astype(bool) != (np.asarray(input_ids) == self.config.image_token_id)).any():
         raise ValueError('mm_token_type_ids does not mark exactly the image-pad tokens (videos '
                          'are not supported)')
-    return self.logits(self.prepare(input_ids, attention_mask, pixel_values, image_grid_thw))
+    return _jit_logits(self, self.prepare(input_ids, attention_mask, pixel_values,
+                                          image_grid_thw))
 
   def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
     """LM-head rows [K, d] of token_ids [K] (see Decoder.lm_head_rows)."""
@@ -267,3 +269,8 @@ class QwenVL(nnx.Module):
   def log_normalizer(self, h: jax.Array) -> jax.Array:
     """logsumexp over the vocabulary of h @ W_head.T: h [..., d] -> [...] float32."""
     return self.decoder.log_normalizer(h)
+
+
+@nnx.jit
+def _jit_logits(model: QwenVL, inputs: VLInputs) -> jax.Array:
+  return model.logits(inputs)
