@@ -15,6 +15,8 @@ from decomp.models.reranker import (Reranker, RerankPrompt, bucket_length, encod
                                     encode_pair, encode_pairs, image_token_id, label_token_ids,
                                     load_reranker, load_tokenizer)
 from decomp.models.mrope import PatchLayout, bucket_size, patch_layout, rope_index
+from decomp.models.presets import PRESETS, EncodedPrompt, RerankPreset, collate, get_preset
+from decomp.models.qwen_image import QwenImageProcessor, smart_resize
 from decomp.models.qwen_vision import QwenVisionConfig, QwenVisionTower
 from decomp.models.qwen_vl import QwenVL, QwenVLConfig, VLInputs, prepare_inputs
 from decomp.models.sharding import (DEFAULT_RULES, FSDP_RULES, logical_to_mesh_sharding,
@@ -24,7 +26,8 @@ from decomp.models.vision import (CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, 
                                   load_vision_pretrained)
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "CheckpointError", "DEFAULT_RULES", "Decoder", "DecoderConfig",
+    "CLIP_MEAN", "CLIP_STD", "CheckpointError", "EncodedPrompt", "PRESETS", "QwenImageProcessor",
+    "RerankPreset", "collate", "get_preset", "smart_resize", "DEFAULT_RULES", "Decoder", "DecoderConfig",
     "FSDP_RULES", "ImageEncoder", "LoRALinear", "LoRAParam", "PatchLayout", "Projector",
     "QwenVL", "QwenVLConfig", "QwenVisionConfig", "QwenVisionTower", "RerankPrompt", "Reranker",
     "SUPPORTED_ARCHITECTURES", "VLInputs", "bucket_size", "patch_layout", "prepare_inputs",
