@@ -1,5 +1,5 @@
-"""Backbones: a Flax NNX Qwen2/Qwen3/Llama decoder, Qwen2-VL / Qwen2.5-VL (native vision tower,
-M-RoPE), a SigLIP/CLIP vision tower, LoRA, sharding rules, Hugging Face load/save, and the yes/no
+"""Backbones: a Flax NNX Qwen2/Qwen3/Llama decoder, Qwen2-VL / Qwen2.5-VL / Qwen3-VL (native vision
+towers, M-RoPE, DeepStack), a SigLIP/CLIP vision tower, LoRA, sharding rules, Hugging Face load/save, and the yes/no
 reranker built from them.
 
 `load_pretrained(dir)` returns the model of any architecture in SUPPORTED_ARCHITECTURES;
@@ -17,6 +17,7 @@ from decomp.models.reranker import (Reranker, RerankPrompt, bucket_length, encod
 from decomp.models.mrope import PatchLayout, bucket_size, patch_layout, rope_index
 from decomp.models.presets import PRESETS, EncodedPrompt, RerankPreset, collate, get_preset
 from decomp.models.qwen_image import QwenImageProcessor, smart_resize
+from decomp.models.qwen3_vision import Qwen3VisionTower
 from decomp.models.qwen_vision import QwenVisionConfig, QwenVisionTower
 from decomp.models.qwen_vl import QwenVL, QwenVLConfig, VLInputs, prepare_inputs
 from decomp.models.sharding import (DEFAULT_RULES, FSDP_RULES, logical_to_mesh_sharding,
@@ -29,7 +30,7 @@ __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CheckpointError", "EncodedPrompt", "PRESETS", "QwenImageProcessor",
     "RerankPreset", "collate", "get_preset", "smart_resize", "DEFAULT_RULES", "Decoder", "DecoderConfig",
     "FSDP_RULES", "ImageEncoder", "LoRALinear", "LoRAParam", "PatchLayout", "Projector",
-    "QwenVL", "QwenVLConfig", "QwenVisionConfig", "QwenVisionTower", "RerankPrompt", "Reranker",
+    "Qwen3VisionTower", "QwenVL", "QwenVLConfig", "QwenVisionConfig", "QwenVisionTower", "RerankPrompt", "Reranker",
     "SUPPORTED_ARCHITECTURES", "VLInputs", "bucket_size", "patch_layout", "prepare_inputs",
     "rope_index", "SIGLIP_MEAN", "SIGLIP_STD", "VisionConfig", "VisionEncoder", "apply_lora",
     "bucket_length", "encode_groups", "encode_pair", "encode_pairs", "has_lora",

@@ -2,7 +2,8 @@
 
 `load_pretrained(dir)` reads config.json's `architectures` and returns a `Decoder`
 (Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM) or a `QwenVL`
-(Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration). Both are called as
+(Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+Qwen3VLForConditionalGeneration). Both are called as
 `model(input_ids, attention_mask, pixel_values=None, image_grid_thw=None)` -> logits [B, T, V].
 `save_pretrained(model, dir)` writes what transformers loads back as the same class.
 """

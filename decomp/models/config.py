@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'rope_inv_freq']
+__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'mrope_streams', 'rope_inv_freq']
 
 # model_type -> HF class written in `architectures`.
 _ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM',
@@ -64,6 +64,9 @@ class DecoderConfig:
     mrope_section: multimodal RoPE (Qwen2-VL): the head_dim // 2 frequencies split into three
       consecutive chunks of these sizes, rotated by the temporal, height and width position
       streams; None for plain 1-D RoPE.
+    mrope_interleaved: Qwen3-VL's layout of the three streams: frequencies 1, 4, 7, ... (the
+      first 3 * mrope_section[1]) take the height stream, 2, 5, 8, ... (3 * mrope_section[2])
+      the width stream, the rest the temporal one.
   """
   architecture: str
   vocab_size: int
@@ -83,6 +86,7 @@ class DecoderConfig:
   mlp_bias: bool = False
   qk_norm: bool = False
   mrope_section: tuple[int, ...] | None = None
+  mrope_interleaved: bool = False
 
   def __post_init__(self):
     if self.architecture not in _ARCHITECTURES:
@@ -317,6 +321,20 @@ def _read_rope(hf: Mapping[str, Any], architecture: str) -> tuple[float, dict | 
       raise ValueError('llama3 rope scaling lacks original_max_position_embeddings')
     scaling['original_max_position_embeddings'] = int(original)
   return theta, scaling
+
+
+def mrope_streams(config: DecoderConfig) -> np.ndarray:
+  """Which position stream (0 temporal, 1 height, 2 width) rotates each of the head_dim // 2
+  frequencies under multimodal RoPE (transformers' Qwen2-VL / Qwen3-VL recomposition)."""
+  section = config.mrope_section
+  if section is None:
+    raise ValueError('mrope_streams needs a config with mrope_section')
+  if not config.mrope_interleaved:
+    return np.repeat(np.arange(3), section)
+  streams = np.zeros(config.head_dim // 2, np.int64)
+  streams[1:3 * section[1]:3] = 1
+  streams[2:3 * section[2]:3] = 2
+  return streams
 
 
 def rope_inv_freq(config: DecoderConfig) -> np.ndarray:

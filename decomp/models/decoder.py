@@ -18,10 +18,9 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from decomp.models.config import DecoderConfig, rope_inv_freq
+from decomp.models.config import DecoderConfig, mrope_streams, rope_inv_freq
 from decomp.models.sharding import METADATA_KEY
 
 __all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin',
@@ -93,15 +92,15 @@ def rope_cos_sin(config: DecoderConfig, positions: jax.Array, dtype) -> tuple[ja
   """cos, sin [B, T, head_dim] for integer positions (computed in float32, then cast).
 
   positions: [B, T], or [3, B, T] (temporal, height, width) for multimodal RoPE, where
-  frequency j takes its angle from the stream its chunk of `config.mrope_section` names (HF's
-  Qwen2VLRotaryEmbedding).
+  frequency j takes its angle from stream `mrope_streams(config)[j]` (HF's Qwen2-VL / Qwen3-VL
+  rotary embeddings).
   """
   inv_freq = jnp.asarray(rope_inv_freq(config))
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
   if positions.ndim == 3:
     if config.mrope_section is None:
       raise ValueError('positions [3, B, T] need a config with mrope_section')
-    stream = np.repeat(np.arange(3), config.mrope_section)
+    stream = mrope_streams(config)
     freqs = jnp.where(stream == 0, freqs[0], jnp.where(stream == 1, freqs[1], freqs[2]))
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
@@ -233,7 +232,8 @@ class Decoder(nnx.Module):
   def hidden_states(self, input_ids: jax.Array | None = None,
                     attention_mask: jax.Array | None = None, *,
                     inputs_embeds: jax.Array | None = None,
-                    positions: jax.Array | None = None) -> jax.Array:
+                    positions: jax.Array | None = None,
+                    layer_residuals: Sequence[jax.Array] = ()) -> jax.Array:
     """Final RMS-normed hidden states [B, T, d] (compute dtype).
 
     Args:
@@ -244,6 +244,8 @@ class Decoder(nnx.Module):
         into token embeddings).
       positions: RoPE positions, [B, T] int, or [3, B, T] for multimodal RoPE (needs
         `config.mrope_section`); None -> cumsum(attention_mask) - 1.
+      layer_residuals: arrays [B, T, d] added to the hidden states after layers 0, 1, ...
+        (Qwen3-VL's DeepStack visual features, zero outside image tokens).
     """
     if inputs_embeds is not None:
       x = jnp.asarray(inputs_embeds)
@@ -275,8 +277,12 @@ class Decoder(nnx.Module):
     causal = jnp.tril(jnp.ones((t, t), bool))
     mask = causal[None] & valid[:, None, :]
     run = _run_layer_remat if self.remat else _run_layer
-    for layer in self.layers:
+    if len(layer_residuals) > len(self.layers):
+      raise ValueError(f'{len(layer_residuals)} layer_residuals for {len(self.layers)} layers')
+    for i, layer in enumerate(self.layers):
       x = run(layer, x, cos, sin, mask)
+      if i < len(layer_residuals):
+        x = x + layer_residuals[i].astype(x.dtype)
     return self.norm(x)
 
   def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None,

@@ -28,7 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ['PatchLayout', 'bucket_size', 'check_grid', 'patch_layout', 'rope_index',
+__all__ = ['PatchLayout', 'bucket_size', 'check_grid', 'patch_layout', 'position_interpolation',
+           'rope_index',
            'visual_token_counts']
 
 
@@ -122,6 +123,8 @@ class PatchLayout(NamedTuple):
   cols: np.ndarray
   frames: np.ndarray
   windows: np.ndarray
+  pos_index: np.ndarray | None = None  # Qwen3-VL: position_interpolation's [P, 4] arrays
+  pos_weight: np.ndarray | None = None
 
 
 def patch_layout(image_grid_thw, *, spatial_merge_size: int, window_merged: int | None = None,
@@ -178,3 +181,38 @@ def bucket_size(n: int, *, minimum: int = 64, growth: float = 2.0, multiple: int
   while size < n:
     size *= growth
   return int(math.ceil(math.ceil(size) / multiple) * multiple)
+
+
+def position_interpolation(image_grid_thw, *, spatial_merge_size: int, num_grid_per_side: int,
+                           num_patches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Qwen3-VL's learned position table resampled to each image's grid (bilinear,
+  align_corners=True), as per-patch gather indices [P, 4] into the flattened
+  side x side table and weights [P, 4] (float32; zero for padding patches).
+
+  Equals transformers' get_vision_interpolation_indices_and_weights (computed in float32).
+  """
+  m, side = spatial_merge_size, num_grid_per_side
+  grid = check_grid(image_grid_thw, m)
+  total = int(grid.prod(-1).sum())
+  size = total if num_patches is None else int(num_patches)
+  indices, weights = np.zeros((size, 4), np.int32), np.zeros((size, 4), np.float32)
+
+  def taps(index, length):
+    src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(length - 1, 1))
+    floor = np.floor(src)
+    offsets = np.arange(2)
+    tap = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
+    weight = np.clip(1 - np.abs(src[:, None] - floor[:, None] - offsets), 0, None)
+    return tap, weight.astype(np.float32)
+
+  offset = 0
+  for t, h, w in grid.tolist():
+    bh, bw, mh, mw = np.unravel_index(np.arange(h * w), (h // m, w // m, m, m))
+    h_tap, h_weight = taps(bh * m + mh, h)
+    w_tap, w_weight = taps(bw * m + mw, w)
+    index = (h_tap[:, :, None] * side + w_tap[:, None, :]).reshape(-1, 4)
+    weight = (h_weight[:, :, None] * w_weight[:, None, :]).reshape(-1, 4)
+    for _ in range(t):
+      indices[offset:offset + h * w], weights[offset:offset + h * w] = index, weight
+      offset += h * w
+  return indices, weights

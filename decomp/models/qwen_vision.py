@@ -35,20 +35,23 @@ from decomp.models.decoder import MLP, Linear, RMSNorm, rotate_half
 from decomp.models.mrope import PatchLayout
 from decomp.models.vision import _ACTIVATIONS, LayerNorm
 
-__all__ = ['QwenVisionConfig', 'QwenVisionTower', 'VISION_VARIANTS']
+__all__ = ['QwenVisionConfig', 'QwenVisionTower', 'VISION_VARIANTS', 'VisionAttention',
+           'VisionBlock', 'vision_rotary']
 
-VISION_VARIANTS = ('qwen2_vl', 'qwen2_5_vl')
+VISION_VARIANTS = ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl')
 _MASKED = -1e30
 _EPS = 1e-6  # every norm of both towers (hard-coded in transformers)
 
 
 @dataclasses.dataclass(frozen=True)
 class QwenVisionConfig:
-  """Shape of a Qwen2-VL ('qwen2_vl') or Qwen2.5-VL ('qwen2_5_vl') vision tower.
+  """Shape of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL vision tower.
 
   Attributes:
-    variant: 'qwen2_vl' (LayerNorm, fc1/fc2 MLP, full attention everywhere) or 'qwen2_5_vl'
-      (RMSNorm, SwiGLU with biases, window attention except in fullatt_block_indexes).
+    variant: 'qwen2_vl' (LayerNorm, fc1/fc2 MLP, full attention everywhere), 'qwen2_5_vl'
+      (RMSNorm, SwiGLU with biases, window attention except in fullatt_block_indexes) or
+      'qwen3_vl' (LayerNorm, linear_fc1/linear_fc2 MLP, learned position table, DeepStack
+      mergers; the module is decomp.models.qwen3_vision.Qwen3VisionTower).
     depth: blocks.
     hidden_size: ViT width (Qwen2-VL's `embed_dim`, Qwen2.5-VL's `hidden_size`).
     intermediate_size: MLP width (Qwen2-VL: embed_dim * mlp_ratio).
@@ -60,6 +63,8 @@ class QwenVisionConfig:
       merged tokens per side.
     fullatt_block_indexes: Qwen2.5-VL blocks with full (per-frame) attention.
     rope_theta: base of the 2-D rotary embedding.
+    num_position_embeddings: Qwen3-VL's learned position table (a square grid) size.
+    deepstack_visual_indexes: Qwen3-VL blocks whose outputs feed the DeepStack mergers.
   """
   variant: str
   depth: int
@@ -75,13 +80,20 @@ class QwenVisionConfig:
   window_size: int | None = None
   fullatt_block_indexes: tuple[int, ...] = ()
   rope_theta: float = 10000.0
+  num_position_embeddings: int = 0
+  deepstack_visual_indexes: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.variant not in VISION_VARIANTS:
       raise ValueError(f'unsupported vision variant {self.variant!r}; supported: '
                        f'{VISION_VARIANTS}')
-    object.__setattr__(self, 'fullatt_block_indexes', tuple(int(i) for i in
-                                                            self.fullatt_block_indexes))
+    for name in ('fullatt_block_indexes', 'deepstack_visual_indexes'):
+      object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+    if self.variant == 'qwen3_vl':
+      side = int(round(self.num_position_embeddings ** 0.5))
+      if side < 2 or side * side != self.num_position_embeddings:
+        raise ValueError(f'num_position_embeddings {self.num_position_embeddings} must be a '
+                         'square of at least 4')
     if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
       raise ValueError(f'vision hidden_size {self.hidden_size} / num_heads {self.num_heads} must '
                        'be an integer head_dim divisible by 4 (2-D rotary)')
@@ -118,6 +130,15 @@ class QwenVisionConfig:
                   in_channels=int(hf.get('in_channels', 3)),
                   spatial_merge_size=int(hf.get('spatial_merge_size', 2)),
                   rope_theta=float(rope.get('rope_theta', 10000.0)))
+    if variant == 'qwen3_vl':
+      return cls(hidden_size=int(hf.get('hidden_size', 1152)),
+                 intermediate_size=int(hf.get('intermediate_size', 4304)),
+                 out_hidden_size=int(hf.get('out_hidden_size', 3584)),
+                 hidden_act=hf.get('hidden_act', 'gelu_pytorch_tanh'),
+                 num_position_embeddings=int(hf.get('num_position_embeddings', 2304)),
+                 deepstack_visual_indexes=tuple(hf.get('deepstack_visual_indexes', (8, 16, 24))),
+                 **{**common, 'depth': int(hf.get('depth', 27)),
+                    'patch_size': int(hf.get('patch_size', 16))})
     if variant == 'qwen2_vl':
       embed = int(hf.get('embed_dim', 1280))
       return cls(hidden_size=embed, intermediate_size=int(embed * hf.get('mlp_ratio', 4)),
@@ -143,6 +164,11 @@ class QwenVisionConfig:
       hf.update(model_type='qwen2_vl_vision', embed_dim=self.hidden_size,
                 mlp_ratio=self.intermediate_size // self.hidden_size,
                 hidden_size=self.out_hidden_size)
+    elif self.variant == 'qwen3_vl':
+      hf.update(model_type='qwen3_vl_vision', hidden_size=self.hidden_size,
+                intermediate_size=self.intermediate_size, out_hidden_size=self.out_hidden_size,
+                num_position_embeddings=self.num_position_embeddings,
+                deepstack_visual_indexes=list(self.deepstack_visual_indexes))
     else:
       hf.update(model_type='qwen2_5_vl_vision', hidden_size=self.hidden_size,
                 intermediate_size=self.intermediate_size, out_hidden_size=self.out_hidden_size,
@@ -176,6 +202,19 @@ class VisionAttention(nnx.Module):
     return self.proj(jnp.einsum('hqk,khc->qhc', probs, v).reshape(p, d))
 
 
+class _Qwen3MLP(nnx.Module):
+  """Qwen3-VL's block MLP: linear_fc2(act(linear_fc1(x)))."""
+
+  def __init__(self, c: QwenVisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.act = c.hidden_act
+    self.linear_fc1 = Linear(c.hidden_size, c.intermediate_size, names=('embed', 'mlp'), **kw)
+    self.linear_fc2 = Linear(c.intermediate_size, c.hidden_size, names=('mlp', 'embed'), **kw)
+
+  def __call__(self, x):
+    return self.linear_fc2(_ACTIVATIONS[self.act](self.linear_fc1(x)))
+
+
 class _FcMLP(nnx.Module):
   """Qwen2-VL's block MLP: fc2(act(fc1(x)))."""
 
@@ -190,7 +229,7 @@ class _FcMLP(nnx.Module):
 
 
 def _norm(c: QwenVisionConfig, size: int, *, dtype, param_dtype, rngs):
-  if c.variant == 'qwen2_vl':
+  if c.variant in ('qwen2_vl', 'qwen3_vl'):
     return LayerNorm(size, _EPS, param_dtype=param_dtype)
   return RMSNorm(size, eps=_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -205,6 +244,8 @@ class VisionBlock(nnx.Module):
     self.attn = VisionAttention(c, **kw)
     if c.variant == 'qwen2_vl':
       self.mlp = _FcMLP(c, **kw)
+    elif c.variant == 'qwen3_vl':
+      self.mlp = _Qwen3MLP(c, **kw)
     else:  # SwiGLU with biases: decoder's MLP on a config-shaped namespace
       shape = types.SimpleNamespace(hidden_size=c.hidden_size,
                                     intermediate_size=c.intermediate_size, mlp_bias=True)
@@ -233,14 +274,27 @@ class PatchMerger(nnx.Module):
 
 
 class PatchEmbed(nnx.Module):
-  """The Conv3d patch embedding as a matmul: proj kernel [C*T*p*p, d], no bias."""
+  """The Conv3d patch embedding as a matmul: proj kernel [C*T*p*p, d] (a bias in Qwen3-VL)."""
 
   def __init__(self, c: QwenVisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.proj = Linear(c.patch_dim, c.hidden_size, names=(None, 'embed'), use_bias=False,
+    self.proj = Linear(c.patch_dim, c.hidden_size, names=(None, 'embed'),
+                       use_bias=c.variant == 'qwen3_vl',
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, pixel_values):
     return self.proj(pixel_values)
+
+
+def vision_rotary(config: QwenVisionConfig, layout: PatchLayout):
+  """cos, sin [P, head_dim] float32 of the 2-D rotary embedding: head_dim / 4 frequencies over
+  the patch row, as many over the column, the pair repeated (transformers' recomposition)."""
+  head_dim = config.hidden_size // config.num_heads
+  quarter = np.arange(0, head_dim // 2, 2, dtype=np.float32) / (head_dim // 2)
+  inv_freq = jnp.asarray((1.0 / config.rope_theta ** quarter).astype(np.float32))
+  rows = jnp.asarray(layout.rows).astype(jnp.float32)[:, None] * inv_freq
+  cols = jnp.asarray(layout.cols).astype(jnp.float32)[:, None] * inv_freq
+  angles = jnp.concatenate([rows, cols, rows, cols], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
 
 
 class QwenVisionTower(nnx.Module):
@@ -256,13 +310,7 @@ class QwenVisionTower(nnx.Module):
     self.merger = PatchMerger(config, **kw)
 
   def _rotary(self, layout: PatchLayout):
-    head_dim = self.config.hidden_size // self.config.num_heads
-    quarter = np.arange(0, head_dim // 2, 2, dtype=np.float32) / (head_dim // 2)
-    inv_freq = jnp.asarray((1.0 / self.config.rope_theta ** quarter).astype(np.float32))
-    rows = jnp.asarray(layout.rows).astype(jnp.float32)[:, None] * inv_freq
-    cols = jnp.asarray(layout.cols).astype(jnp.float32)[:, None] * inv_freq
-    angles = jnp.concatenate([rows, cols, rows, cols], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    return vision_rotary(self.config, layout)
 
   def __call__(self, pixel_values: jax.Array, layout: PatchLayout) -> jax.Array:
     """pixel_values [P, C*T*p*p], layout arrays [P] -> visual tokens [P / merge**2, out_hidden]."""

@@ -1,7 +1,10 @@
-"""Qwen2-VL and Qwen2.5-VL (`*ForConditionalGeneration`): vision tower + M-RoPE Qwen2 decoder.
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`*ForConditionalGeneration`): vision tower + M-RoPE decoder.
 
-`QwenVL` holds `visual` (a `QwenVisionTower`) and `decoder` (the `Decoder` of the language
-model, with `config.text.mrope_section` set). A forward pass has two halves:
+`QwenVL` holds `visual` (a `QwenVisionTower`, or a `Qwen3VisionTower` for Qwen3-VL) and
+`decoder` (the `Decoder` of the language model -- Qwen2 for Qwen2(.5)-VL, Qwen3 with q/k norms
+and interleaved M-RoPE for Qwen3-VL -- with `config.text.mrope_section` set). Qwen3-VL's
+DeepStack features are added to the hidden states at the image tokens after LM layers 0, 1, ...
+(`Decoder.hidden_states(layer_residuals=...)`). A forward pass has two halves:
 
 1. host (numpy, before jit): `QwenVL.prepare(input_ids, attention_mask, pixel_values,
    image_grid_thw)` checks the image-pad tokens against image_grid_thw, computes the [3, B, T]
@@ -32,24 +35,28 @@ from flax import nnx
 
 from decomp.models.config import DecoderConfig
 from decomp.models.decoder import Decoder
-from decomp.models.mrope import PatchLayout, bucket_size, check_grid, patch_layout, rope_index
+from decomp.models.mrope import (PatchLayout, bucket_size, check_grid, patch_layout,
+                                 position_interpolation, rope_index)
+from decomp.models.qwen3_vision import Qwen3VisionTower
 from decomp.models.qwen_vision import QwenVisionConfig, QwenVisionTower
 
 __all__ = ['QwenVL', 'QwenVLConfig', 'VLInputs', 'VL_ARCHITECTURES']
 
 # model_type -> transformers class.
 VL_ARCHITECTURES = {'qwen2_vl': 'Qwen2VLForConditionalGeneration',
-                    'qwen2_5_vl': 'Qwen2_5_VLForConditionalGeneration'}
-_VL_DEFAULT_THETA = 1e6
-_VL_DEFAULT_EPS = 1e-5
-_DEFAULT_MROPE = (16, 24, 24)
+                    'qwen2_5_vl': 'Qwen2_5_VLForConditionalGeneration',
+                    'qwen3_vl': 'Qwen3VLForConditionalGeneration'}
+# transformers' text-config defaults per architecture (Qwen3-VL's text model is Qwen3).
+_VL_DEFAULT_THETA = {'qwen2_vl': 1e6, 'qwen2_5_vl': 1e6, 'qwen3_vl': 5e5}
+_VL_DEFAULT_EPS = {'qwen2_vl': 1e-5, 'qwen2_5_vl': 1e-5, 'qwen3_vl': 1e-6}
+_DEFAULT_MROPE = {'qwen2_vl': (16, 24, 24), 'qwen2_5_vl': (16, 24, 24), 'qwen3_vl': (24, 20, 20)}
 _TEXT_KEYS_DROPPED = ('architectures', 'model_type', 'head_dim', 'rope_parameters', 'rope_scaling',
                       'rope_theta', 'text_config', 'vision_config', 'tie_word_embeddings')
 
 
 @dataclasses.dataclass(frozen=True)
 class QwenVLConfig:
-  """A Qwen2-VL / Qwen2.5-VL model: text decoder, vision tower, special token ids."""
+  """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model: text decoder, vision tower, special token ids."""
   architecture: str
   text: DecoderConfig
   vision: QwenVisionConfig
@@ -85,22 +92,29 @@ class QwenVLConfig:
     text = dict(text) if isinstance(text, Mapping) else dict(hf)
     rope = dict(text.get('rope_parameters') or text.get('rope_scaling')
                 or hf.get('rope_parameters') or hf.get('rope_scaling') or {})
-    mrope = tuple(rope.pop('mrope_section', _DEFAULT_MROPE))
+    mrope = tuple(rope.pop('mrope_section', _DEFAULT_MROPE[architecture]))
+    rope.pop('mrope_interleaved', None)  # transformers' Qwen3-VL always interleaves
     if rope.get('rope_type', rope.get('type')) in ('mrope', 'default', None):
       rope = {k: v for k, v in rope.items() if k not in ('type', 'rope_type')}
       rope['rope_type'] = 'default'
-    theta = rope.get('rope_theta', text.get('rope_theta', hf.get('rope_theta', _VL_DEFAULT_THETA)))
+    theta = rope.get('rope_theta', text.get('rope_theta', hf.get('rope_theta',
+                                                                _VL_DEFAULT_THETA[architecture])))
     rope['rope_theta'] = theta
     tied = bool(hf.get('tie_word_embeddings', False) or text.get('tie_word_embeddings', False))
     decoder_hf = {k: v for k, v in text.items() if k not in _TEXT_KEYS_DROPPED}
-    decoder_hf.update(architectures=['Qwen2ForCausalLM'], model_type='qwen2',
-                      rope_parameters=rope, tie_word_embeddings=tied)
-    decoder_hf.setdefault('rms_norm_eps', _VL_DEFAULT_EPS)
-    if text.get('head_dim') not in (None, int(text['hidden_size']) //
-                                    int(text['num_attention_heads'])):
+    qwen3 = architecture == 'qwen3_vl'
+    decoder_hf.update(architectures=['Qwen3ForCausalLM' if qwen3 else 'Qwen2ForCausalLM'],
+                      model_type='qwen3' if qwen3 else 'qwen2', rope_parameters=rope,
+                      tie_word_embeddings=tied)
+    decoder_hf.setdefault('rms_norm_eps', _VL_DEFAULT_EPS[architecture])
+    if qwen3 and text.get('head_dim') is not None:
+      decoder_hf['head_dim'] = text['head_dim']
+    elif not qwen3 and text.get('head_dim') not in (None, int(text['hidden_size']) //
+                                                    int(text['num_attention_heads'])):
       raise ValueError(f'{architecture}: text head_dim {text["head_dim"]} != hidden_size / '
                        'num_attention_heads (the Qwen2-VL attention ignores head_dim)')
-    text_config = dataclasses.replace(DecoderConfig.from_hf(decoder_hf), mrope_section=mrope)
+    text_config = dataclasses.replace(DecoderConfig.from_hf(decoder_hf), mrope_section=mrope,
+                                      mrope_interleaved=qwen3)
     vision = hf.get('vision_config')
     if not isinstance(vision, Mapping):
       raise ValueError(f'{architecture} config.json lacks a vision_config dict')
@@ -117,9 +131,13 @@ class QwenVLConfig:
             'num_hidden_layers': t.num_layers, 'num_attention_heads': t.num_heads,
             'num_key_value_heads': t.num_kv_heads, 'hidden_act': 'silu',
             'max_position_embeddings': t.max_position_embeddings, 'rms_norm_eps': t.rms_norm_eps,
-            'use_sliding_window': False,
             'rope_parameters': {'rope_type': 'default', 'rope_theta': float(t.rope_theta),
                                 'mrope_section': list(t.mrope_section)}}
+    if self.architecture == 'qwen3_vl':
+      text.update(head_dim=t.head_dim, attention_bias=t.attention_bias)
+      text['rope_parameters']['mrope_interleaved'] = True
+    else:
+      text['use_sliding_window'] = False
     if t.rope_scaling is not None:
       raise ValueError(f'{self.hf_architecture} takes no rope scaling besides mrope')
     return {'architectures': [self.hf_architecture], 'model_type': self.architecture,
@@ -193,6 +211,11 @@ def prepare_inputs(config: QwenVLConfig, input_ids, attention_mask=None, pixel_v
   layout = patch_layout(grid, spatial_merge_size=v.spatial_merge_size,
                         window_merged=v.window_merged, num_patches=num_patches)
   size = len(layout.rows)
+  if v.variant == 'qwen3_vl':
+    index, weight = position_interpolation(
+        grid, spatial_merge_size=v.spatial_merge_size,
+        num_grid_per_side=int(round(v.num_position_embeddings ** 0.5)), num_patches=size)
+    layout = layout._replace(pos_index=index, pos_weight=weight)
   if size % v.spatial_merge_size ** 2:
     raise ValueError(f'num_patches={size} must be a multiple of spatial_merge_size**2')
   if size > total:
@@ -201,7 +224,7 @@ def prepare_inputs(config: QwenVLConfig, input_ids, attention_mask=None, pixel_v
 
 
 class QwenVL(nnx.Module):
-  """Qwen2-VL / Qwen2.5-VL. Params: `visual.*` (QwenVisionTower) and `decoder.*` (Decoder).
+  """Qwen2-VL / Qwen2.5-VL / Qwen3-VL. Params: `visual.*` (QwenVisionTower) and `decoder.*` (Decoder).
 
   Mirrors Decoder where a reranker needs it: `hidden_states(inputs)` [B, T, d],
   `lm_head_rows(token_ids)` [K, d] and `log_normalizer(h)` (logsumexp over the vocabulary).
@@ -211,7 +234,8 @@ class QwenVL(nnx.Module):
                remat: bool = False, rngs: nnx.Rngs):
     self.config = config
     self.dtype = dtype
-    self.visual = QwenVisionTower(config.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    tower = Qwen3VisionTower if config.architecture == 'qwen3_vl' else QwenVisionTower
+    self.visual = tower(config.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.decoder = Decoder(config.text, dtype=dtype, param_dtype=param_dtype, remat=remat,
                            rngs=rngs)
 
@@ -221,23 +245,28 @@ class QwenVL(nnx.Module):
     return prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw,
                           num_patches=num_patches, bucket=bucket)
 
-  def embed(self, inputs: VLInputs) -> jax.Array:
-    """Token embeddings [B, T, d] with the visual tokens spliced into the image-pad slots."""
+  def _embed(self, inputs: VLInputs) -> tuple[jax.Array, list[jax.Array]]:
     ids = jnp.asarray(inputs.input_ids)
     x = self.decoder.embed(ids)
     if inputs.pixel_values is None:
-      return x
-    features = self.visual(inputs.pixel_values, inputs.layout).astype(x.dtype)
-    is_image = ids == self.config.image_token_id
+      return x, []
+    out = self.visual(inputs.pixel_values, inputs.layout)
+    features, deepstack = out if isinstance(out, tuple) else (out, [])
+    is_image = (ids == self.config.image_token_id)[..., None]
     index = jnp.cumsum(is_image.reshape(-1)).reshape(ids.shape) - 1
     index = jnp.clip(index, 0, features.shape[0] - 1)
-    return jnp.where(is_image[..., None], features[index], x)
+    scatter = lambda f, base: jnp.where(is_image, f.astype(x.dtype)[index], base)
+    return scatter(features, x), [scatter(f, jnp.zeros((), x.dtype)) for f in deepstack]
+
+  def embed(self, inputs: VLInputs) -> jax.Array:
+    """Token embeddings [B, T, d] with the visual tokens spliced into the image-pad slots."""
+    return self._embed(inputs)[0]
 
   def hidden_states(self, inputs: VLInputs) -> jax.Array:
     """Final RMS-normed hidden states [B, T, d] (compute dtype)."""
-    return self.decoder.hidden_states(attention_mask=inputs.attention_mask,
-                                      inputs_embeds=self.embed(inputs),
-                                      positions=inputs.positions)
+    x, deepstack = self._embed(inputs)
+    return self.decoder.hidden_states(attention_mask=inputs.attention_mask, inputs_embeds=x,
+                                      positions=inputs.positions, layer_residuals=deepstack)
 
   def logits(self, inputs: VLInputs) -> jax.Array:
     """Full-vocabulary logits [B, T, V]."""

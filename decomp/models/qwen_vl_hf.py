@@ -8,8 +8,9 @@ Tensor-name layouts in circulation, all read:
   `text_config`).
 
 `save_vl_pretrained` writes tensor names as transformers 5.24's own save_pretrained does (the
-4.4x names of the published checkpoints: `model.*`, `visual.*`, `lm_head.weight`) and config.json
-in the 5.x layout (`text_config`); LoRA on the decoder is folded in.
+names of the published checkpoints: 4.4x `model.*` / `visual.*` for Qwen2-VL and Qwen2.5-VL,
+`model.language_model.*` / `model.visual.*` for Qwen3-VL) and config.json in the 5.x layout
+(`text_config`); LoRA on the decoder is folded in.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def vision_tensor_name(path: tuple, prefix: str = 'model.visual.') -> tuple[str,
   """(HF name, kind) of a QwenVisionTower state path (kinds as hf.load_variables)."""
   parts = [str(p) for p in path]
   leaf = parts[-1]
+  if parts == ['pos_embed']:  # Qwen3-VL's learned position table (an nn.Embedding)
+    return prefix + 'pos_embed.weight', 'copy'
   if parts[:2] == ['merger', 'mlp']:  # nn.Sequential(Linear, GELU, Linear): indices 0 and 2
     parts[2] = {'0': '0', '1': '2'}[parts[2]]
   name = prefix + '.'.join(parts[:-1])
@@ -94,12 +97,15 @@ def load_vl_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtyp
 
 def vl_hf_tensors(model: QwenVL):
   """(HF name, array in HF layout) of every weight, named as transformers 5.24 saves them."""
-  yield from hf_tensors(model.decoder, prefix='model.')
+  text_prefix, vision_prefix = (('model.language_model.', 'model.visual.')
+                                if model.config.architecture == 'qwen3_vl'
+                                else ('model.', 'visual.'))
+  yield from hf_tensors(model.decoder, prefix=text_prefix)
   c = model.config.vision
   for var_path, variable in nnx.to_flat_state(nnx.state(model.visual, nnx.Param)):
     if isinstance(variable, nnx.LoRAParam):
       raise ValueError('save_pretrained does not fold LoRA adapters on the vision tower')
-    name, kind = vision_tensor_name(var_path, 'visual.')
+    name, kind = vision_tensor_name(var_path, vision_prefix)
     value = np.asarray(variable.get_value())
     if kind == 'T':
       value = value.T

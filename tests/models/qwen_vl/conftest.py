@@ -41,7 +41,18 @@ def build(variant: str, *, tie: bool, seed: int = 0):
                        in_channels=3)
   ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START,
              vision_end_token_id=END, tie_word_embeddings=tie)
-  if variant == 'qwen2_vl':
+  if variant == 'qwen3_vl':
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    # Qwen3 text (q/k norms, head_dim 24 != 64 / 4 heads), interleaved M-RoPE [6, 3, 3] (so
+    # frequencies 9-11 fall back to the temporal stream), DeepStack into LM layers 0 and 1.
+    text = text_config(head_dim=24, num_hidden_layers=3,
+                       rope_parameters={'rope_type': 'default', 'rope_theta': 1e4,
+                                        'mrope_section': [6, 3, 3], 'mrope_interleaved': True})
+    config = Qwen3VLConfig(text_config=text, vision_config=dict(
+        hidden_size=32, intermediate_size=48, out_hidden_size=64, num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 1], **common_vision), **ids)
+    cls = Qwen3VLForConditionalGeneration
+  elif variant == 'qwen2_vl':
     config = Qwen2VLConfig(text_config=text_config(), vision_config=dict(
         embed_dim=32, mlp_ratio=2, hidden_size=64, **common_vision), **ids)
     cls = Qwen2VLForConditionalGeneration

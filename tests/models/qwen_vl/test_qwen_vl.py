@@ -22,8 +22,9 @@ IMAGE, MERGE = 120, 2  # as in conftest
 
 
 # Untied Qwen2-VL, tied Qwen2.5-VL (the published 3B ties, 7B does not): both heads, both towers.
-@pytest.fixture(scope='module', params=[('qwen2_vl', False), ('qwen2_5_vl', True)],
-                ids=['qwen2_vl-untied', 'qwen2_5_vl-tied'])
+@pytest.fixture(scope='module', params=[('qwen2_vl', False), ('qwen2_5_vl', True),
+                                        ('qwen3_vl', False)],
+                ids=['qwen2_vl-untied', 'qwen2_5_vl-tied', 'qwen3_vl-untied'])
 def checkpoint(request, tmp_path_factory, vl):
   variant, tie = request.param
   torch_model = vl.build(variant, tie=tie, seed=len(request.node.name))
@@ -104,12 +105,13 @@ def test_cl_loss_gradients_match_transformers(checkpoint, vl):
   np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
   nnx.update(model, grads)  # the model now holds its gradients, so they get HF names
   ours = {name: np.asarray(g) for name, g in vl_hf_tensors(model)}
-  # torch's module names are the 5.x ones; checkpoints (and vl_hf_tensors) use the 4.4x ones.
-  saved_name = lambda n: n.replace('model.language_model.', 'model.').replace('model.visual.',
-                                                                              'visual.')
+  # torch's module names are the 5.x ones; checkpoints (and vl_hf_tensors) of Qwen2(.5)-VL use
+  # the 4.4x ones.
+  saved_name = lambda n: n if n in ours else n.replace('model.language_model.', 'model.').replace(
+      'model.visual.', 'visual.')
   theirs = {saved_name(name): p.grad.numpy() for name, p in torch_model.named_parameters()}
   assert set(ours) == set(theirs)
-  assert any(n.startswith('visual.') for n in theirs)
+  assert any('visual.' in n for n in theirs)
   for name, g_t in theirs.items():
     norm = np.linalg.norm(g_t)
     assert norm > 0, name
@@ -134,11 +136,11 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, tmp_path, vl):
                                                            types), mask)
 
 
-def _rewrite(path, target, *, names_45x, flat_config, tie_in_text_config):
-  """Rewrites transformers 5.24's save (4.4x names, text_config) in the other layouts in
-  circulation: 4.5x names (`model.language_model.*`, `model.visual.*`); 4.4x config.json (text
-  keys flat at the root, rope_scaling {type: mrope} + top-level rope_theta); the tie flag only
-  in text_config."""
+def _rewrite(path, target, *, other_names, flat_config, tie_in_text_config):
+  """Rewrites transformers 5.24's save in the other layouts in circulation: the other tensor
+  names (4.4x `model.*` / `visual.*` <-> 4.5x `model.language_model.*` / `model.visual.*`);
+  4.4x config.json (text keys flat at the root, rope_scaling {type: mrope} + top-level
+  rope_theta); the tie flag only in text_config."""
   shutil.copytree(path, target)
   with open(os.path.join(target, 'config.json')) as f:
     config = json.load(f)
@@ -153,25 +155,30 @@ def _rewrite(path, target, *, names_45x, flat_config, tie_in_text_config):
         'tie_word_embeddings')
   with open(os.path.join(target, 'config.json'), 'w') as f:
     json.dump(config, f)
-  if names_45x:
+  if other_names:
     file = os.path.join(target, 'model.safetensors')
-    renamed = {('model.language_model.' + n[6:] if n.startswith('model.') else
-                'model.' + n if n.startswith('visual.') else n): t
-               for n, t in load_file(file).items()}
-    assert any(n.startswith('model.visual.') for n in renamed)
+    tensors = load_file(file)
+    if any(n.startswith('model.visual.') for n in tensors):
+      rename = lambda n: n.replace('model.language_model.', 'model.').replace('model.visual.',
+                                                                              'visual.')
+    else:
+      rename = lambda n: ('model.language_model.' + n[6:] if n.startswith('model.') else
+                          'model.' + n if n.startswith('visual.') else n)
+    renamed = {rename(n): t for n, t in tensors.items()}
+    assert set(renamed) != set(tensors)
     save_file(renamed, file, metadata={'format': 'pt'})
 
 
-@pytest.mark.parametrize('names_45x,flat_config,tie_in_text_config',
+@pytest.mark.parametrize('other_names,flat_config,tie_in_text_config',
                          [(True, False, False), (False, True, False), (True, False, True),
                           (False, False, True)])
-def test_every_checkpoint_layout_gives_the_same_model(checkpoint, tmp_path, vl, names_45x,
+def test_every_checkpoint_layout_gives_the_same_model(checkpoint, tmp_path, vl, other_names,
                                                       flat_config, tie_in_text_config):
   path, torch_model = checkpoint
   ids, mask, pixels, grid, types = vl.batch()
   reference = models.load_pretrained(path)
   target = str(tmp_path / 'layout')
-  _rewrite(path, target, names_45x=names_45x, flat_config=flat_config,
+  _rewrite(path, target, other_names=other_names, flat_config=flat_config,
            tie_in_text_config=tie_in_text_config)
   other = models.load_pretrained(target)
   assert other.config == reference.config
