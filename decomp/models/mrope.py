@@ -4,8 +4,8 @@ Everything here is computed before `jit` from concrete `input_ids` / `image_grid
 traced model only sees fixed-shape integer arrays:
 
 - `rope_index`: the [3, B, T] multimodal RoPE positions (transformers' `get_rope_index`);
-- `patch_layout`: per vision patch its 2-D rotary position, its frame (full attention is
-  restricted to one frame of one image) and its window (Qwen2.5-VL's window attention);
+- `patch_layout`: per vision patch its 2-D rotary position, and the attention segments: frames
+  (full attention is restricted to one frame of one image) and windows (Qwen2.5-VL);
 - `bucket_size`: the padded number of patches, so a run compiles a handful of shapes.
 
 Patch order. The processor emits an image's patches frame by frame and, inside a frame,
@@ -16,9 +16,10 @@ visual token by a reshape.
 
 Windows without a permutation. transformers' Qwen2.5-VL permutes the patches so each window is
 contiguous, attends within `cu_window_seqlens` chunks, and undoes the permutation after the
-merger. Attention with a mask is permutation-equivariant and the permutation moves whole merge
-blocks, so masking on a window id (`patch_layout(...).windows`) gives the same outputs in the
-processor's order with no permutation to undo.
+merger. Here each attention segment (a frame, or a window) is a row of indices into the patches
+(`PatchLayout.full` / `.window`): the tower gathers a row, attends within it and scatters the
+result back, so the patches stay in the processor's order and there is nothing to undo
+(attention within a segment does not depend on the order of its members).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ['PatchLayout', 'bucket_size', 'check_grid', 'patch_layout', 'position_interpolation',
-           'rope_index',
-           'visual_token_counts']
+           'rope_index', 'segment_table', 'visual_token_counts']
 
 
 def check_grid(image_grid_thw, spatial_merge_size: int) -> np.ndarray:
@@ -112,27 +112,50 @@ def rope_index(input_ids, attention_mask, image_grid_thw, *, image_token_id: int
 
 
 class PatchLayout(NamedTuple):
-  """Per-patch integer arrays [P] (P = the padded patch count) for the vision tower.
+  """What the vision tower needs besides the pixels, for P (padded) patches.
 
-  rows, cols: 2-D rotary positions of each patch in its frame. frames: full-attention segment
-  (one per frame of each image). windows: window-attention segment (Qwen2.5-VL; equals frames
-  when there are no windows). Padding patches form one extra segment of their own in both, so
-  they never mix with real patches.
+  rows, cols [P]: 2-D rotary position of each patch in its frame.
+  full [S, L]: the patches of each attention segment of the full-attention blocks (one segment
+    per frame of each image), as indices into the P patches, padded with P (no patch).
+  window [S', L']: the same for Qwen2.5-VL's window-attention blocks (one segment per window);
+    equals `full` for towers without windows.
+  pos_index, pos_weight [P, 4]: Qwen3-VL's position-table interpolation (else None).
+
+  Attention runs within each row of a table: S * L**2 scores instead of P**2, and a window's
+  patches need not be contiguous (no permutation to undo). Padding patches sit in no segment.
   """
   rows: np.ndarray
   cols: np.ndarray
-  frames: np.ndarray
-  windows: np.ndarray
-  pos_index: np.ndarray | None = None  # Qwen3-VL: position_interpolation's [P, 4] arrays
+  full: np.ndarray
+  window: np.ndarray
+  pos_index: np.ndarray | None = None
   pos_weight: np.ndarray | None = None
 
 
+def segment_table(segments: np.ndarray, size: int, *, bucket: bool = False) -> np.ndarray:
+  """[S, L] int32: row s lists (in order) the positions i with segments[i] == s-th segment id,
+  padded with `size`; segments holds ids >= 0 for the real patches, -1 for padding.
+
+  bucket: S and L rounded up the doubling ladder of bucket_size (so batches of different image
+  sizes share compiled shapes); extra rows are all padding.
+  """
+  ids, counts = np.unique(segments[segments >= 0], return_counts=True)
+  s, length = len(ids), int(counts.max()) if len(counts) else 1
+  if bucket:
+    s, length = bucket_size(s, minimum=1, multiple=1), bucket_size(length, minimum=4, multiple=1)
+  table = np.full((max(s, 1), length), size, np.int32)
+  for row, segment in enumerate(ids):
+    members = np.flatnonzero(segments == segment)
+    table[row, :len(members)] = members
+  return table
+
+
 def patch_layout(image_grid_thw, *, spatial_merge_size: int, window_merged: int | None = None,
-                 num_patches: int | None = None) -> PatchLayout:
+                 num_patches: int | None = None, bucket: bool = False) -> PatchLayout:
   """PatchLayout for the images of image_grid_thw, padded to num_patches (default: no padding).
 
   window_merged: Qwen2.5-VL's window side in merged tokens (window_size // merge // patch);
-  None for Qwen2-VL (no windows).
+  None without windows. bucket: bucket the segment tables (see segment_table).
   """
   m = spatial_merge_size
   grid = check_grid(image_grid_thw, m)
@@ -141,27 +164,26 @@ def patch_layout(image_grid_thw, *, spatial_merge_size: int, window_merged: int 
   if size < total:
     raise ValueError(f'num_patches={size} is smaller than the {total} patches of image_grid_thw')
   rows, cols = np.zeros(size, np.int32), np.zeros(size, np.int32)
-  frames, windows = np.zeros(size, np.int32), np.zeros(size, np.int32)
+  frames, windows = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
   offset = frame_id = window_id = 0
   for t, h, w in grid.tolist():
     bh, bw, mh, mw = np.unravel_index(np.arange(h * w), (h // m, w // m, m, m))
-    if window_merged is None:
-      local_windows, per_frame = np.zeros(h * w, np.int64), 1
-    else:
+    if window_merged is not None:
       across = -(-(w // m) // window_merged)
       local_windows = (bh // window_merged) * across + bw // window_merged
       per_frame = -(-(h // m) // window_merged) * across
-    for f in range(t):
+    for _ in range(t):
       span = slice(offset, offset + h * w)
       rows[span], cols[span] = bh * m + mh, bw * m + mw
       frames[span] = frame_id
-      windows[span] = window_id + local_windows
+      if window_merged is not None:
+        windows[span] = window_id + local_windows
+        window_id += per_frame
       offset += h * w
       frame_id += 1
-      window_id += per_frame
-  frames[total:] = frame_id
-  windows[total:] = window_id
-  return PatchLayout(rows, cols, frames, windows)
+  full = segment_table(frames, size, bucket=bucket)
+  window = full if window_merged is None else segment_table(windows, size, bucket=bucket)
+  return PatchLayout(rows, cols, full, window)
 
 
 def bucket_size(n: int, *, minimum: int = 64, growth: float = 2.0, multiple: int = 4) -> int:

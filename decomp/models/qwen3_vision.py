@@ -83,7 +83,7 @@ class Qwen3VisionTower(nnx.Module):
     x = x + (jnp.take(table, jnp.asarray(layout.pos_index), axis=0) * weights).sum(1).astype(
         x.dtype)
     cos, sin = vision_rotary(c, layout)
-    frames = jnp.asarray(layout.frames)
+    frames = jnp.asarray(layout.full)
     deepstack = []
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, frames)

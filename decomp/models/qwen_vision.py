@@ -15,9 +15,9 @@ patches of all images, in the order described in `decomp.models.mrope`), plus a 
 - PatchMerger: norm (LayerNorm / RMSNorm), merge**2 consecutive patches concatenated, then
   Linear -> exact GELU -> Linear to the LM width.
 
-Attention is computed over all P patches with a segment mask (O(P^2) scores per head): simple
-and exact, and fine for the few images a reranker batch holds; per-image blocks would be the
-next step for many large images.
+Attention is computed per segment: the host lists each frame's (or window's) patches as a row
+of `PatchLayout.full` / `.window` ([S, L]), the tower gathers the rows, attends within each and
+scatters back -- S * L**2 scores per head instead of P**2 for the whole batch of images.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class QwenVisionConfig:
 
 
 class VisionAttention(nnx.Module):
-  """Bidirectional multi-head attention over patches, masked to equal segment ids."""
+  """Bidirectional multi-head attention within segments (rows of a PatchLayout table)."""
 
   def __init__(self, c: QwenVisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -187,19 +187,24 @@ class VisionAttention(nnx.Module):
     self.proj = Linear(c.hidden_size, c.hidden_size, names=('heads', 'embed'), **kw)
 
   def __call__(self, x, cos, sin, segments):
-    """x [P, d]; cos/sin [P, head_dim] float32; segments [P] int -> [P, d]."""
+    """x [P, d]; cos/sin [P, head_dim] float32; segments [S, L] patch indices (P = none)."""
     p, d = x.shape
-    qkv = self.qkv(x).reshape(p, 3, self.num_heads, d // self.num_heads)
-    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    heads = self.num_heads
+    qkv = self.qkv(x).reshape(p, 3, heads, d // heads)
     # transformers rotates in float32 and casts back.
     rotate = lambda y: (y.astype(jnp.float32) * cos[:, None] + rotate_half(
         y.astype(jnp.float32)) * sin[:, None]).astype(self.dtype)
-    q, k = rotate(q), rotate(k)
-    scores = jnp.einsum('qhc,khc->hqk', q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d // self.num_heads) ** -0.5
-    mask = segments[:, None] == segments[None, :]
-    probs = jax.nn.softmax(jnp.where(mask[None], scores, _MASKED), axis=-1).astype(self.dtype)
-    return self.proj(jnp.einsum('hqk,khc->qhc', probs, v).reshape(p, d))
+    q, k, v = rotate(qkv[:, 0]), rotate(qkv[:, 1]), qkv[:, 2]
+    # One zero row at index P, where the table's padding points.
+    gather = lambda y: jnp.concatenate([y, jnp.zeros_like(y[:1])])[segments]  # [S, L, H, hd]
+    scores = jnp.einsum('sqhc,skhc->shqk', gather(q), gather(k),
+                        preferred_element_type=jnp.float32) * (d // heads) ** -0.5
+    scores = jnp.where((segments < p)[:, None, None, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum('shqk,skhc->sqhc', probs, gather(v)).reshape(segments.shape + (d,))
+    # Scatter back; every padding slot writes to the extra row P, which is dropped.
+    out = jnp.zeros((p + 1, d), out.dtype).at[segments].set(out)[:p]
+    return self.proj(out)
 
 
 class _Qwen3MLP(nnx.Module):
@@ -324,7 +329,7 @@ class QwenVisionTower(nnx.Module):
                        f'and be a multiple of spatial_merge_size**2 = {self.merger.unit}')
     x = self.patch_embed(x.astype(self.dtype))
     cos, sin = self._rotary(layout)
-    frames, windows = jnp.asarray(layout.frames), jnp.asarray(layout.windows)
+    frames, windows = jnp.asarray(layout.full), jnp.asarray(layout.window)
     for i, block in enumerate(self.blocks):
       full = c.variant == 'qwen2_vl' or i in c.fullatt_block_indexes
       x = block(x, cos, sin, frames if full else windows)

@@ -163,7 +163,7 @@ class VLInputs(NamedTuple):
   """What the traced forward pass reads; build it with `QwenVL.prepare` (host side).
 
   input_ids, attention_mask [B, T] int32; positions [3, B, T] int32 (M-RoPE); pixel_values
-  [P, C*T*p*p] (P padded to the bucket) and layout (PatchLayout, arrays [P]) or both None.
+  [P, C*T*p*p] (P padded to the bucket) and layout (a PatchLayout) or both None.
   """
   input_ids: Any
   attention_mask: Any
@@ -177,9 +177,12 @@ def prepare_inputs(config: QwenVLConfig, input_ids, attention_mask=None, pixel_v
                    bucket: bool = False) -> VLInputs:
   """Host-side half of the forward pass (see the module docstring).
 
-  num_patches: pad the patches to this many (>= the real count); bucket=True instead picks
-  `bucket_size(real count, multiple=merge**2)`. Padding patches are zeros in a segment of
-  their own; their visual tokens are computed but never spliced.
+  num_patches: pad the patches to this many (>= the real count). bucket=True picks
+  `bucket_size(real count, multiple=merge**2)` when num_patches is None, and also buckets the
+  attention-segment tables (number of segments and their longest length, see
+  mrope.segment_table), so batches of different image sizes reuse a handful of compiled shapes.
+  Padding patches are zeros in no attention segment; their visual tokens are computed but
+  never spliced.
 
   Raises ValueError for pixel_values without image_grid_thw (or the reverse), a patch count
   that disagrees with image_grid_thw, and image-pad tokens that disagree with image_grid_thw.
@@ -209,7 +212,7 @@ def prepare_inputs(config: QwenVLConfig, input_ids, attention_mask=None, pixel_v
   if bucket and num_patches is None:
     num_patches = bucket_size(total, multiple=v.spatial_merge_size ** 2)
   layout = patch_layout(grid, spatial_merge_size=v.spatial_merge_size,
-                        window_merged=v.window_merged, num_patches=num_patches)
+                        window_merged=v.window_merged, num_patches=num_patches, bucket=bucket)
   size = len(layout.rows)
   if v.variant == 'qwen3_vl':
     index, weight = position_interpolation(
