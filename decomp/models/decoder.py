@@ -3,13 +3,15 @@
 Matches transformers' PyTorch `Qwen2ForCausalLM` / `Qwen3ForCausalLM` / `LlamaForCausalLM`
 (RMSNorm, RoPE with default/linear/llama3 scaling, grouped-query attention, SwiGLU MLP, q/k/v
 biases, Qwen3's per-head q/k RMSNorm, tied or untied LM head) and the text model of
-Qwen2-VL / Qwen2.5-VL (multimodal RoPE: `positions` [3, B, T] with `config.mrope_section`). Parameter layout: linear kernels are [in, out] (HF stores [out, in]); the token
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL (multimodal RoPE: `positions` [3, B, T] with
+`config.mrope_section`; DeepStack `layer_residuals`). Parameter layout: linear kernels are
+[in, out] (HF stores [out, in]); the token
 embedding and the untied LM head are both [V, d] as in HF. Every parameter carries logical
 sharding names (see decomp.models.sharding) in its Variable metadata.
 
-Padding: positions are `cumsum(attention_mask) - 1` unless given, and attention is causal over the valid
-keys, so a left- or right-padded sequence gives, at its valid positions, the same outputs as the
-same sequence unpadded. Outputs at padded positions are finite but meaningless.
+Padding: positions are `cumsum(attention_mask) - 1` unless given, and attention is causal over
+the valid keys, so a left- or right-padded sequence gives, at its valid positions, the same
+outputs as the same sequence unpadded. Outputs at padded positions are finite but meaningless.
 """
 
 from __future__ import annotations

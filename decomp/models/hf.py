@@ -28,8 +28,8 @@ from decomp.models.decoder import Decoder, Linear
 from decomp.models.lora import LoRALinear
 from decomp.models.sharding import Rules, logical_to_mesh_sharding, variable_names
 
-__all__ = ['CheckpointError', 'TensorSource', 'check_unexpected', 'decoder_tensor_name', 'hf_tensors',
-           'load_pretrained', 'load_variables', 'read_config', 'save_pretrained',
+__all__ = ['CheckpointError', 'TensorSource', 'check_unexpected', 'decoder_tensor_name',
+           'hf_tensors', 'load_pretrained', 'load_variables', 'read_config', 'save_pretrained',
            'write_checkpoint']
 
 CONFIG_NAME = 'config.json'

@@ -93,7 +93,8 @@ class QwenImageProcessor:
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike) -> 'QwenImageProcessor':
-    """From a checkpoint's preprocessor_config.json (min/max_pixels or size.{shortest,longest}_edge)."""
+    """From a checkpoint's preprocessor_config.json (min/max_pixels or
+    size.{shortest,longest}_edge); the defaults when the file is absent."""
     file = os.path.join(os.fspath(path), 'preprocessor_config.json')
     if not os.path.isfile(file):
       return cls()

@@ -227,7 +227,7 @@ def prepare_inputs(config: QwenVLConfig, input_ids, attention_mask=None, pixel_v
 
 
 class QwenVL(nnx.Module):
-  """Qwen2-VL / Qwen2.5-VL / Qwen3-VL. Params: `visual.*` (QwenVisionTower) and `decoder.*` (Decoder).
+  """Qwen2-VL / Qwen2.5-VL / Qwen3-VL. Params: `visual.*` (the vision tower), `decoder.*`.
 
   Mirrors Decoder where a reranker needs it: `hidden_states(inputs)` [B, T, d],
   `lm_head_rows(token_ids)` [K, d] and `log_normalizer(h)` (logsumexp over the vocabulary).

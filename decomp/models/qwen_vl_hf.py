@@ -117,6 +117,7 @@ def vl_hf_tensors(model: QwenVL):
 
 def save_vl_pretrained(model: QwenVL, path: str | os.PathLike, *,
                        max_shard_size: int | str | None = None) -> None:
-  """Writes config.json + safetensors that transformers loads as the same *ForConditionalGeneration."""
+  """Writes config.json + safetensors that transformers loads as the same
+  *ForConditionalGeneration (max_shard_size as hf.save_pretrained)."""
   write_checkpoint(path, dict(vl_hf_tensors(model)), model.config.to_hf(),
                    max_shard_size=max_shard_size)

@@ -73,8 +73,9 @@ def test_qwen3_reranker_equals_chat_template(tokenizer):
   for instruction in (None, 'Find the passage that answers the question'):
     ids = preset.encode(tokenizer, instruction, 'how do cats purr?', 'Cats purr.').input_ids
     theirs = tokenizer.apply_chat_template(
-        preset.messages(instruction, 'how do cats purr?', 'Cats purr.'), chat_template=QWEN3_TEMPLATE,
-        add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False)
+        preset.messages(instruction, 'how do cats purr?', 'Cats purr.'),
+        chat_template=QWEN3_TEMPLATE, add_generation_prompt=True, enable_thinking=False,
+        tokenize=True, return_dict=False)
     assert ids == list(theirs)
   text = preset.render(None, 'q', 'd')
   assert text.startswith('<|im_start|>system\nJudge whether the Document meets')
