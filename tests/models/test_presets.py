@@ -166,3 +166,40 @@ def test_label_words_in_qwens_real_vocabulary():
   assert get_preset('qwen3-reranker').label_token_ids(tok) == (9693, 2152)
   assert get_preset('gmr').label_token_ids(tok) == (9693, 2152)
   assert get_preset('monoqwen2-vl').label_token_ids(tok) == (2514, 4049)
+
+
+def test_preset_to_scores_end_to_end(tokenizer):
+  """The path a VL reranker takes: preset -> collate -> QwenVL.prepare (bucketed) -> jitted
+  hidden states at the last position -> label logits, equal to the full logits there."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from decomp.models import DecoderConfig, QwenVL, QwenVLConfig, QwenVisionConfig
+  text = DecoderConfig(architecture='qwen2', vocab_size=len(tokenizer), hidden_size=32,
+                       intermediate_size=48, num_layers=2, num_heads=2, num_kv_heads=1,
+                       head_dim=16, attention_bias=True, mrope_section=(2, 3, 3),
+                       tie_word_embeddings=True)
+  vision = QwenVisionConfig(variant='qwen2_5_vl', depth=2, hidden_size=16, intermediate_size=24,
+                            num_heads=2, out_hidden_size=32, hidden_act='silu', window_size=56,
+                            fullatt_block_indexes=(1,))
+  config = QwenVLConfig('qwen2_5_vl', text, vision,
+                        image_token_id=tokenizer.convert_tokens_to_ids('<|image_pad|>'))
+  model = QwenVL(config, rngs=nnx.Rngs(0))
+  preset = get_preset('gmr')
+  images = _images()
+  prompts = [preset.encode(tokenizer, 'i', 'what is a cat?', images[0]),
+             preset.encode(tokenizer, 'i', 'what is a cat?', 'A small feline.'),
+             preset.encode(tokenizer, 'i', ['which one?', images[1]], [images[0], 'a cat'])]
+  batch = collate(prompts, pad_id=tokenizer.pad_token_id)
+  inputs = model.prepare(**batch, bucket=True)
+  yes_no = jnp.asarray([tokenizer.convert_tokens_to_ids('<|im_start|>'), 5])
+
+  @nnx.jit
+  def scores(m, x):
+    h = m.hidden_states(x)[:, -1]  # left padding: the answer position is the last one
+    return h @ m.lm_head_rows(yes_no).T, m.log_normalizer(h)
+
+  label_logits, lse = scores(model, inputs)
+  logits = np.asarray(model(**batch))[:, -1]
+  np.testing.assert_allclose(label_logits, logits[:, np.asarray(yes_no)], atol=1e-5)
+  np.testing.assert_allclose(lse, jax.nn.logsumexp(logits, axis=-1), atol=1e-5)
