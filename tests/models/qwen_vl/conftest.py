@@ -106,6 +106,26 @@ def torch_logits(model, ids, mask, pixels, grid, types):
   return out.logits.numpy()
 
 
+def valid_close(ours, theirs, mask, tol=1e-4):
+  """ours == theirs within tol at the valid (unpadded) positions; the reference is not tiny."""
+  valid = np.asarray(mask, bool)
+  assert np.abs(theirs[valid]).std() > 0.05
+  np.testing.assert_allclose(np.asarray(ours)[valid], theirs[valid], atol=tol, rtol=0)
+
+
+# Untied Qwen2-VL, tied Qwen2.5-VL (the published 3B ties, 7B does not), untied Qwen3-VL: both
+# heads, all three towers.
+@pytest.fixture(scope='module', params=[('qwen2_vl', False), ('qwen2_5_vl', True),
+                                        ('qwen3_vl', False)],
+                ids=['qwen2_vl-untied', 'qwen2_5_vl-tied', 'qwen3_vl-untied'])
+def checkpoint(request, tmp_path_factory):
+  variant, tie = request.param
+  torch_model = build(variant, tie=tie, seed=len(request.node.name))
+  path = str(tmp_path_factory.mktemp(f'{variant}_{int(tie)}'))
+  torch_model.save_pretrained(path)
+  return path, torch_model
+
+
 @pytest.fixture(scope='session')
 def vl():
   """This module's constants and helpers (test modules cannot import a conftest by name)."""
