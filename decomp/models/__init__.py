@@ -25,17 +25,19 @@ from decomp.models.sharding import (DEFAULT_RULES, FSDP_RULES, logical_to_mesh_s
 from decomp.models.vision import (CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageEncoder,
                                   Projector, VisionConfig, VisionEncoder, image_preprocess,
                                   load_vision_pretrained)
+from decomp.models.vision_lora import VISION_LORA_TARGETS, apply_vision_lora, merge_vision_lora
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CheckpointError", "DEFAULT_RULES", "Decoder", "DecoderConfig",
     "EncodedPrompt", "FSDP_RULES", "ImageEncoder", "LoRALinear", "LoRAParam", "PRESETS",
     "PatchLayout", "Projector", "Qwen3VisionTower", "QwenImageProcessor", "QwenVL", "QwenVLConfig",
     "QwenVisionConfig", "QwenVisionTower", "RerankPreset", "RerankPrompt", "Reranker",
-    "SIGLIP_MEAN", "SIGLIP_STD", "SUPPORTED_ARCHITECTURES", "VLInputs", "VisionConfig",
-    "VisionEncoder", "apply_lora", "bucket_length", "bucket_size", "collate", "encode_groups",
-    "encode_pair", "encode_pairs", "get_preset", "has_lora", "image_preprocess", "image_token_id",
-    "is_lm_head", "label_token_ids", "load_pretrained", "load_reranker", "load_tokenizer",
-    "load_vision_pretrained", "logical_to_mesh_sharding", "logical_to_partition_spec",
-    "merge_lora", "model_shardings", "patch_layout", "prepare_inputs", "read_config", "rope_index",
+    "SIGLIP_MEAN", "SIGLIP_STD", "SUPPORTED_ARCHITECTURES", "VISION_LORA_TARGETS", "VLInputs",
+    "VisionConfig", "VisionEncoder", "apply_lora", "apply_vision_lora", "bucket_length",
+    "bucket_size", "collate", "encode_groups", "encode_pair", "encode_pairs", "get_preset",
+    "has_lora", "image_preprocess", "image_token_id", "is_lm_head", "label_token_ids",
+    "load_pretrained", "load_reranker", "load_tokenizer", "load_vision_pretrained",
+    "logical_to_mesh_sharding", "logical_to_partition_spec", "merge_lora", "merge_vision_lora",
+    "model_shardings", "patch_layout", "prepare_inputs", "read_config", "rope_index",
     "save_pretrained", "shard_model", "smart_resize", "trainable_filter",
 ]

@@ -10,7 +10,7 @@ Tensor-name layouts in circulation, all read:
 `save_vl_pretrained` writes tensor names as transformers 5.24's own save_pretrained does (the
 names of the published checkpoints: 4.4x `model.*` / `visual.*` for Qwen2-VL and Qwen2.5-VL,
 `model.language_model.*` / `model.visual.*` for Qwen3-VL) and config.json in the 5.x layout
-(`text_config`); LoRA on the decoder is folded in.
+(`text_config`); LoRA adapters (decoder and vision tower) are folded in.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from decomp.models.hf import (CONFIG_NAME, CheckpointError, TensorSource, check_
                               decoder_tensor_name, hf_tensors, load_variables, write_checkpoint)
 from decomp.models.qwen_vl import QwenVL, QwenVLConfig
 from decomp.models.sharding import Rules
+from decomp.models.vision_lora import merge_vision_lora
 
 __all__ = ['load_vl_pretrained', 'save_vl_pretrained', 'vision_tensor_name']
 
@@ -102,9 +103,10 @@ def vl_hf_tensors(model: QwenVL):
                                 else ('model.', 'visual.'))
   yield from hf_tensors(model.decoder, prefix=text_prefix)
   c = model.config.vision
-  for var_path, variable in nnx.to_flat_state(nnx.state(model.visual, nnx.Param)):
-    if isinstance(variable, nnx.LoRAParam):
-      raise ValueError('save_pretrained does not fold LoRA adapters on the vision tower')
+  visual = model.visual
+  if any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(nnx.state(visual))):
+    visual = merge_vision_lora(nnx.clone(visual))  # fold into a copy; the model keeps them
+  for var_path, variable in nnx.to_flat_state(nnx.state(visual, nnx.Param)):
     name, kind = vision_tensor_name(var_path, vision_prefix)
     value = np.asarray(variable.get_value())
     if kind == 'T':

@@ -27,11 +27,16 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, tmp_path, vl):
   assert set(written) == set(original)
   for name in original:
     np.testing.assert_array_equal(written[name], original[name], err_msg=name)
-  # With LoRA adapters on the language model, the saved weights have them folded in.
-  models.apply_lora(model.decoder, rank=2, rngs=nnx.Rngs(0))
-  for layer in model.decoder.layers:
-    b = layer.self_attn.q_proj.lora_b
-    b[...] = jax.random.normal(jax.random.key(1), b[...].shape) * 0.5
+  # With LoRA adapters on the language model and the vision tower, the saved weights have them
+  # folded in (and the model keeps its adapters).
+  models.apply_lora(model.decoder, rank=2, alpha=2.0, rngs=nnx.Rngs(0))
+  models.apply_vision_lora(model.visual, rank=2, alpha=2.0, targets=models.VISION_LORA_TARGETS,
+                           rngs=nnx.Rngs(1))
+  assert nnx.to_flat_state(nnx.state(model.visual, nnx.LoRAParam))
+  b_matrices = [v for p, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))
+                if p[-1] == 'lora_b']  # zero-initialised: give them values
+  for i, b in enumerate(b_matrices):
+    b.set_value(jax.random.normal(jax.random.key(i), b.get_value().shape) * 0.1)
   models.save_pretrained(model, saved)
   reloaded = AutoModelForImageTextToText.from_pretrained(saved).eval()
   assert type(reloaded) is type(torch_model)
@@ -39,6 +44,12 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, tmp_path, vl):
   ours = np.asarray(model(ids, mask, pixels, grid))
   assert np.abs(ours - vl.torch_logits(torch_model, ids, mask, pixels, grid, types)).max() > 1e-2
   vl.valid_close(ours, vl.torch_logits(reloaded, ids, mask, pixels, grid, types), mask)
+  assert models.has_lora(model.decoder)
+  # Merging in place gives the same model without adapters.
+  models.merge_vision_lora(model.visual)
+  models.merge_lora(model.decoder)
+  assert not nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))
+  np.testing.assert_allclose(model(ids, mask, pixels, grid), ours, atol=1e-5)
 
 
 def _rewrite(path, target, *, other_names, flat_config, tie_in_text_config):
