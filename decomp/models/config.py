@@ -256,8 +256,11 @@ def _architecture_of(hf: Mapping[str, Any]) -> str:
     architectures = [architectures]
   for name in architectures:
     if name not in _ARCH_TO_TYPE:
+      hint = (' (a vision-language model: decomp.models.load_pretrained returns a QwenVL for '
+              'Qwen2-VL / Qwen2.5-VL / Qwen3-VL)' if name.endswith('ForConditionalGeneration')
+              else '')
       raise ValueError(f'unsupported architecture {name!r} in config.json `architectures`; '
-                       f'supported: {sorted(_ARCH_TO_TYPE)}')
+                       f'supported by the text Decoder: {sorted(_ARCH_TO_TYPE)}{hint}')
   model_type = hf.get('model_type')
   if model_type is not None and model_type not in _ARCHITECTURES:
     raise ValueError(f'unsupported model_type {model_type!r}; supported: {sorted(_ARCHITECTURES)}')
