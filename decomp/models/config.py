@@ -1,4 +1,4 @@
-"""DecoderConfig: the shape of a Qwen2/Llama decoder, read from and written to HF config.json.
+"""DecoderConfig: the shape of a Qwen2/Qwen3/Llama decoder, read from and written to HF config.json.
 
 Hugging Face config.json files come in two layouts and both are in circulation:
 
@@ -20,24 +20,28 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'rope_inv_freq']
+__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'mrope_streams', 'rope_inv_freq']
 
 # model_type -> HF class written in `architectures`.
-_ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'llama': 'LlamaForCausalLM'}
+_ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM',
+                  'llama': 'LlamaForCausalLM'}
 _ARCH_TO_TYPE = {v: k for k, v in _ARCHITECTURES.items()}
 # HF defaults when a key is absent (from the transformers config classes).
 _DEFAULT_THETA = 10000.0
-_DEFAULT_MAX_POSITIONS = {'qwen2': 32768, 'llama': 2048}
-_DEFAULT_EPS = {'qwen2': 1e-6, 'llama': 1e-6}
+_DEFAULT_MAX_POSITIONS = {'qwen2': 32768, 'qwen3': 32768, 'llama': 2048}
+_DEFAULT_EPS = {'qwen2': 1e-6, 'qwen3': 1e-6, 'llama': 1e-6}
+# Qwen3Config's head_dim default (it is independent of hidden_size / num_heads there).
+_QWEN3_HEAD_DIM = 128
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3')
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-  """Hyper-parameters of a decoder-only LM (Qwen2/Qwen2.5 and Llama/Llama-3.x families).
+  """Hyper-parameters of a decoder-only LM (Qwen2/Qwen2.5, Qwen3 and Llama/Llama-3.x families).
 
   Attributes:
-    architecture: 'qwen2' or 'llama'.
+    architecture: 'qwen2', 'qwen3' or 'llama' (the text model of Qwen2-VL / Qwen2.5-VL is
+      'qwen2' with `mrope_section` set).
     vocab_size: V, rows of the embedding and LM head.
     hidden_size: d.
     intermediate_size: width of the SwiGLU MLP.
@@ -55,6 +59,14 @@ class DecoderConfig:
     max_position_embeddings: as in HF (only written back; positions are not clipped).
     attention_out_bias: o_proj has a bias (Llama with attention_bias=True).
     mlp_bias: gate/up/down projections have a bias (Llama's `mlp_bias`).
+    qk_norm: per-head RMSNorm over head_dim on q and k after the projection, before RoPE
+      (Qwen3; v is not normalised).
+    mrope_section: multimodal RoPE (Qwen2-VL): the head_dim // 2 frequencies split into three
+      consecutive chunks of these sizes, rotated by the temporal, height and width position
+      streams; None for plain 1-D RoPE.
+    mrope_interleaved: Qwen3-VL's layout of the three streams: frequencies 1, 4, 7, ... (the
+      first 3 * mrope_section[1]) take the height stream, 2, 5, 8, ... (3 * mrope_section[2])
+      the width stream, the rest the temporal one.
   """
   architecture: str
   vocab_size: int
@@ -72,6 +84,9 @@ class DecoderConfig:
   max_position_embeddings: int = 2048
   attention_out_bias: bool = False
   mlp_bias: bool = False
+  qk_norm: bool = False
+  mrope_section: tuple[int, ...] | None = None
+  mrope_interleaved: bool = False
 
   def __post_init__(self):
     if self.architecture not in _ARCHITECTURES:
@@ -86,6 +101,12 @@ class DecoderConfig:
       raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}')
     if self.head_dim % 2:
       raise ValueError(f'head_dim={self.head_dim} must be even for RoPE')
+    if self.mrope_section is not None:
+      section = tuple(int(s) for s in self.mrope_section)
+      if len(section) != 3 or min(section) < 0 or sum(section) != self.head_dim // 2:
+        raise ValueError(f'mrope_section {self.mrope_section} must be 3 sizes summing to '
+                         f'head_dim // 2 = {self.head_dim // 2}')
+      object.__setattr__(self, 'mrope_section', section)
     if self.rope_scaling is not None:
       rope_type = self.rope_scaling.get('rope_type')
       if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -132,16 +153,23 @@ class DecoderConfig:
     if num_heads <= 0:  # named here: the head width below divides by it
       raise ValueError(f'num_attention_heads must be a positive int, got {num_heads}')
     num_kv_heads = int(hf.get('num_key_value_heads') or num_heads)
-    head_dim = int(hf.get('head_dim') or hidden_size // num_heads)
+    default_head_dim = _QWEN3_HEAD_DIM if architecture == 'qwen3' else hidden_size // num_heads
+    head_dim = int(hf.get('head_dim') or default_head_dim)
     hidden_act = hf.get('hidden_act', 'silu')
     if hidden_act != 'silu':
       raise ValueError(f'unsupported hidden_act {hidden_act!r} ({architecture}); only silu')
-    if architecture == 'qwen2':
+    if architecture in ('qwen2', 'qwen3'):
       if hf.get('use_sliding_window') or 'sliding_attention' in (hf.get('layer_types') or ()):
-        raise ValueError('qwen2 config uses sliding-window attention (use_sliding_window / '
-                         'layer_types), which this decoder does not implement')
+        raise ValueError(f'{architecture} config uses sliding-window attention '
+                         '(use_sliding_window / layer_types), which this decoder does not '
+                         'implement')
+    if architecture == 'qwen2':
       # Qwen2 always has q/k/v biases and no o_proj/MLP bias; the config has no key for it.
       attention_bias, attention_out_bias, mlp_bias = True, False, False
+    elif architecture == 'qwen3':
+      # Qwen3's attention_bias (False in every release) biases q/k/v/o together; no MLP bias.
+      attention_bias = attention_out_bias = bool(hf.get('attention_bias', False))
+      mlp_bias = False
     else:
       attention_bias = bool(hf.get('attention_bias', False))
       attention_out_bias = attention_bias
@@ -165,6 +193,7 @@ class DecoderConfig:
                                     or _DEFAULT_MAX_POSITIONS[architecture]),
         attention_out_bias=attention_out_bias,
         mlp_bias=mlp_bias,
+        qk_norm=architecture == 'qwen3',
     )
 
   def to_hf(self) -> dict[str, Any]:
@@ -173,6 +202,12 @@ class DecoderConfig:
     transformers 5.24 loads it back as `Qwen2ForCausalLM` / `LlamaForCausalLM` with the same
     shapes and RoPE. Raises ValueError for a combination the HF class cannot express.
     """
+    if self.mrope_section is not None:
+      raise ValueError('a decoder with mrope_section is the text model of a Qwen2-VL checkpoint; '
+                       'save the whole model with decomp.models.save_pretrained')
+    if self.qk_norm != (self.architecture == 'qwen3'):
+      raise ValueError(f'{self.hf_architecture} has qk_norm={self.architecture == "qwen3"}, '
+                       f'this config has qk_norm={self.qk_norm}')
     rope_parameters = {'rope_type': 'default', 'rope_theta': float(self.rope_theta)}
     if self.rope_scaling is not None:
       rope_parameters.update(self.rope_scaling)
@@ -202,6 +237,11 @@ class DecoderConfig:
         raise ValueError('Qwen2ForCausalLM has q/k/v biases only: attention_bias must be True '
                          'and attention_out_bias/mlp_bias False')
       hf['use_sliding_window'] = False
+    elif self.architecture == 'qwen3':
+      if self.attention_out_bias != self.attention_bias or self.mlp_bias:
+        raise ValueError('Qwen3ForCausalLM biases q/k/v/o together and never the MLP')
+      hf['attention_bias'] = self.attention_bias
+      hf['use_sliding_window'] = False
     else:
       if self.attention_out_bias != self.attention_bias:
         raise ValueError('LlamaForCausalLM biases q/k/v/o together: attention_out_bias must '
@@ -212,14 +252,17 @@ class DecoderConfig:
 
 
 def _architecture_of(hf: Mapping[str, Any]) -> str:
-  """'qwen2' | 'llama' from `architectures` (preferred) or `model_type`."""
+  """'qwen2' | 'qwen3' | 'llama' from `architectures` (preferred) or `model_type`."""
   architectures = hf.get('architectures') or []
   if isinstance(architectures, str):
     architectures = [architectures]
   for name in architectures:
     if name not in _ARCH_TO_TYPE:
+      hint = (' (a vision-language model: decomp.models.load_pretrained returns a QwenVL for '
+              'Qwen2-VL / Qwen2.5-VL / Qwen3-VL)' if name.endswith('ForConditionalGeneration')
+              else '')
       raise ValueError(f'unsupported architecture {name!r} in config.json `architectures`; '
-                       f'supported: {sorted(_ARCH_TO_TYPE)}')
+                       f'supported by the text Decoder: {sorted(_ARCH_TO_TYPE)}{hint}')
   model_type = hf.get('model_type')
   if model_type is not None and model_type not in _ARCHITECTURES:
     raise ValueError(f'unsupported model_type {model_type!r}; supported: {sorted(_ARCHITECTURES)}')
@@ -283,6 +326,20 @@ def _read_rope(hf: Mapping[str, Any], architecture: str) -> tuple[float, dict | 
       raise ValueError('llama3 rope scaling lacks original_max_position_embeddings')
     scaling['original_max_position_embeddings'] = int(original)
   return theta, scaling
+
+
+def mrope_streams(config: DecoderConfig) -> np.ndarray:
+  """Which position stream (0 temporal, 1 height, 2 width) rotates each of the head_dim // 2
+  frequencies under multimodal RoPE (transformers' Qwen2-VL / Qwen3-VL recomposition)."""
+  section = config.mrope_section
+  if section is None:
+    raise ValueError('mrope_streams needs a config with mrope_section')
+  if not config.mrope_interleaved:
+    return np.repeat(np.arange(3), section)
+  streams = np.zeros(config.head_dim // 2, np.int64)
+  streams[1:3 * section[1]:3] = 1
+  streams[2:3 * section[2]:3] = 2
+  return streams
 
 
 def rope_inv_freq(config: DecoderConfig) -> np.ndarray:

@@ -1,14 +1,17 @@
-"""A compact Flax NNX decoder-only LM for the Qwen2/Qwen2.5 and Llama/Llama-3.x families.
+"""A compact Flax NNX decoder-only LM for the Qwen2/Qwen2.5, Qwen3 and Llama/Llama-3.x families.
 
-Matches transformers' PyTorch `Qwen2ForCausalLM` / `LlamaForCausalLM` (RMSNorm, RoPE with
-default/linear/llama3 scaling, grouped-query attention, SwiGLU MLP, q/k/v biases, tied or untied
-LM head). Parameter layout: linear kernels are [in, out] (HF stores [out, in]); the token
+Matches transformers' PyTorch `Qwen2ForCausalLM` / `Qwen3ForCausalLM` / `LlamaForCausalLM`
+(RMSNorm, RoPE with default/linear/llama3 scaling, grouped-query attention, SwiGLU MLP, q/k/v
+biases, Qwen3's per-head q/k RMSNorm, tied or untied LM head) and the text model of
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL (multimodal RoPE: `positions` [3, B, T] with
+`config.mrope_section`; DeepStack `layer_residuals`). Parameter layout: linear kernels are
+[in, out] (HF stores [out, in]); the token
 embedding and the untied LM head are both [V, d] as in HF. Every parameter carries logical
 sharding names (see decomp.models.sharding) in its Variable metadata.
 
-Padding: positions are `cumsum(attention_mask) - 1`, and attention is causal over the valid
-keys, so a left- or right-padded sequence gives, at its valid positions, the same outputs as the
-same sequence unpadded. Outputs at padded positions are finite but meaningless.
+Padding: positions are `cumsum(attention_mask) - 1` unless given, and attention is causal over
+the valid keys, so a left- or right-padded sequence gives, at its valid positions, the same
+outputs as the same sequence unpadded. Outputs at padded positions are finite but meaningless.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from decomp.models.config import DecoderConfig, rope_inv_freq
+from decomp.models.config import DecoderConfig, mrope_streams, rope_inv_freq
 from decomp.models.sharding import METADATA_KEY
 
-__all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin']
+__all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin',
+           'rotate_half', 'padding_positions']
 
 # A large finite negative instead of -inf: a fully padded query row (e.g. a left pad, which has no
 # valid key at or before it) then softmaxes to a uniform row instead of NaN.
@@ -75,15 +79,31 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
-def _rotate_half(x: jax.Array) -> jax.Array:
+def rotate_half(x: jax.Array) -> jax.Array:
+  """[x1, x2] -> [-x2, x1] over the last axis (HF's rotate_half)."""
   half = x.shape[-1] // 2
   return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+def padding_positions(valid: jax.Array) -> jax.Array:
+  """Positions [B, T] = cumsum(valid) - 1, clipped at 0 (left pads get 0)."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
 def rope_cos_sin(config: DecoderConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-  """cos, sin [B, T, head_dim] for integer positions [B, T] (computed in float32, then cast)."""
+  """cos, sin [B, T, head_dim] for integer positions (computed in float32, then cast).
+
+  positions: [B, T], or [3, B, T] (temporal, height, width) for multimodal RoPE, where
+  frequency j takes its angle from stream `mrope_streams(config)[j]` (HF's Qwen2-VL / Qwen3-VL
+  rotary embeddings).
+  """
   inv_freq = jnp.asarray(rope_inv_freq(config))
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  if positions.ndim == 3:
+    if config.mrope_section is None:
+      raise ValueError('positions [3, B, T] need a config with mrope_section')
+    stream = mrope_streams(config)
+    freqs = jnp.where(stream == 0, freqs[0], jnp.where(stream == 1, freqs[1], freqs[2]))
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -104,6 +124,9 @@ class Attention(nnx.Module):
                          use_bias=c.attention_bias, **kw)
     self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, names=('heads', 'embed'),
                          use_bias=c.attention_out_bias, **kw)
+    # Qwen3: RMSNorm over each head's head_dim features, after the projection, before RoPE.
+    self.q_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, **kw) if c.qk_norm else None
+    self.k_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, **kw) if c.qk_norm else None
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
     """x [B, T, d]; cos/sin [B, T, hd]; mask [B, T(query), T(key)] bool -> [B, T, d]."""
@@ -113,11 +136,15 @@ class Attention(nnx.Module):
     # on the projections, instead of inside XLA CPU's fused (slow) transposing copies around
     # the attention einsums (measured ~4% of a training step). Query head h reads kv head
     # h // groups (HF's repeat_kv order).
-    q = self.q_proj(x).reshape(b, t, kv, groups, hd).transpose(0, 2, 3, 1, 4)
-    k = self.k_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
+    q = self.q_proj(x).reshape(b, t, kv, groups, hd)
+    k = self.k_proj(x).reshape(b, t, kv, hd)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = q.transpose(0, 2, 3, 1, 4)
+    k = k.transpose(0, 2, 1, 3)
     v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
-    q = q * cos[:, None, None] + _rotate_half(q) * sin[:, None, None]
-    k = k * cos[:, None] + _rotate_half(k) * sin[:, None]
+    q = q * cos[:, None, None] + rotate_half(q) * sin[:, None, None]
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
     scores = jnp.einsum('bkgth,bksh->bkgts', q, k, preferred_element_type=jnp.float32)
     scores = scores * (hd ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
@@ -206,7 +233,9 @@ class Decoder(nnx.Module):
 
   def hidden_states(self, input_ids: jax.Array | None = None,
                     attention_mask: jax.Array | None = None, *,
-                    inputs_embeds: jax.Array | None = None) -> jax.Array:
+                    inputs_embeds: jax.Array | None = None,
+                    positions: jax.Array | None = None,
+                    layer_residuals: Sequence[jax.Array] = ()) -> jax.Array:
     """Final RMS-normed hidden states [B, T, d] (compute dtype).
 
     Args:
@@ -215,6 +244,10 @@ class Decoder(nnx.Module):
         None means no padding.
       inputs_embeds: [B, T, d] embeddings that replace the lookup (e.g. image features spliced
         into token embeddings).
+      positions: RoPE positions, [B, T] int, or [3, B, T] for multimodal RoPE (needs
+        `config.mrope_section`); None -> cumsum(attention_mask) - 1.
+      layer_residuals: arrays [B, T, d] added to the hidden states after layers 0, 1, ...
+        (Qwen3-VL's DeepStack visual features, zero outside image tokens).
     """
     if inputs_embeds is not None:
       x = jnp.asarray(inputs_embeds)
@@ -235,19 +268,39 @@ class Decoder(nnx.Module):
         raise ValueError(f'attention_mask shape {jnp.shape(attention_mask)} does not match the '
                          f'inputs [B, T] = {(b, t)}')
       valid = jnp.asarray(attention_mask).astype(bool)
-    positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+    if positions is None:
+      positions = padding_positions(valid)
+    else:
+      positions = jnp.asarray(positions)
+      if positions.shape[-2:] != (b, t) or positions.ndim not in (2, 3):
+        raise ValueError(f'positions must be [B, T] or [3, B, T] with [B, T] = {(b, t)}, got '
+                         f'{positions.shape}')
     cos, sin = rope_cos_sin(self.config, positions, self.dtype)
     causal = jnp.tril(jnp.ones((t, t), bool))
     mask = causal[None] & valid[:, None, :]
     run = _run_layer_remat if self.remat else _run_layer
-    for layer in self.layers:
+    if len(layer_residuals) > len(self.layers):
+      raise ValueError(f'{len(layer_residuals)} layer_residuals for {len(self.layers)} layers')
+    for i, layer in enumerate(self.layers):
       x = run(layer, x, cos, sin, mask)
+      if i < len(layer_residuals):
+        x = x + layer_residuals[i].astype(x.dtype)
     return self.norm(x)
 
-  def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None, *,
-               inputs_embeds: jax.Array | None = None) -> jax.Array:
-    """Full-vocabulary logits [B, T, V] in the compute dtype."""
-    h = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+  def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None,
+               pixel_values=None, image_grid_thw=None, *,
+               inputs_embeds: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """Full-vocabulary logits [B, T, V] in the compute dtype.
+
+    pixel_values / image_grid_thw exist so every model `decomp.models.load_pretrained` returns
+    takes the same call; a text-only decoder refuses images.
+    """
+    if pixel_values is not None or image_grid_thw is not None:
+      raise ValueError(f'{self.config.hf_architecture} is a text-only model: it takes no '
+                       'pixel_values / image_grid_thw')
+    h = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
+                           positions=positions)
     b, t, d = h.shape  # one 2-D matmul, as in Linear
     logits = jnp.einsum('nd,vd->nv', h.reshape(b * t, d), self._lm_head_matrix().astype(self.dtype))
     return logits.reshape(b, t, -1)

@@ -28,13 +28,15 @@ from decomp.models.decoder import Decoder, Linear
 from decomp.models.lora import LoRALinear
 from decomp.models.sharding import Rules, logical_to_mesh_sharding, variable_names
 
-__all__ = ['CheckpointError', 'hf_tensors', 'load_pretrained', 'read_config', 'save_pretrained']
+__all__ = ['CheckpointError', 'TensorSource', 'check_unexpected', 'decoder_tensor_name',
+           'hf_tensors', 'load_pretrained', 'load_variables', 'read_config', 'save_pretrained',
+           'write_checkpoint']
 
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 INDEX_NAME = 'model.safetensors.index.json'
 # Tensors some checkpoints carry that the forward pass does not use.
-_IGNORED = re.compile(r'^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$')
+_IGNORED = re.compile(r'^model\.(language_model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq$')
 _SHARD_FILE = re.compile(r'model-\d{5}-of-\d{5}\.safetensors')
 
 
@@ -58,15 +60,19 @@ def read_config(path: str | os.PathLike) -> DecoderConfig:
     raise ValueError(f'{file}: {e}') from e
 
 
-def _hf_name(path: tuple) -> tuple[str, bool]:
-  """HF tensor name for an nnx state path, and whether the array is transposed ([in,out] here)."""
+def _hf_name(path: tuple, prefix: str = 'model.') -> tuple[str, bool]:
+  """HF tensor name for a Decoder state path, and whether the array is transposed ([in,out] here).
+
+  prefix: where the decoder's tensors live ('model.' for *ForCausalLM, e.g.
+  'model.language_model.' inside a Qwen2-VL checkpoint); the LM head is always 'lm_head.weight'.
+  """
   parts = [str(p) for p in path]
   if parts == ['embed_tokens']:
-    return 'model.embed_tokens.weight', False
+    return prefix + 'embed_tokens.weight', False
   if parts == ['lm_head']:
     return 'lm_head.weight', False
   leaf = parts[-1]
-  prefix = 'model.' + '.'.join(parts[:-1])
+  prefix = prefix + '.'.join(parts[:-1])
   if leaf == 'kernel':
     return prefix + '.weight', True
   if leaf == 'scale':
@@ -76,7 +82,7 @@ def _hf_name(path: tuple) -> tuple[str, bool]:
   raise CheckpointError(f'no HF name for parameter {".".join(parts)}')
 
 
-class _TensorSource:
+class TensorSource:
   """Lazy access to the tensors of one HF directory (single file or sharded index)."""
 
   def __init__(self, path: str):
@@ -154,37 +160,75 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
     raise FileNotFoundError(f'checkpoint directory {path!r} does not exist')
   config = read_config(path)
   param_dtype = jnp.float32 if param_dtype is None else param_dtype
-  source = _TensorSource(path)
+  source = TensorSource(path)
   abstract = nnx.eval_shape(lambda: Decoder(config, dtype=dtype, param_dtype=param_dtype,
                                             remat=remat, rngs=nnx.Rngs(0)))
+  model, wanted = load_variables(abstract, source, path, decoder_tensor_name, param_dtype, mesh,
+                                 rules)
+  check_unexpected(source, wanted, path, tied=config.tie_word_embeddings)
+  return model
+
+
+def decoder_tensor_name(path: tuple, prefix: str = 'model.') -> tuple[str, str]:
+  """(HF name, kind) of a Decoder state path, for load_variables."""
+  name, transposed = _hf_name(path, prefix)
+  return name, 'T' if transposed else 'copy'
+
+
+def _hf_shape(kind: str, shape: tuple[int, ...], found: tuple[int, ...]) -> tuple[int, ...]:
+  """The HF shape a parameter of `shape` needs, given the stored one (only 'conv' reads it)."""
+  if kind == 'T':
+    return shape[::-1]
+  if kind == 'conv':  # [in, out] here <- [out, C, T, p, p] in HF
+    return (shape[1],) + tuple(found[1:]) if int(np.prod(found[1:])) == shape[0] else (
+        shape[1], shape[0])
+  return shape
+
+
+def _to_ours(kind: str, array: np.ndarray) -> np.ndarray:
+  if kind == 'T':
+    return array.T
+  if kind == 'conv':
+    return array.reshape(array.shape[0], -1).T
+  return array
+
+
+def load_variables(abstract: nnx.Module, source: 'TensorSource', path: str, name_of,
+                   param_dtype, mesh=None, rules=None) -> tuple[nnx.Module, set[str]]:
+  """Fills an abstract module (from nnx.eval_shape) with checkpoint tensors.
+
+  name_of(state path) -> (HF tensor name, kind): kind 'copy' (same layout), 'T' (a Linear
+  kernel, HF stores [out, in]) or 'conv' (a Conv patch embedding [out, C, ...] used as an
+  [C*..., out] kernel). Returns the module and the set of tensor names read. Raises
+  CheckpointError for a missing or mis-shaped tensor.
+  """
   graphdef, state = nnx.split(abstract)
-  flat = nnx.to_flat_state(state)
   wanted: set[str] = set()
   loaded = []
-  for var_path, variable in flat:
-    name, transposed = _hf_name(var_path)
+  for var_path, variable in nnx.to_flat_state(state):
+    name, kind = name_of(var_path)
     wanted.add(name)
     if name not in source.files:
       raise CheckpointError(f'{path}: tensor {name!r} is missing from the checkpoint')
     shape = tuple(variable.get_value().shape)
-    hf_shape = shape[::-1] if transposed else shape
     found = source.shape(name)
+    hf_shape = _hf_shape(kind, shape, found)
     if found != hf_shape:
       raise CheckpointError(f'{path}: tensor {name!r} has shape {found}, expected {hf_shape} '
                             f'from config.json')
-    array = source.get(name)
-    if transposed:
-      array = array.T
-    array = np.asarray(array).astype(param_dtype)
+    array = np.asarray(_to_ours(kind, source.get(name))).astype(param_dtype)
     loaded.append((var_path, variable.replace(_place(array, variable, mesh, rules))))
+  return nnx.merge(graphdef, nnx.from_flat_state(loaded)), wanted
+
+
+def check_unexpected(source: 'TensorSource', wanted: set[str], path: str, *, tied: bool) -> None:
+  """CheckpointError when the checkpoint holds tensors the config does not describe."""
   unexpected = sorted(n for n in source.names() - wanted
-                      if not _IGNORED.match(n)
-                      and not (n == 'lm_head.weight' and config.tie_word_embeddings))
+                      if not _IGNORED.match(n) and not (n == 'lm_head.weight' and tied))
   if unexpected:
     shown = ', '.join(unexpected[:5]) + (' ...' if len(unexpected) > 5 else '')
     raise CheckpointError(f'{path}: {len(unexpected)} tensors the config does not describe '
                           f'(wrong config.json for these weights?): {shown}')
-  return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
 def _place(array: np.ndarray, variable: nnx.Variable, mesh, rules) -> jax.Array:
@@ -205,18 +249,21 @@ def _linear_weights(module: Linear | LoRALinear, prefix: str) -> Iterator[tuple[
     yield prefix + '.bias', module.bias[...]
 
 
-def hf_tensors(model: Decoder) -> Iterator[tuple[str, jax.Array]]:
+def hf_tensors(model: Decoder, prefix: str = 'model.') -> Iterator[tuple[str, jax.Array]]:
   """(HF tensor name, array in HF layout) for every weight; LoRA adapters are folded in."""
-  yield 'model.embed_tokens.weight', model.embed_tokens[...]
+  yield prefix + 'embed_tokens.weight', model.embed_tokens[...]
   for i, layer in enumerate(model.layers):
-    p = f'model.layers.{i}'
+    p = f'{prefix}layers.{i}'
     yield f'{p}.input_layernorm.weight', layer.input_layernorm.scale[...]
     for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
       yield from _linear_weights(getattr(layer.self_attn, name), f'{p}.self_attn.{name}')
+    if layer.self_attn.q_norm is not None:
+      yield f'{p}.self_attn.q_norm.weight', layer.self_attn.q_norm.scale[...]
+      yield f'{p}.self_attn.k_norm.weight', layer.self_attn.k_norm.scale[...]
     yield f'{p}.post_attention_layernorm.weight', layer.post_attention_layernorm.scale[...]
     for name in ('gate_proj', 'up_proj', 'down_proj'):
       yield from _linear_weights(getattr(layer.mlp, name), f'{p}.mlp.{name}')
-  yield 'model.norm.weight', model.norm.scale[...]
+  yield prefix + 'norm.weight', model.norm.scale[...]
   if model.lm_head is not None:
     yield 'lm_head.weight', model.lm_head[...]
 
@@ -245,14 +292,21 @@ def save_pretrained(model: Decoder, path: str | os.PathLike, *,
   model-0000k-of-0000n.safetensors files plus model.safetensors.index.json, as transformers does.
   Weights are gathered to this host (single-process meshes).
   """
+  write_checkpoint(path, dict(hf_tensors(model)), model.config.to_hf(),
+                   max_shard_size=max_shard_size)
+
+
+def write_checkpoint(path: str | os.PathLike, tensors: dict[str, Any], hf: dict[str, Any], *,
+                     max_shard_size: int | str | None = None) -> None:
+  """Writes config.json (`hf` plus the dtype keys) and the tensors (HF names and layout)."""
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)
   tensors = {name: np.ascontiguousarray(np.asarray(jax.device_get(value)))
-             for name, value in hf_tensors(model)}
-  hf = model.config.to_hf()
+             for name, value in tensors.items()}
   # 'dtype' is what transformers 5 reads, 'torch_dtype' what 4.x reads.
-  hf['dtype'] = hf['torch_dtype'] = _DTYPE_NAMES.get(tensors['model.embed_tokens.weight'].dtype,
-                                                     'float32')
+  first = next(iter(tensors.values()))
+  hf = dict(hf)
+  hf['dtype'] = hf['torch_dtype'] = _DTYPE_NAMES.get(first.dtype, 'float32')
   with open(os.path.join(path, CONFIG_NAME), 'w', encoding='utf-8') as f:
     json.dump(hf, f, indent=2, sort_keys=True)
   # Weights from an earlier save in this directory would shadow or mix with the new ones.

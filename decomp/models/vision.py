@@ -193,6 +193,10 @@ class _LayerNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
+# Public name: the Qwen2-VL tower (decomp.models.qwen_vision) uses the same LayerNorm.
+LayerNorm = _LayerNorm
+
+
 class _Dense(nnx.Module):
   """``y = x @ kernel + bias`` with ``kernel [d_in, d_out]`` (torch's weight transposed)."""
 
