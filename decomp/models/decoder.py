@@ -220,7 +220,7 @@ class Decoder(nnx.Module):
                     _param(rngs, (config.vocab_size, config.hidden_size), ('vocab', 'embed'),
                            param_dtype, lm_head=True))
 
-  def _lm_head_matrix(self) -> jax.Array:
+  def lm_head_matrix(self) -> jax.Array:
     """[V, d] LM-head weights (the embedding when tied)."""
     return (self.embed_tokens if self.lm_head is None else self.lm_head)[...]
 
@@ -302,7 +302,7 @@ class Decoder(nnx.Module):
     h = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
                            positions=positions)
     b, t, d = h.shape  # one 2-D matmul, as in Linear
-    logits = jnp.einsum('nd,vd->nv', h.reshape(b * t, d), self._lm_head_matrix().astype(self.dtype))
+    logits = jnp.einsum('nd,vd->nv', h.reshape(b * t, d), self.lm_head_matrix().astype(self.dtype))
     return logits.reshape(b, t, -1)
 
   def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
@@ -311,11 +311,11 @@ class Decoder(nnx.Module):
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
       raise ValueError(f'token_ids must be a 1-D int array, got shape {token_ids.shape} '
                        f'dtype {token_ids.dtype}')
-    return jnp.take(self._lm_head_matrix(), token_ids, axis=0).astype(self.dtype)
+    return jnp.take(self.lm_head_matrix(), token_ids, axis=0).astype(self.dtype)
 
   def log_normalizer(self, h: jax.Array) -> jax.Array:
     """logsumexp over the full vocabulary of h @ W_head.T: h [..., d] -> [...] float32."""
     logits = jnp.einsum('...d,vd->...v', h.astype(self.dtype),
-                        self._lm_head_matrix().astype(self.dtype),
+                        self.lm_head_matrix().astype(self.dtype),
                         preferred_element_type=jnp.float32)
     return jax.nn.logsumexp(logits, axis=-1)

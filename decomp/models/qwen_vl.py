@@ -275,7 +275,7 @@ class QwenVL(nnx.Module):
     """Full-vocabulary logits [B, T, V]."""
     h = self.hidden_states(inputs)
     b, t, d = h.shape
-    head = self.decoder._lm_head_matrix().astype(self.dtype)
+    head = self.decoder.lm_head_matrix().astype(self.dtype)
     return jnp.einsum('nd,vd->nv', h.reshape(b * t, d), head).reshape(b, t, -1)
 
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,

@@ -262,7 +262,7 @@ def test_readout_equals_full_logits_at_last_position(model, tokenizer, padding_s
                              np.asarray(out.hidden) @ r, atol=1e-5)
   assert set(out.extra_scores) == {"projection"}
   # Label rows are the LM-head rows (tied or not).
-  head = model.decoder._lm_head_matrix()
+  head = model.decoder.lm_head_matrix()
   np.testing.assert_allclose(np.asarray(model.label_rows()), np.asarray(head)[[yes, no]])
 
 
