@@ -31,7 +31,7 @@ class DirectionFn(Protocol):
     ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: used as jax callables
 class Direction:
   """A direction function and what training needs to know about it.
 

@@ -47,7 +47,7 @@ RANK_SCORES: dict[str, Callable[[Readout], Array]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: used as jax callables
 class Objective:
   """A training objective: one weight x one direction, with what it logs, ranks by and needs.
 

@@ -38,7 +38,7 @@ class WeightFn(Protocol):
     ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: used as jax callables
 class Weight:
   """A weight function and what an objective built on it needs to know.
 

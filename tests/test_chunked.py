@@ -57,7 +57,9 @@ def readout_fn(params, docs):
   return Readout(
       yes=label_logits[..., 0], no=label_logits[..., 1],
       log_normalizer=jax.nn.logsumexp(hidden @ all_rows.T, axis=-1), hidden=hidden,
-      extra_scores={"projection": hidden @ params["projection"]})
+      # A teacher's scores (for the distillation weight): data, not a function of the params.
+      extra_scores={"projection": hidden @ params["projection"],
+                    "teacher": 0.1 * jnp.sum(docs["x"], axis=(-2, -1))})
 
 
 def make_batch(seed=1, *, groups=3, n=7, tokens=TOKENS, features=FEATURES):
@@ -352,7 +354,7 @@ def test_wired_to_a_reranker():
   def readout_fn(params, docs):
     model = nnx.merge(graphdef, params, frozen)
     return model.readout(docs["input_ids"], docs["attention_mask"], docs.get("pixel_values"),
-                         docs.get("image_valid"), log_normalizer=True)
+                         docs.get("image_valid"), needs={"log_normalizer"})
 
   @jit
   def both(params, batch):

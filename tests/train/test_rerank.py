@@ -131,7 +131,8 @@ def test_model_directory_scorer_matches_the_reranker(tmp_path):
   from decomp.data.types import Item
   from decomp.models.decoder import Decoder
   from decomp.models.hf import save_pretrained
-  from decomp.models.reranker import Reranker, encode_groups, label_token_ids, load_tokenizer
+  from decomp.models.prompt import encode_groups, label_token_ids
+  from decomp.models.reranker import Reranker, load_tokenizer
   from decomp.train import cache
   from decomp.train import state as state_lib
   cfg = config_lib.get_config('playground_quick')
