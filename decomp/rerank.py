@@ -154,7 +154,7 @@ def _workdir_scorer(workdir, *, batch_size, score, step) -> PairScorer:
   objective = config_lib.make_objective(cfg)
   score = score or evaluate_lib.primary_score(cfg, objective)
   tokenizer = state_lib.resolve_tokenizer(cfg)
-  vision = state_lib.data_shapes(cfg, tokenizer).vision
+  vision = state_lib.data_shapes(cfg, tokenizer).image_input
   # The model and its encoder, without the training data: a source that offers nothing.
   data = data_lib.GroupData(cfg, types.SimpleNamespace(max_negatives=0,
                                                        has_images=vision is not None),

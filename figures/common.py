@@ -63,7 +63,15 @@ def read_examples(workdir: str) -> dict[str, np.ndarray]:
 
 
 def arms(sweep_dir: str) -> list[dict]:
-  """``[{'name', 'label', 'overrides', 'runs': [workdir, ...]}]`` in the sweep's order."""
+  """``[{'name', 'label', 'overrides', 'runs': [workdir, ...]}]`` in the sweep's order.
+
+  A single run's workdir (``python -m decomp.train --workdir W``) is a sweep of one arm, named
+  after its objective, with one run.
+  """
+  if os.path.exists(os.path.join(sweep_dir, "steps.jsonl")):
+    config = run_config(sweep_dir) if os.path.exists(os.path.join(sweep_dir, "config.json")) else {}
+    name = config.get("objective") or os.path.basename(os.path.normpath(sweep_dir))
+    return [{"name": name, "label": name, "overrides": {}, "runs": [sweep_dir]}]
   path = os.path.join(sweep_dir, "sweep.json")
   if os.path.exists(path):
     described = read_json(path)["arms"]

@@ -7,7 +7,9 @@ Training (sharded ``jit(init)``), the playground base's pre-training, :func:`bui
 backbone is added in ``decomp/models/`` and wired in one place.
 
 A base checkpoint is an HF decoder directory (``config.json`` + safetensors + tokenizer),
-optionally with ``multimodal.json`` / ``multimodal.safetensors`` holding a ViT and projector.
+optionally with ``multimodal.json`` / ``multimodal.safetensors`` holding a ViT and projector, or
+a Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory (``RerankerSpec.vl``): its language model becomes
+the reranker's decoder and its native vision tower the image encoder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from flax import nnx
 from decomp.models.config import DecoderConfig
 from decomp.models.decoder import Decoder
 from decomp.models.lora import apply_lora
+from decomp.models.qwen_vl import QwenVL, QwenVLConfig, vl_architecture_of
 from decomp.models.reranker import Reranker
 from decomp.models.vision import Projector, VisionConfig, VisionEncoder
 
@@ -39,6 +42,7 @@ class LoraSpec:
   alpha: float = 32.0
   targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
                               'down_proj')
+  vision: bool = False  # adapters on a native Qwen-VL tower's attention and MLP too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,9 @@ class RerankerSpec:
   Attributes:
     decoder: the decoder's shape.
     label_ids: label token ids (yes first, no second, more allowed).
-    vision: the ViT's shape (None: text only).
-    image_token_id: the image placeholder token (required with ``vision``).
+    vision: the LLaVA ViT's shape (None: text only, or a ``vl`` model's own tower).
+    image_token_id: the image placeholder token (required with ``vision``; a ``vl`` model's
+      comes from its config).
     checkpoint: a base-checkpoint directory whose weights initialise the decoder (None: random).
     vision_pretrained: the checkpoint's ``multimodal.safetensors`` holds the ViT + projector
       (else a vision tower starts random).
@@ -57,6 +62,8 @@ class RerankerSpec:
     projection: add the learnable projection direction ``r``.
     lora: LoRA adapters on the decoder (None: none).
     dtype, param_dtype: names in :data:`DTYPES`.
+    vl: a Qwen-VL model's config: ``decoder`` must be its text config; the reranker reads images
+      with the model's native tower (M-RoPE positions, no projector).
   """
 
   decoder: DecoderConfig
@@ -71,6 +78,29 @@ class RerankerSpec:
   lora: LoraSpec | None = None
   dtype: str = 'float32'
   param_dtype: str = 'float32'
+  vl: QwenVLConfig | None = None
+
+  def __post_init__(self):
+    if self.vl is not None and (self.vision is not None or self.vl.text != self.decoder):
+      raise ValueError('a RerankerSpec with vl reads images with the VL model\'s own tower: '
+                       'decoder must be vl.text and vision None')
+
+
+def vl_config(directory: str) -> QwenVLConfig | None:
+  """The Qwen-VL config of a checkpoint directory, or None for any other model."""
+  from decomp.models import hf
+  path = os.path.join(directory, hf.CONFIG_NAME)
+  try:
+    with open(path, encoding='utf-8') as f:
+      raw = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path}: unreadable config ({e})') from None
+  if vl_architecture_of(raw) is None:
+    return None
+  try:
+    return QwenVLConfig.from_hf(raw)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: {e}') from None
 
 
 def checkpoint_shapes(directory: str) -> tuple[DecoderConfig, VisionConfig | None]:
@@ -99,6 +129,8 @@ def make_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base: Mapping[str, Any] | 
   sharded init, or eagerly.
   """
   dtype, param_dtype = DTYPES[spec.dtype], DTYPES[spec.param_dtype]
+  if spec.vl is not None:
+    return _make_vl_reranker(spec, rngs, base)
   decoder = Decoder(spec.decoder, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   if base is not None:
     nnx.update(decoder, base['decoder'])
@@ -118,11 +150,35 @@ def make_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base: Mapping[str, Any] | 
   return model
 
 
+def _make_vl_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base) -> Reranker:
+  """A Qwen-VL reranker: the VL model's decoder and native tower (weights from ``base['vl']``)."""
+  dtype, param_dtype = DTYPES[spec.dtype], DTYPES[spec.param_dtype]
+  vl = QwenVL(spec.vl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  if base is not None:
+    nnx.update(vl, base['vl'])
+  model = Reranker(vl.decoder, spec.label_ids, vision=vl.visual,
+                   image_token_id=spec.vl.image_token_id, projection_direction=spec.projection,
+                   label_pooling=spec.label_pooling, label_head=spec.label_head, rngs=rngs)
+  if spec.lora is not None:
+    apply_lora(model.decoder, rank=spec.lora.rank, alpha=spec.lora.alpha,
+               targets=spec.lora.targets, rngs=rngs)
+    if spec.lora.vision:
+      from decomp.models.vision_lora import apply_vision_lora
+      apply_vision_lora(model.vision, rank=spec.lora.rank, alpha=spec.lora.alpha, rngs=rngs)
+  return model
+
+
 def load_base_weights(spec: RerankerSpec, mesh=None, rules=None) -> dict[str, Any] | None:
   """The checkpoint weights ``spec`` starts from (None for random init): the decoder's nnx state
-  and, with ``vision_pretrained``, the ViT + projector tensors; on ``mesh`` when given."""
+  and, with ``vision_pretrained``, the ViT + projector tensors (a Qwen-VL model: its whole
+  state); on ``mesh`` when given."""
   if spec.checkpoint is None:
     return None
+  if spec.vl is not None:
+    from decomp.models.qwen_vl_hf import load_vl_pretrained
+    vl = load_vl_pretrained(spec.checkpoint, dtype=DTYPES[spec.dtype],
+                            param_dtype=DTYPES[spec.param_dtype], mesh=mesh, rules=rules)
+    return {'vl': nnx.state(vl)}
   from decomp.models import hf
   decoder = hf.load_pretrained(spec.checkpoint, dtype=DTYPES[spec.dtype],
                                param_dtype=DTYPES[spec.param_dtype], mesh=mesh, rules=rules)

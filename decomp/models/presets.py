@@ -92,6 +92,7 @@ class RerankPreset:
   think: bool = False  # Qwen3's enable_thinking=False empty think block after the prompt
   multimodal: bool = False
   default_system: str | None = None  # what the template adds when messages have no system turn
+  takes_instruction: bool = True  # False: the training engine drops the data's instructions
 
   def messages(self, instruction: str | None, query, document) -> list[dict]:
     """The chat messages (HF format: content a str, or a list of text/image parts)."""
@@ -194,7 +195,7 @@ def _gmr(instruction, query, document):
 PRESETS: dict[str, RerankPreset] = {
     'qwen3-reranker': RerankPreset('qwen3-reranker', ('yes', 'no'), _qwen3_reranker, think=True),
     'monoqwen2-vl': RerankPreset('monoqwen2-vl', ('True', 'False'), _monoqwen, multimodal=True,
-                                 default_system=DEFAULT_SYSTEM),
+                                 default_system=DEFAULT_SYSTEM, takes_instruction=False),
     'gmr': RerankPreset('gmr', ('yes', 'no'), _gmr, multimodal=True,
                         default_system=DEFAULT_SYSTEM),
 }

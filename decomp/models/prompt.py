@@ -33,6 +33,8 @@ from decomp.models.vision import image_preprocess
 DEFAULT_SYSTEM_SUFFIX = "Answer yes or no."
 # Tried in order when the caller names no image token (LLaVA's, then Qwen2-VL's).
 IMAGE_TOKEN_CANDIDATES = ("<image>", "<|image_pad|>")
+QWEN_IMAGE_PAD, QWEN_VISION_START, QWEN_VISION_END = (
+    "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
 _Q_SLOT = "\ue000"  # private-use sentinels: pass unchanged through chat templates
 _D_SLOT = "\ue001"
 
@@ -188,8 +190,13 @@ class RerankPrompt:
   """
 
   def __init__(self, tokenizer, *, image_tokens: int = 0, image_token: str | None = None,
-               system_suffix: str = DEFAULT_SYSTEM_SUFFIX, use_chat_template: bool | None = None):
+               system_suffix: str = DEFAULT_SYSTEM_SUFFIX, use_chat_template: bool | None = None,
+               preset: str | None = None):
     self.tokenizer = tokenizer
+    self.preset = None
+    if preset:
+      from decomp.models.presets import get_preset  # presets import the image processor
+      self.preset = get_preset(preset)
     self.image_tokens = int(image_tokens)
     self.image_token = image_token
     self.system_suffix = system_suffix
@@ -198,8 +205,9 @@ class RerankPrompt:
     if self.use_chat_template and not has_template:
       raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
     self.pad_id = _pad_id(tokenizer)
-    self._segments: dict[str, tuple[list[int], list[int], list[int], bool, bool]] = {}
+    self._segments: dict[str, tuple] = {}
     self._image_id: int | None = None
+    self._image_block: list[int] | None = None
 
   @property
   def image_id(self) -> int:
@@ -207,7 +215,26 @@ class RerankPrompt:
       self._image_id = image_token_id(self.tokenizer, self.image_token)
     return self._image_id
 
+  @property
+  def image_block(self) -> list[int]:
+    """The ids one image becomes: ``image_tokens`` placeholders, wrapped in
+    ``<|vision_start|>`` ... ``<|vision_end|>`` when the placeholder is Qwen-VL's
+    ``<|image_pad|>`` (as Qwen-VL's chat template and processor write an image)."""
+    if self._image_block is None:
+      block = [self.image_id] * self.image_tokens
+      vocab = _vocab(self.tokenizer)
+      if (self.image_id == vocab.get(QWEN_IMAGE_PAD) and QWEN_VISION_START in vocab
+          and QWEN_VISION_END in vocab):
+        block = [int(vocab[QWEN_VISION_START])] + block + [int(vocab[QWEN_VISION_END])]
+      self._image_block = block
+    return self._image_block
+
   def _render(self, instruction: str) -> str:
+    if self.preset is not None:
+      # A preset renders its own chat text (decomp.models.presets), exactly as the model's
+      # template would; the slots stand in for the query's and document's parts.
+      slot_instruction = (instruction or None) if self.preset.takes_instruction else None
+      return self.preset.render(slot_instruction, _Q_SLOT, _D_SLOT)
     system = " ".join(s for s in (instruction.strip(), self.system_suffix) if s)
     user = f"Query: {_Q_SLOT}\nDocument: {_D_SLOT}"
     if not self.use_chat_template:
@@ -227,17 +254,26 @@ class RerankPrompt:
     return text
 
   def segments(self, instruction: str):
-    """(prefix, middle, suffix) token ids around the query and document slots, and whether each
-    slot's text takes over a space that preceded it in the template (so BPE sees ' word')."""
+    """The template's token segments around the query and document slots, cached per
+    instruction: ``(prefix, middle, suffix, doc_first)``, where ``prefix`` and ``middle`` map
+    ``space -> ids`` (``True``: the template's text up to the slot with its trailing space,
+    ``False``: without it, the space then going to the slot's text so BPE sees ' word'; equal
+    when the template puts no space before the slot), and ``doc_first`` says the document's
+    slot comes first (MonoQwen2-VL's prompt)."""
     cached = self._segments.get(instruction)
     if cached is None:
       text = self._render(instruction)
-      prefix, rest = text.split(_Q_SLOT)
-      middle, suffix = rest.split(_D_SLOT)
-      q_space, d_space = prefix.endswith(" "), middle.endswith(" ")
-      prefix, middle = prefix[:-1] if q_space else prefix, middle[:-1] if d_space else middle
-      ids = _encode_batch(self.tokenizer, [prefix, middle, suffix])
-      cached = (ids[0], ids[1], ids[2], q_space, d_space)
+      if text.count(_Q_SLOT) != 1 or text.count(_D_SLOT) != 1:
+        raise ValueError("the prompt template must hold the query and the document once each")
+      doc_first = text.index(_D_SLOT) < text.index(_Q_SLOT)
+      first, second = (_D_SLOT, _Q_SLOT) if doc_first else (_Q_SLOT, _D_SLOT)
+      prefix, rest = text.split(first)
+      middle, suffix = rest.split(second)
+      pieces = [prefix, prefix[:-1] if prefix.endswith(" ") else prefix,
+                middle, middle[:-1] if middle.endswith(" ") else middle, suffix]
+      ids = _encode_batch(self.tokenizer, pieces)
+      cached = ({True: ids[0], False: ids[1]}, {True: ids[2], False: ids[3]}, ids[4], doc_first,
+                (prefix.endswith(" "), middle.endswith(" ")))
       self._segments[instruction] = cached
     return cached
 
@@ -245,38 +281,55 @@ class RerankPrompt:
                    docs: Sequence[Any], *, max_length: int) -> list[list[int]]:
     """Token ids of each ``(instruction, query, doc)`` prompt, at most ``max_length`` long.
 
-    Long prompts lose document-text tokens from the end, then query-text tokens; the template,
-    the image placeholders and the answer position (the last token) are never cut.
+    An item is its image block (if any) then its text. Long prompts lose document-text tokens
+    from the end, then query-text tokens; the template, the image placeholders and the answer
+    position (the last token) are never cut.
     """
     if not len(instructions) == len(queries) == len(docs):
       raise ValueError(f"encode_pairs: {len(instructions)} instructions, {len(queries)} queries "
                        f"and {len(docs)} docs")
     texts, index = [], {}
     segs = []
+
+    def text_key(item, slot_space: bool) -> str:
+      # A slot's leading space joins the item's text unless an image comes between them.
+      text = _item_text(item)
+      return " " + text if slot_space and text and _item_image(item) is None else text
+
     for ins, q, d in zip(instructions, queries, docs):
       _check_item(q, "a query")
       _check_item(d, "a document")
       seg = self.segments(ins)
       segs.append(seg)
-      for text, space in ((_item_text(q), seg[3]), (_item_text(d), seg[4])):
-        key = (" " + text) if space and text else text
-        if key not in index:
+      first_space, second_space = seg[4]
+      q_space, d_space = (second_space, first_space) if seg[3] else (first_space, second_space)
+      for key in (text_key(q, q_space), text_key(d, d_space)):
+        if key and key not in index:
           index[key] = len(texts)
           texts.append(key)
     encoded = _encode_batch(self.tokenizer, texts, literal=True)
     out = []
-    for (ins, q, d), (prefix, middle, suffix, q_space, d_space) in zip(
+    for (ins, q, d), (prefix, middle, suffix, doc_first, spaces) in zip(
         zip(instructions, queries, docs), segs):
-      def ids_of(item, space):
-        text = _item_text(item)
-        return encoded[index[(" " + text) if space and text else text]] if text else []
-      q_img = [self.image_id] * self.image_tokens if _item_image(q) is not None else []
-      d_img = [self.image_id] * self.image_tokens if _item_image(d) is not None else []
+      first_item, second_item = (d, q) if doc_first else (q, d)
       if (_item_image(q) is not None or _item_image(d) is not None) and self.image_tokens <= 0:
         raise ValueError("a query or document has an image but image_tokens is 0; pass the "
                          "image encoder's num_patches")
-      q_txt, d_txt = ids_of(q, q_space), ids_of(d, d_space)
-      fixed = len(prefix) + len(middle) + len(suffix) + len(q_img) + len(d_img)
+
+      def parts(item, slot_space):
+        image = self.image_block if _item_image(item) is not None else []
+        key = text_key(item, slot_space)
+        # The template keeps its space when the item starts with an image (or has no text).
+        keeps_space = not (slot_space and key.startswith(" "))
+        return image, (encoded[index[key]] if key else []), keeps_space
+
+      first_img, first_txt, first_keeps = parts(first_item, spaces[0])
+      second_img, second_txt, second_keeps = parts(second_item, spaces[1])
+      head, mid = prefix[first_keeps], middle[second_keeps]
+      (q_img, q_txt), (d_img, d_txt) = (
+          ((second_img, second_txt), (first_img, first_txt)) if doc_first
+          else ((first_img, first_txt), (second_img, second_txt)))
+      fixed = len(head) + len(mid) + len(suffix) + len(q_img) + len(d_img)
       budget = max_length - fixed
       if budget < 0:
         raise ValueError(
@@ -284,7 +337,9 @@ class RerankPrompt:
             f"take {fixed} tokens (instruction {ins[:60]!r})")
       d_keep = min(len(d_txt), max(budget - len(q_txt), 0))
       q_keep = min(len(q_txt), budget - d_keep)
-      out.append(prefix + q_img + q_txt[:q_keep] + middle + d_img + d_txt[:d_keep] + suffix)
+      query_ids, doc_ids = q_img + q_txt[:q_keep], d_img + d_txt[:d_keep]
+      first, second = (doc_ids, query_ids) if doc_first else (query_ids, doc_ids)
+      out.append(head + first + mid + second + suffix)
     return out
 
   def encode_pair(self, instruction: str, query, doc, *, max_length: int) -> list[int]:
@@ -338,7 +393,8 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
                   image_std: Sequence[float] = (0.5, 0.5, 0.5), image_token: str | None = None,
                   system_suffix: str = DEFAULT_SYSTEM_SUFFIX,
                   pad_multiple: int = 16,
-                  lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+                  lengths: Sequence[int] | None = None, preset: str | None = None,
+                  image_processor=None) -> dict[str, np.ndarray]:
   """Encodes a batch of ``Group`` records (query + candidate list) into padded numpy arrays.
 
   Args:
@@ -354,6 +410,11 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
     image_mean, image_std: normalisation (SigLIP: 0.5/0.5; CLIP: vision.CLIP_MEAN/CLIP_STD).
     lengths: bucket lengths: T is the smallest that holds the batch's longest prompt (a handful
       of compiled shapes instead of one per length); None rounds up to ``pad_multiple``.
+    preset: a reranker preset name (:mod:`decomp.models.presets`) whose prompt replaces
+      decomp's template.
+    image_processor: ``images -> [N, ...]`` float32 (one fixed shape per image, also for an
+      empty list); default: resize to ``image_size`` and normalise (``[N, H, W, 3]``). A native
+      Qwen-VL tower's is :meth:`~decomp.models.qwen_image.QwenImageProcessor.fixed_size_patches`.
 
   Returns:
     ``input_ids [B, n, T]`` int32, ``attention_mask [B, n, T]`` int32 (T: longest prompt rounded
@@ -365,7 +426,7 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
   if padding_side not in ("left", "right"):
     raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
   prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
-                       system_suffix=system_suffix)
+                       system_suffix=system_suffix, preset=preset)
   b, n = len(groups), list_size
   instructions, queries, docs, slots = [], [], [], []
   labels = np.zeros((b, n), np.float32)
@@ -409,7 +470,13 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
       if _item_image(q) is not None or _item_image(d) is not None:
         raise ValueError("a query or document has an image but encode_groups got no image_size")
     return out
-  pixel_values = np.zeros((b, n, 2, image_size, image_size, 3), np.float32)
+  if image_processor is None:
+    image_processor = lambda images: image_preprocess(images, mean=image_mean, std=image_std,
+                                                      size=image_size)
+    image_shape = (image_size, image_size, 3)
+  else:
+    image_shape = tuple(image_processor([]).shape[1:])
+  pixel_values = np.zeros((b, n, 2) + image_shape, np.float32)
   image_valid = np.zeros((b, n, 2), bool)
   images, targets = [], []
   for (gi, di), q, d in zip(slots, queries, docs):
@@ -428,7 +495,7 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
       if id(image) not in unique:
         unique[id(image)] = len(distinct)
         distinct.append(image)
-    processed = image_preprocess(distinct, mean=image_mean, std=image_std, size=image_size)
+    processed = image_processor(distinct)
     for image, (gi, di, k) in zip(images, targets):
       pixel_values[gi, di, k] = processed[unique[id(image)]]
       image_valid[gi, di, k] = True

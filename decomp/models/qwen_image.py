@@ -150,3 +150,30 @@ class QwenImageProcessor:
       raise ValueError('QwenImageProcessor needs at least one image')
     return {'pixel_values': np.concatenate(all_patches, axis=0),
             'image_grid_thw': np.asarray(grids, np.int64)}
+
+  def fixed_size_patches(self, images: Sequence[Any], size: int) -> np.ndarray:
+    """[N, (size / patch)**2, 3*T*p*p] float32: every image resized (PIL bicubic) to exactly
+    size x size, then normalised and cut as `__call__` does (image_grid_thw (1, size/p, size/p)
+    for all).
+
+    What the training engine feeds a native Qwen vision tower: one image shape per run keeps
+    the batch a fixed-shape array that shards along the batch like the text (the processor's
+    aspect-preserving `smart_resize` would give every image its own patch count).
+    """
+    factor = self.patch_size * self.merge_size
+    if size % factor:
+      raise ValueError(f'image size {size} must be a multiple of patch_size * merge_size = '
+                       f'{factor}')
+    mean = np.asarray(self.image_mean, np.float32)
+    std = np.asarray(self.image_std, np.float32)
+    out = []
+    for image in images:
+      rgb = to_rgb(image)
+      if rgb.shape[:2] != (size, size):
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), resample=Image.BICUBIC))
+      x = (rgb.astype(np.float64) * (1 / 255)).astype(np.float32)
+      out.append(self.patchify(np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1)))[0])
+    if not out:
+      return np.zeros((0, (size // self.patch_size) ** 2,
+                       3 * self.temporal_patch_size * self.patch_size ** 2), np.float32)
+    return np.stack(out)

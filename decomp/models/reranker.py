@@ -17,11 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from decomp.models.mrope import patch_layout, position_interpolation
 from decomp.models.prompt import image_token_id, label_token_ids
+from decomp.models.qwen3_vision import Qwen3VisionTower
+from decomp.models.qwen_vision import QwenVisionTower
 from decomp.models.vision import ImageEncoder, Projector
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, readout_from_label_rows
 
 Array = jax.Array
+
+# Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision towers: patches in, LM-width visual tokens out (their
+# PatchMerger is the projector).
+NATIVE_TOWERS = (QwenVisionTower, Qwen3VisionTower)
 
 
 def _last_valid_index(attention_mask: Array) -> Array:
@@ -40,8 +47,11 @@ class Reranker(nnx.Module):
     label_pooling: how the label logits become ``yes``/``no``
       (:func:`decomp.readout.pool_label_logits`): ``'first'`` reads the first two labels,
       ``'pairs'`` pools alternating positive/negative words by log-sum-exp.
-    vision: an :class:`~decomp.models.vision.ImageEncoder` (None: text only).
-    projector: maps vision features to the LM width; default a fresh LLaVA :class:`Projector`.
+    vision: an :class:`~decomp.models.vision.ImageEncoder` (LLaVA style, with ``projector``), or
+      a native Qwen-VL tower (:data:`NATIVE_TOWERS`, whose merger outputs LM-width tokens);
+      None: text only.
+    projector: maps vision features to the LM width; default a fresh LLaVA :class:`Projector`
+      (none for a native tower).
     image_token_id: the placeholder token id (required with ``vision``).
     label_head: where the label rows come from (:data:`decomp.readout.LABEL_HEADS`):
       ``'lm_head'`` reads the LM head's rows of ``label_ids``; ``'random'`` learns a fresh
@@ -80,7 +90,7 @@ class Reranker(nnx.Module):
         raise ValueError("a Reranker with a vision encoder needs image_token_id")
       if not 0 <= image_token_id < vocab_size:
         raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary")
-      if projector is None:
+      if projector is None and not isinstance(vision, NATIVE_TOWERS):
         projector = Projector(vision.hidden_size, d, dtype=decoder.dtype, rngs=rngs)
     self.projector = projector
     self.image_token_id = None if image_token_id is None else int(image_token_id)
@@ -99,36 +109,79 @@ class Reranker(nnx.Module):
       return self.random_label_rows[...]
     return self.decoder.lm_head_rows(jnp.asarray(self.label_ids, jnp.int32))
 
+  @property
+  def native_vision(self) -> bool:
+    """The vision tower is a Qwen-VL one (patches in, M-RoPE positions, DeepStack for Qwen3-VL)."""
+    return isinstance(self.vision, NATIVE_TOWERS)
+
+  @property
+  def image_tokens_per_patch(self) -> int:
+    """Image patches per visual token (``spatial_merge_size**2`` for a native tower, else 1)."""
+    return self.vision.config.spatial_merge_size ** 2 if self.native_vision else 1
+
+  def _native_image_features(self, patches: Array) -> tuple[Array, list[Array]]:
+    """``[K, p, patch_dim]`` same-size square images -> visual tokens ``[K, p / merge**2, d]``
+    and the DeepStack features (Qwen3-VL) in the same shape; each image attends only to itself
+    (the tower is vmapped over images with one image's layout)."""
+    config = self.vision.config
+    p = patches.shape[1]
+    side = math.isqrt(p)
+    if side * side != p or side % config.spatial_merge_size:
+      raise ValueError(f'{p} patches per image: a native Qwen tower here reads square images '
+                       f'whose side in patches is a multiple of {config.spatial_merge_size}')
+    grid = [[1, side, side]]
+    layout = patch_layout(grid, spatial_merge_size=config.spatial_merge_size,
+                          window_merged=config.window_merged)
+    if isinstance(self.vision, Qwen3VisionTower):
+      index, weight = position_interpolation(
+          grid, spatial_merge_size=config.spatial_merge_size,
+          num_grid_per_side=int(round(config.num_position_embeddings ** 0.5)), num_patches=p)
+      layout = layout._replace(pos_index=index, pos_weight=weight)
+    out = jax.vmap(lambda x: self.vision(x, layout))(patches)
+    return out if isinstance(out, tuple) else (out, [])
+
   def embed_with_images(self, input_ids: Array, pixel_values: Array,
-                         image_valid: Array | None) -> Array:
-    """Token embeddings ``[N, T, d]`` with image features scattered onto the placeholders.
+                         image_valid: Array | None) -> tuple[Array, list[Array]]:
+    """Token embeddings ``[N, T, d]`` with image features scattered onto the placeholders, and
+    the per-layer residuals ``[N, T, d]`` of a Qwen3-VL tower's DeepStack (else ``[]``).
 
     The k-th placeholder of a row takes the k-th feature vector of the row's images laid end to
     end (``[M * P, d]``), a gather by cumulative count, so shapes stay static under jit. Rows
     must hold ``P`` placeholders per valid image (``encode_groups`` guarantees it); extra
-    placeholders reuse the last feature vector.
+    placeholders reuse the last feature vector. ``pixel_values`` is ``[N, M, H, W, 3]`` for a
+    LLaVA encoder, ``[N, M, patches, patch_dim]`` for a native Qwen tower.
     """
     n, t = input_ids.shape
     m = pixel_values.shape[1]
-    feats = self.vision(pixel_values.reshape((n * m,) + pixel_values.shape[2:]))
-    feats = self.projector(feats)  # [N*M, P, d]
+    flat = pixel_values.reshape((n * m,) + pixel_values.shape[2:])
+    if self.native_vision:
+      feats, deepstack = self._native_image_features(flat)
+    else:
+      feats, deepstack = self.projector(self.vision(flat)), []  # [N*M, P, d]
     p, d = feats.shape[1], feats.shape[2]
-    feats = feats.reshape(n, m, p, d)
-    if image_valid is not None:
-      feats = jnp.where(image_valid.reshape(n, m)[:, :, None, None], feats, 0)
-    feats = feats.reshape(n, m * p, d)
     embeds = self.decoder.embed(input_ids)
     is_image = input_ids == self.image_token_id
     index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, m * p - 1)
-    gathered = jnp.take_along_axis(feats, index[:, :, None], axis=1)
-    return jnp.where(is_image[:, :, None], gathered.astype(embeds.dtype), embeds)
+    valid = None if image_valid is None else image_valid.reshape(n, m)[:, :, None, None]
 
-  def _check_placeholders(self, ids: Array, valid: Array | None, slots: int) -> None:
+    def scatter(features, base):
+      features = features.reshape(n, m, p, d)
+      if valid is not None:
+        features = jnp.where(valid, features, 0)
+      gathered = jnp.take_along_axis(features.reshape(n, m * p, d), index[:, :, None], axis=1)
+      return jnp.where(is_image[:, :, None], gathered.astype(embeds.dtype), base)
+
+    zeros = jnp.zeros((), embeds.dtype)
+    return scatter(feats, embeds), [scatter(f, zeros) for f in deepstack]
+
+  def _check_placeholders(self, ids: Array, valid: Array | None, slots: int,
+                          pixels_per_image: int) -> None:
     """Outside jit (concrete arrays), each row must hold ``num_patches`` placeholders per valid
     image: a prompt encoded with another ``image_tokens`` would otherwise reuse features."""
     if any(isinstance(x, jax.core.Tracer) for x in (ids, valid)):
       return
-    per_image = self.vision.num_patches
+    per_image = (pixels_per_image // self.image_tokens_per_patch if self.native_vision
+                 else self.vision.num_patches)
     counts = np.asarray(ids == self.image_token_id).sum(-1)
     images = (np.full(counts.shape, slots) if valid is None else np.asarray(valid).sum(-1))
     bad = np.nonzero(counts != images * per_image)[0]
@@ -136,8 +189,8 @@ class Reranker(nnx.Module):
       i = int(bad[0])
       raise ValueError(
           f"prompt {i} has {int(counts[i])} image placeholder tokens for {int(images[i])} "
-          f"image(s) of {per_image} patches each; encode prompts with "
-          f"image_tokens=vision.num_patches ({per_image})")
+          f"image(s) of {per_image} visual tokens each; encode prompts with "
+          f"image_tokens={per_image}")
 
   def readout_from_hidden(self, hidden: Array, *, needs=frozenset()) -> Readout:
     """The readout of answer-position hidden states ``[..., d]``: label logits pooled into
@@ -154,14 +207,18 @@ class Reranker(nnx.Module):
                                    log_normalizer=lognorm, projection=projection)
 
   def readout(self, input_ids: Array, attention_mask: Array, pixel_values: Array | None = None,
-              image_valid: Array | None = None, *, needs=frozenset()) -> Readout:
+              image_valid: Array | None = None, *, positions: Array | None = None,
+              needs=frozenset()) -> Readout:
     """Label-token logits at the answer position (the last valid token).
 
     Args:
       input_ids: ``[..., T]`` int token ids (left or right padded).
       attention_mask: ``[..., T]``, 1 for tokens, 0 for padding.
-      pixel_values: ``[..., M, H, W, 3]`` preprocessed images (None: text only).
+      pixel_values: ``[..., M, H, W, 3]`` preprocessed images, or ``[..., M, patches,
+        patch_dim]`` for a native Qwen tower (None: text only).
       image_valid: ``[..., M]`` bool, which image slots hold an image.
+      positions: ``[..., 3, T]`` M-RoPE positions (a Qwen-VL model's images; see
+        :func:`decomp.models.mrope.rope_index`), None: ``cumsum(mask) - 1`` (text).
       needs: readout fields beyond the label logits (:meth:`readout_from_hidden`).
 
     Returns:
@@ -181,17 +238,26 @@ class Reranker(nnx.Module):
       if self.vision is None:
         raise ValueError("pixel_values given but this Reranker has no vision encoder")
       pixel_values = jnp.asarray(pixel_values)
-      if pixel_values.shape[:len(lead)] != lead or pixel_values.ndim != len(lead) + 4:
-        raise ValueError(f"pixel_values must be [..., M, H, W, 3] with leading dims {lead}, got "
+      image_dims = 3 if self.native_vision else 4
+      if pixel_values.shape[:len(lead)] != lead or pixel_values.ndim != len(lead) + image_dims:
+        expected = "M, patches, patch_dim" if self.native_vision else "M, H, W, 3"
+        raise ValueError(f"pixel_values must be [..., {expected}] with leading dims {lead}, got "
                          f"{pixel_values.shape}")
       pixels = pixel_values.reshape((ids.shape[0],) + pixel_values.shape[len(lead):])
       valid = None if image_valid is None else jnp.asarray(image_valid).reshape(
           ids.shape[0], pixels.shape[1])
-      self._check_placeholders(ids, valid, pixels.shape[1])
-      embeds = self.embed_with_images(ids, pixels, valid)
-      h = self.decoder.hidden_states(None, mask, inputs_embeds=embeds)
+      self._check_placeholders(ids, valid, pixels.shape[1], pixels.shape[2])
+      embeds, residuals = self.embed_with_images(ids, pixels, valid)
     else:
-      h = self.decoder.hidden_states(ids, mask)
+      embeds, residuals = None, []
+    if positions is not None:
+      positions = jnp.asarray(positions)
+      if positions.shape != lead + (3, t):
+        raise ValueError(f"positions must be [..., 3, T] = {lead + (3, t)}, got "
+                         f"{positions.shape}")
+      positions = jnp.moveaxis(positions.reshape(-1, 3, t), 1, 0)  # [3, N, T]
+    h = self.decoder.hidden_states(ids, mask, inputs_embeds=embeds, positions=positions,
+                                   layer_residuals=residuals)
     last = _last_valid_index(mask)
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [N, d]
     out = self.readout_from_hidden(h_last, needs=needs)

@@ -68,6 +68,10 @@ class TrainConfig:
   # the label words, and their LM-head rows stay nearly parallel.
   pretrain_qa_per_group: int = 0
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
+  # The prompt: '' = decomp's template (the tokenizer's chat template around "Query: ...
+  # Document: ..."); a reranker preset of decomp.models.presets ('qwen3-reranker',
+  # 'monoqwen2-vl', 'gmr') renders the real model's own prompt and brings its label words.
+  prompt: str = ''
   # 'first': z_y, z_n are the first two words' logits; 'pairs': the words alternate positive,
   # negative (yes, no, true, false, ...) and each side is the log-sum-exp of its words' logits.
   label_pooling: str = 'first'
@@ -83,6 +87,7 @@ class TrainConfig:
   lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / rank)
   lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
                                    'down_proj')  # adapted projections
+  lora_vision: bool = False  # with finetune=lora: adapters on a Qwen-VL vision tower too
   train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
 
   # --- objective ----------------------------------------------------------------------------------
@@ -367,6 +372,14 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
   return dataclasses.replace(cfg, **changes)
 
 
+def label_words(cfg: TrainConfig) -> tuple[str, ...]:
+  """The label words the reranker reads: the prompt preset's, else ``cfg.label_words``."""
+  if cfg.prompt:
+    from decomp.models.presets import get_preset
+    return tuple(get_preset(cfg.prompt).label_words)
+  return tuple(cfg.label_words)
+
+
 def make_objective(cfg: TrainConfig) -> objectives_lib.Objective:
   """The :class:`~decomp.Objective` of a config: ``objective`` with its parts replaced by
   ``weight`` / ``direction`` when given, and parameters bound.
@@ -463,6 +476,13 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('pretrain_qa_per_group', 'must be >= 0')
   if len(cfg.label_words) < 2:
     bad('label_words', 'needs at least the yes and the no word')
+  if cfg.prompt:
+    from decomp.models.presets import PRESETS
+    if cfg.prompt not in PRESETS:
+      bad('prompt', f"expected '' (decomp's template) or a reranker preset {sorted(PRESETS)}")
+    elif tuple(cfg.label_words) not in (TrainConfig.label_words, PRESETS[cfg.prompt].label_words):
+      bad('label_words', f'prompt={cfg.prompt!r} reads its own label words '
+                         f'{PRESETS[cfg.prompt].label_words}; leave label_words unset')
   if cfg.label_pooling not in LABEL_POOLINGS:
     bad('label_pooling', f'expected one of {LABEL_POOLINGS}')
   elif cfg.label_pooling == 'pairs' and len(cfg.label_words) % 2:
@@ -474,7 +494,9 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     # log p(yes) = z_y - log sum_v exp z_v needs z_y to be one of the vocabulary's logits.
     bad('label_head', f"objective {objective.name!r} reads the vocabulary log-normaliser, which "
                       "label_head='random' (no label token) does not score with")
-  if cfg.vision is not False and cfg.image_size % cfg.patch_size:
+  # A fresh ViT's patches (a checkpoint's tower has its own, checked when the model is built).
+  fresh_vit = cfg.vision is True or (cfg.vision == 'auto' and cfg.model in ('random', 'playground'))
+  if fresh_vit and cfg.image_size % cfg.patch_size:
     bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
   if num_devices is not None and cfg.num_devices:
     if cfg.num_devices > num_devices:

@@ -17,7 +17,10 @@ import numpy as np
 
 from decomp.data import types as data_types
 from decomp.data.sources import is_flag_directory, teacher_scores_array
-from decomp.models.prompt import encode_groups
+from decomp.models.mrope import rope_index
+from decomp.models.prompt import QWEN_IMAGE_PAD, encode_groups
+from decomp.models.qwen_image import QwenImageProcessor
+from decomp.models.qwen_vl import QwenVLConfig
 from decomp.models.vision import VisionConfig
 from decomp.train import config as config_lib
 
@@ -198,18 +201,28 @@ class GroupData:
   """Training and evaluation batches of a group source for one config and tokenizer.
 
   Training lists hold one positive and ``cfg.negatives`` negatives (``list_size``); evaluation
-  lists keep every candidate (or ``eval_list_size``). ``vision`` is the model's ViT shape (image
-  placeholders per image, preprocessing); None encodes image items by their caption.
+  lists keep every candidate (or ``eval_list_size``). ``vision`` is what reads the images: the
+  model's LLaVA ViT shape (placeholders per image, preprocessing) or a Qwen-VL model's config
+  (every image resized to ``image_size`` square, cut into the tower's patches; M-RoPE
+  ``positions [B, n, 3, T]`` in the batch); None encodes image items by their caption.
   """
 
   def __init__(self, cfg: config_lib.TrainConfig, source, tokenizer,
-               vision: VisionConfig | None = None):
+               vision: VisionConfig | QwenVLConfig | None = None):
     self.cfg = cfg
     self.source = source
     self.max_negatives = source.max_negatives
     self.tokenizer = tokenizer
     self.vision = vision
-    self.image_tokens = vision.num_patches if vision is not None else 0
+    self.image_processor = None
+    if isinstance(vision, QwenVLConfig):
+      v = vision.vision
+      self.image_processor = QwenImageProcessor(
+          patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+          merge_size=v.spatial_merge_size)
+      self.image_tokens = (cfg.image_size // v.patch_size) ** 2 // v.spatial_merge_size ** 2
+    else:
+      self.image_tokens = vision.num_patches if vision is not None else 0
 
   def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
     """Numpy model inputs ``[B, n, ...]``: ``T = max_length`` (one compiled shape), or the
@@ -220,7 +233,12 @@ class GroupData:
     """
     cfg = self.cfg
     kwargs = {}
-    if self.vision is not None and self.source.has_images:
+    if self.image_processor is not None and self.source.has_images:
+      size = cfg.image_size
+      kwargs = dict(image_tokens=self.image_tokens, image_size=size, image_token=QWEN_IMAGE_PAD,
+                    image_processor=lambda images: self.image_processor.fixed_size_patches(
+                        images, size))
+    elif self.vision is not None and self.source.has_images:
       kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.image_size,
                     image_mean=self.vision.image_mean, image_std=self.vision.image_std)
     else:
@@ -228,12 +246,27 @@ class GroupData:
     arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
                            max_length=cfg.max_length, padding_side='left',
                            pad_multiple=cfg.max_length, lengths=cfg.length_buckets or None,
-                           **kwargs)
+                           preset=cfg.prompt or None, **kwargs)
+    if self.image_processor is not None and 'pixel_values' in arrays:
+      arrays['positions'] = self._mrope_positions(arrays)
     arrays['labels'] = arrays['labels'].astype(np.int32)
     teacher = teacher_scores_array(groups, list_size)
     if teacher is not None:  # distillation reads them (readout.extra_scores['teacher'])
       arrays['teacher'] = teacher
     return arrays
+
+  def _mrope_positions(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """``[B, n, 3, T]`` M-RoPE positions of a batch whose images are all ``image_size`` square
+    (transformers' get_rope_index over each prompt's valid tokens)."""
+    v = self.vision.vision
+    ids, mask = arrays['input_ids'], arrays['attention_mask']
+    b, n, t = ids.shape
+    side = self.cfg.image_size // v.patch_size
+    grid = np.tile([[1, side, side]], (int(arrays['image_valid'].sum()), 1))
+    positions = rope_index(ids.reshape(b * n, t), mask.reshape(b * n, t), grid if len(grid)
+                           else None, image_token_id=self.vision.image_token_id,
+                           spatial_merge_size=v.spatial_merge_size)
+    return np.ascontiguousarray(positions.reshape(3, b, n, t).transpose(1, 2, 0, 3))
 
   def train_batch(self, start: int, count: int, process_index: int = 0,
                   process_count: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

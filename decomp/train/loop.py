@@ -132,7 +132,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   objective = config_lib.make_objective(cfg)
   tokenizer = state_lib.resolve_tokenizer(cfg)
   state_lib.check_applies(cfg)
-  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
+  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).image_input)
   config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
                       num_processes=jax.process_count())
   preflight.check_splits(cfg, data)
@@ -350,7 +350,7 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
     raise ValueError(f"split must be 'val' or 'test', got {split!r}")
   objective = config_lib.make_objective(cfg)
   tokenizer = state_lib.resolve_tokenizer(cfg)
-  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).vision)
+  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).image_input)
   devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)

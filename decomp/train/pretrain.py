@@ -260,8 +260,8 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   def loss_fn(params, batch):
     m = nnx.merge(graphdef, params)
     if 'pixel_values' in batch:
-      embeds = m.embed_with_images(batch['input_ids'], batch['pixel_values'],
-                                    batch['image_valid'])
+      embeds, _ = m.embed_with_images(batch['input_ids'], batch['pixel_values'],
+                                       batch['image_valid'])
       logits = m.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
     else:
       logits = m.decoder(batch['input_ids'], batch['attention_mask'])

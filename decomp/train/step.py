@@ -66,7 +66,7 @@ def model_readout(model: nnx.Module, batch: Batch, needs=frozenset()) -> Readout
   """The reranker's readout ``[B, n]`` of a batch, with the data's teacher scores passed through
   as ``extra_scores['teacher']`` when the objective needs them."""
   out = model.readout(batch['input_ids'], batch['attention_mask'], batch.get('pixel_values'),
-                      batch.get('image_valid'), needs=needs)
+                      batch.get('image_valid'), positions=batch.get('positions'), needs=needs)
   if 'teacher' in needs:
     if 'teacher' not in batch:
       raise ValueError("the objective needs teacher scores, but the data gives none (a "

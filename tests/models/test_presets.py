@@ -203,3 +203,34 @@ def test_preset_to_scores_end_to_end(tokenizer):
   logits = np.asarray(model(**batch))[:, -1]
   np.testing.assert_allclose(label_logits, logits[:, np.asarray(yes_no)], atol=1e-5)
   np.testing.assert_allclose(lse, jax.nn.logsumexp(logits, axis=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize('name,query,document', [
+    ('qwen3-reranker', 'how do cats purr?', 'Cats purr with their larynx.'),
+    ('gmr', 'what is a cat?', 'IMG'),
+    ('gmr', 'IMG', 'A small domesticated feline.'),
+    ('monoqwen2-vl', 'what is a cat?', 'IMG'),
+])
+def test_training_prompts_equal_the_presets(tokenizer, name, query, document):
+  """The training engine's encoding (`encode_groups(..., preset=name)`: template segments,
+  truncation, image blocks) gives the preset's own ids, hence the chat template's and
+  Qwen2VLProcessor's; its fixed-size image patches are the processor's for a square image."""
+  from decomp.data.types import Group, Item
+  from decomp.models.prompt import encode_groups
+  image = np.random.default_rng(1).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+  item = lambda x: Item(image=image) if x == 'IMG' else Item(text=x)
+  preset = get_preset(name)
+  instruction = 'Find the matching item' if preset.takes_instruction else ''
+  group = Group(query_id='q', task='t2t', instruction=instruction, query=item(query),
+                docs=(item(document),), labels=(1,), doc_ids=('d',), doc_kinds=('pos',))
+  processor = QwenImageProcessor()
+  arrays = encode_groups([group], tokenizer, list_size=1, max_length=256, preset=name,
+                         image_tokens=4, image_token='<|image_pad|>', image_size=56,
+                         image_processor=lambda images: processor.fixed_size_patches(images, 56))
+  ids = arrays['input_ids'][0, 0][arrays['attention_mask'][0, 0].astype(bool)].tolist()
+  as_part = lambda x: image if x == 'IMG' else x
+  theirs = preset.encode(tokenizer, instruction or None, as_part(query), as_part(document),
+                         image_processor=processor)
+  assert ids == theirs.input_ids
+  if theirs.pixel_values is not None:
+    np.testing.assert_array_equal(arrays['pixel_values'][0, 0, 0], theirs.pixel_values)

@@ -392,7 +392,7 @@ def test_images_change_the_readout_only_through_image_positions(model, tokenizer
 
   @nnx.jit
   def parts(m, ids, pixels, valid):
-    return (m.embed_with_images(ids, pixels, valid), m.projector(m.vision(pixels[0, :1]))[0],
+    return (m.embed_with_images(ids, pixels, valid)[0], m.projector(m.vision(pixels[0, :1]))[0],
             m.decoder.embed(ids))
 
   embeds, feats, token_embeds = parts(model, ids, a["pixel_values"].reshape(2, 2, 16, 16, 3),
