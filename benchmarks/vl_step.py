@@ -99,12 +99,16 @@ def torch_step_fn(model, batch):
   mask = torch.from_numpy(batch['attention_mask'].reshape(b * n, t).astype(np.int64))
   pixels = torch.from_numpy(batch['pixel_values'].reshape(-1, batch['pixel_values'].shape[-1]))
   grid = torch.tensor([[1, IMAGE_PX // PATCH, IMAGE_PX // PATCH]] * (b * n))
+  # What the processor returns beside the ids; transformers 5.x finds the images' M-RoPE
+  # positions through it (without it every position is 1-D).
+  token_types = (ids == IMAGE).long()
   labels = torch.from_numpy(batch['labels'])
   opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
 
   def loss_of():
     logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
-                   use_cache=False, logits_to_keep=1).logits[:, -1]
+                   mm_token_type_ids=token_types, use_cache=False,
+                   logits_to_keep=1).logits[:, -1]
     return torch_sft_loss(logits[:, YES_ID].float().reshape(b, n),
                           logits[:, NO_ID].float().reshape(b, n), labels)
 

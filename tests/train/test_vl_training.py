@@ -158,3 +158,25 @@ def test_a_qwen2_5_vl_checkpoint_trains_resumes_and_draws_figures(image_data, tm
   import make_all
   paths = make_all.make_all(reference, str(tmp_path / 'figures'))
   assert len(paths) >= 3 and all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_bad_vl_settings_get_named_errors(image_data, tmp_path):
+  model_dir = make_vl_checkpoint(str(tmp_path / 'qwen2_vl'), 'qwen2_vl')
+  objective = config_lib.make_objective(_cfg(model_dir, image_data))
+  mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
+
+  def build(*overrides):
+    cfg = _cfg(model_dir, image_data, *overrides)
+    config_lib.validate(cfg)
+    state_lib.build_model_state(cfg, mesh, state_lib.resolve_tokenizer(cfg), objective)
+
+  with pytest.raises(ValueError, match=r'image_size=6: .* multiple of patch_size x '
+                                       r'spatial_merge_size = 4'):
+    build('image_size=6')
+  with pytest.raises(ValueError, match='lora_vision=true: vision adapters need finetune=lora'):
+    build('finetune=full', 'lora_vision=true')
+  with pytest.raises(ValueError, match="config prompt='qwen9': expected '' .* reranker preset"):
+    build('prompt=qwen9')
+  with pytest.raises(ValueError, match="prompt='monoqwen2-vl' reads its own label words"):
+    build('prompt=monoqwen2-vl', 'label_words=["yes", "no"]', 'label_words=["a", "b"]')
+  build('prompt=monoqwen2-vl', 'finetune=head')  # its True/False: this tokenizer lowercases
