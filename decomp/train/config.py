@@ -88,6 +88,10 @@ class TrainConfig:
   lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
                                    'down_proj')  # adapted projections
   lora_vision: bool = False  # with finetune=lora: adapters on a Qwen-VL vision tower too
+  # finetune=head only: the frozen body's answer-position hidden states are computed once per
+  # distinct prompt and kept under $DECOMP_CACHE/features (shared by every run on the same base),
+  # so a head-only run costs a forward pass per new document, not per step (decomp/train/features.py).
+  cache_features: bool = False
   train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
 
   # --- objective ----------------------------------------------------------------------------------
@@ -476,6 +480,11 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('pretrain_qa_per_group', 'must be >= 0')
   if len(cfg.label_words) < 2:
     bad('label_words', 'needs at least the yes and the no word')
+  if cfg.cache_features and cfg.finetune != 'head':
+    bad('cache_features', f'needs finetune=head (with finetune={cfg.finetune!r} the body trains, '
+                          'so its hidden states change every step)')
+  if cfg.cache_features and num_processes > 1:
+    bad('cache_features', 'is single-process (each host would keep its own cache)')
   if cfg.prompt:
     from decomp.models.presets import PRESETS
     if cfg.prompt not in PRESETS:

@@ -43,8 +43,10 @@ class Evaluator:
   are kept, so periodic validation re-runs only the model. Scores come back to every host.
   """
 
-  def __init__(self, cfg: config_lib.TrainConfig, run, data, mesh, objective: Objective):
+  def __init__(self, cfg: config_lib.TrainConfig, run, data, mesh, objective: Objective, *,
+               transform=None):
     self.cfg, self.data, self.mesh = cfg, data, mesh
+    self.transform = transform  # encoded arrays -> what the step reads (cached features)
     self.score = primary_score(cfg, objective)
     shardings = (run.params_shardings, run.frozen_shardings)
     self._eval = jax.jit(step_lib.make_eval_step(run.graphdef), in_shardings=(*shardings, None))
@@ -78,7 +80,8 @@ class Evaluator:
         real = len(chunk)
         chunk += [chunk[-1]] * (size - real)  # pad the last batch to the compiled shape
         local = size // procs
-        batches.append((real, self.data.encode(chunk[rank * local:(rank + 1) * local], n)))
+        arrays = self.data.encode(chunk[rank * local:(rank + 1) * local], n)
+        batches.append((real, self.transform(arrays) if self.transform else arrays))
       self._batches[key] = batches
     return self._batches[key]
 

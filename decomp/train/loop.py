@@ -185,7 +185,15 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       # Metrics are small: replicated, so every process can read them (multi-host).
       out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
       donate_argnums=(0, 2))
-  evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh, objective)
+  features = None
+  if cfg.cache_features:
+    from decomp.train.features import FeatureCache
+    # A copy: the step donates the params' buffers (the body's features do not read them).
+    features = FeatureCache(run, params=jax.tree.map(jnp.copy, state['params']),
+                            frozen=state['frozen'],
+                            put=lambda arrays: _shard_batch(arrays, mesh))
+  evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh, objective,
+                                     transform=features.replace if features else None)
 
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
@@ -231,13 +239,16 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       # Under jit the losses cannot check label values: the host does, on every batch.
       arrays['labels'] = _lists.binary_labels(arrays['labels'], arrays['where'],
                                               context=f'training batch of step {step}: ')
+      tokens = int(arrays['attention_mask'].sum())
+      if features is not None:
+        arrays = features.replace(arrays)
       batch = _shard_batch(arrays, mesh)
       params, opt_state, metrics = train_step(params, frozen, opt_state,
                                               jnp.asarray(step - 1, jnp.int32), batch)
       if pending is not None:
         finish(pending)
       checkpoints.poll()
-      pending = (step, metrics, meta, int(arrays['attention_mask'].sum()))
+      pending = (step, metrics, meta, tokens)
       if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
         finish(pending)
         pending = None
@@ -255,12 +266,16 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       finish(pending)
     progress.close()
     checkpoints.wait()
+    if features is not None:
+      features.flush()
     if cfg.eval_every:
       validation = {'step': cfg.steps, **evaluator.run('val', params, frozen, cfg.eval_groups)}
       # A finished run started again re-evaluates but logs the final validation only once.
       if primary and not any(e.get('step') == cfg.steps for e in logs.read_evals(workdir)):
         eval_log.log(validation)
     test = evaluator.run('test', params, frozen, cfg.test_groups) if cfg.final_eval else {}
+    if features is not None:
+      features.flush()
     if not last_record and primary:
       records = logs.read_steps(workdir)
       last_record = records[-1] if records else {}

@@ -65,8 +65,11 @@ def _masked_stats(values: Array, mask: Array, prefix: str) -> dict[str, Array]:
 def model_readout(model: nnx.Module, batch: Batch, needs=frozenset()) -> Readout:
   """The reranker's readout ``[B, n]`` of a batch, with the data's teacher scores passed through
   as ``extra_scores['teacher']`` when the objective needs them."""
-  out = model.readout(batch['input_ids'], batch['attention_mask'], batch.get('pixel_values'),
-                      batch.get('image_valid'), positions=batch.get('positions'), needs=needs)
+  if 'hidden' in batch:  # cached answer-position states of a frozen body (train/features.py)
+    out = model.readout_from_hidden(batch['hidden'], needs=needs)
+  else:
+    out = model.readout(batch['input_ids'], batch['attention_mask'], batch.get('pixel_values'),
+                        batch.get('image_valid'), positions=batch.get('positions'), needs=needs)
   if 'teacher' in needs:
     if 'teacher' not in batch:
       raise ValueError("the objective needs teacher scores, but the data gives none (a "
