@@ -92,6 +92,25 @@ def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
   return {k: v[valid] for k, v in cols.items()}
 
 
+def _norm_steps(cfg: config_lib.TrainConfig):
+  """The steps (0-based, as the update step counts them) that compute the update and parameter
+  norms: those whose steps.jsonl line is written (every ``log_every``-th and the last) and
+  those that save a checkpoint, so the divergence guard has checked the parameters of every
+  checkpoint. Every step with ``on_nonfinite='skip_step'``: a dropped update must be caught on
+  the step that made it, or the non-finite parameters would be kept."""
+  if cfg.on_nonfinite == 'skip_step' or cfg.log_every == 1:
+    return None
+
+  def norm_steps(step):
+    logged = step + 1  # the step number of the log line
+    due = (logged % cfg.log_every == 0) | (logged == cfg.steps)
+    if cfg.checkpoint_every:
+      due = due | (logged % cfg.checkpoint_every == 0)
+    return due
+
+  return norm_steps
+
+
 def optimizer(cfg: config_lib.TrainConfig):
   return step_lib.make_optimizer(
       peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
@@ -179,7 +198,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       nonfinite.guard_step(step_lib.make_train_step(
           run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
           example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
-          micro_batches=cfg.accumulate_steps), skip=cfg.on_nonfinite == 'skip_step'),
+          micro_batches=cfg.accumulate_steps, norm_steps=_norm_steps(cfg)),
+          skip=cfg.on_nonfinite == 'skip_step'),
       in_shardings=(state_shardings['params'], state_shardings['frozen'],
                     state_shardings['opt_state'], replicated, None),
       # Metrics are small: replicated, so every process can read them (multi-host).
@@ -204,6 +224,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     scalars, per_doc = jax.device_get((metrics['scalars'], metrics['per_doc']))
     scalars = dict(scalars)
     bad = nonfinite.quantities(scalars.pop(nonfinite.KEY))
+    if not scalars.pop('norms_computed'):  # NaN by design, not divergence: left out of the log
+      del scalars['update_norm'], scalars['param_norm']
     rows = meta['doc_id'].shape[0]  # this process's groups are rows [k * rows, (k+1) * rows)
     first = jax.process_index() * rows
     per_doc = {k: v[first:first + rows] for k, v in per_doc.items()}

@@ -38,9 +38,12 @@ def guard_step(step_fn: Callable, *, skip: bool) -> Callable:
   def guarded(params, frozen, opt_state, step, batch):
     new_params, new_opt_state, metrics = step_fn(params, frozen, opt_state, step, batch)
     scalars = metrics['scalars']
+    # Off the steps that compute it (``norms_computed`` False) the parameter norm is NaN by
+    # design; parameters an update made non-finite there make the next step's loss non-finite.
+    norms_computed = scalars.get('norms_computed', True)
     bad = (~(jnp.isfinite(scalars['loss']) & jnp.isfinite(scalars['objective'])),
            ~jnp.isfinite(scalars['grad_norm']),
-           ~jnp.isfinite(scalars['param_norm']))
+           norms_computed & ~jnp.isfinite(scalars['param_norm']))
     flag = sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
     if skip:
       keep_old = flag > 0
