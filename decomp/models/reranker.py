@@ -189,11 +189,11 @@ class Reranker(nnx.Module):
           ids.shape[0], pixels.shape[1])
       self._check_placeholders(ids, valid, pixels.shape[1])
       embeds = self.embed_with_images(ids, pixels, valid)
-      h = self.decoder.hidden_states(None, mask, inputs_embeds=embeds)
+      h_last = self.decoder.hidden_states(None, mask, inputs_embeds=embeds,
+                                          at_index=_last_valid_index(mask))  # [N, d]
     else:
-      h = self.decoder.hidden_states(ids, mask)
-    last = _last_valid_index(mask)
-    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [N, d]
+      # Only the answer position goes through the last layer past its keys/values.
+      h_last = self.decoder.hidden_states(ids, mask, at_index=_last_valid_index(mask))
     out = self.readout_from_hidden(h_last, needs=needs)
     return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
 
