@@ -177,6 +177,16 @@ def test_norms_only_on_the_chosen_steps_and_the_clip_reuses_the_gradient_norm(mo
       assert np.isnan(scalars['update_norm']) and np.isnan(scalars['param_norm'])
 
 
+def test_the_loop_computes_norms_on_logged_and_checkpointed_steps():
+  from decomp.train import loop
+  cfg = dataclasses.replace(config_lib.get_config('playground_quick'), steps=10, log_every=3,
+                            checkpoint_every=4, on_nonfinite='error')
+  norm_steps = loop._norm_steps(cfg)
+  assert [s + 1 for s in range(10) if norm_steps(s)] == [3, 4, 6, 8, 9, 10]
+  assert loop._norm_steps(dataclasses.replace(cfg, on_nonfinite='skip_step')) is None
+  assert loop._norm_steps(dataclasses.replace(cfg, log_every=1)) is None
+
+
 def test_pooled_label_words_reach_the_step_and_its_diagnostics():
   """label_pooling='pairs': the trainer's readout and the diagnostics' readout-from-h agree, and
   the logged SFT direction norm is ||grad_h (z_y - z_n)|| of the pooled scores."""
