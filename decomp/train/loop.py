@@ -92,23 +92,17 @@ def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
   return {k: v[valid] for k, v in cols.items()}
 
 
-def _norm_steps(cfg: config_lib.TrainConfig):
-  """The steps (0-based, as the update step counts them) that compute the update and parameter
-  norms: those whose steps.jsonl line is written (every ``log_every``-th and the last) and
-  those that save a checkpoint, so the divergence guard has checked the parameters of every
-  checkpoint. Every step with ``on_nonfinite='skip_step'``: a dropped update must be caught on
-  the step that made it, or the non-finite parameters would be kept."""
+def _norms_due(cfg: config_lib.TrainConfig):
+  """``step -> bool`` (steps counted from 1, as logged): the steps that run the update step
+  with its three global norms (:func:`decomp.train.step.make_train_step`): those whose
+  steps.jsonl line is written (every ``log_every``-th and the last) and those that save a
+  checkpoint, so the divergence guard has checked the parameters of every checkpoint. Every
+  step with ``on_nonfinite='skip_step'``: a non-finite update must be dropped on the step that
+  made it, or the non-finite parameters would be kept."""
   if cfg.on_nonfinite == 'skip_step' or cfg.log_every == 1:
-    return None
-
-  def norm_steps(step):
-    logged = step + 1  # the step number of the log line
-    due = (logged % cfg.log_every == 0) | (logged == cfg.steps)
-    if cfg.checkpoint_every:
-      due = due | (logged % cfg.checkpoint_every == 0)
-    return due
-
-  return norm_steps
+    return lambda step: True
+  return lambda step: (step % cfg.log_every == 0 or step == cfg.steps
+                       or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
 
 
 def optimizer(cfg: config_lib.TrainConfig):
@@ -194,17 +188,23 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     logs.truncate_examples(workdir, start)
 
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
-  train_step = jax.jit(
-      nonfinite.guard_step(step_lib.make_train_step(
-          run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
-          example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
-          micro_batches=cfg.accumulate_steps, norm_steps=_norm_steps(cfg)),
-          skip=cfg.on_nonfinite == 'skip_step'),
-      in_shardings=(state_shardings['params'], state_shardings['frozen'],
-                    state_shardings['opt_state'], replicated, None),
-      # Metrics are small: replicated, so every process can read them (multi-host).
-      out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
-      donate_argnums=(0, 2))
+
+  def jitted_step(global_norms: bool):
+    return jax.jit(
+        nonfinite.guard_step(step_lib.make_train_step(
+            run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
+            example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
+            micro_batches=cfg.accumulate_steps, global_norms=global_norms),
+            skip=cfg.on_nonfinite == 'skip_step'),
+        in_shardings=(state_shardings['params'], state_shardings['frozen'],
+                      state_shardings['opt_state'], replicated, None),
+        # Metrics are small: replicated, so every process can read them (multi-host).
+        out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
+        donate_argnums=(0, 2))
+
+  # Two compiled steps, with and without the global norms; the second compiles on first use.
+  train_steps = {True: jitted_step(True), False: jitted_step(False)}
+  norms_due = _norms_due(cfg)
   evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh, objective)
 
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
@@ -224,8 +224,6 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     scalars, per_doc = jax.device_get((metrics['scalars'], metrics['per_doc']))
     scalars = dict(scalars)
     bad = nonfinite.quantities(scalars.pop(nonfinite.KEY))
-    if not scalars.pop('norms_computed'):  # NaN by design, not divergence: left out of the log
-      del scalars['update_norm'], scalars['param_norm']
     rows = meta['doc_id'].shape[0]  # this process's groups are rows [k * rows, (k+1) * rows)
     first = jax.process_index() * rows
     per_doc = {k: v[first:first + rows] for k, v in per_doc.items()}
@@ -254,8 +252,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       arrays['labels'] = _lists.binary_labels(arrays['labels'], arrays['where'],
                                               context=f'training batch of step {step}: ')
       batch = _shard_batch(arrays, mesh)
-      params, opt_state, metrics = train_step(params, frozen, opt_state,
-                                              jnp.asarray(step - 1, jnp.int32), batch)
+      params, opt_state, metrics = train_steps[norms_due(step)](
+          params, frozen, opt_state, jnp.asarray(step - 1, jnp.int32), batch)
       if pending is not None:
         finish(pending)
       checkpoints.poll()

@@ -8,7 +8,7 @@ surrogate (whose gradient is the objective's), the diagnostics and the logged lo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +131,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, objective: Objective, *,
                     cl_temperature: float = 1.0, example_grad_norms: bool = False,
                     doc_chunk: int = 0, micro_batches: int = 1,
-                    norm_steps: Callable[[Array], Array] | None = None):
+                    global_norms: bool = True):
   """The update step ``(params, frozen, opt_state, step, batch) -> (params, opt_state, metrics)``.
 
   Args:
@@ -148,13 +148,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       runs the whole list at once.
     micro_batches: groups are split into this many micro-batches whose gradients accumulate
       with the whole batch's normaliser.
-    norm_steps: ``step -> bool``, the steps (the ``step`` argument, counted from 0) on which
-      ``update_norm`` and ``param_norm`` are computed: each is a memory-bound pass over every
-      parameter, worth paying only on the steps whose log line keeps them. None: every step.
-      On the other steps both are NaN and the scalar ``norms_computed`` is False.
+    global_norms: log ``grad_norm``, ``update_norm`` and ``param_norm`` (three memory-bound
+      passes over every parameter, measured +12% of a 10m step on one core). False: the
+      scalars hold none of them; the training loop builds both steps and runs this one on the
+      steps whose log line would drop them. A branch (``lax.cond``) in one step was measured
+      to cost as much as the norms: its operands, the updates and the new parameters, are
+      materialised for it.
 
-  ``grad_norm`` is computed every step, once: the clip of :func:`make_optimizer` reuses it
-  (passed to ``tx`` as the extra argument ``grad_norm`` when ``tx`` takes extra arguments).
+  The gradient's global norm is computed once: the clip of :func:`make_optimizer` reuses it
+  (passed to ``tx`` as the extra argument ``grad_norm`` when ``tx`` takes extra arguments); when
+  nothing reads it (no clip, ``global_norms=False``) XLA drops it.
 
   ``batch`` holds ``labels`` and ``where`` ``[B, n]`` plus the model inputs. The returned
   ``metrics`` are device arrays: ``scalars`` (step log) and ``per_doc`` ``[B, n]``.
@@ -205,10 +208,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   takes_grad_norm = isinstance(tx, optax.GradientTransformationExtraArgs)
 
-  def update_and_param_norms(updates, new_params):
-    return (optax.tree.norm(updates).astype(jnp.float32),
-            optax.tree.norm(new_params).astype(jnp.float32))
-
   def step_fn(params, frozen, opt_state, step, batch):
     value, grads, out = value_grads_readout(params, frozen, batch)
     model = nnx.merge(graphdef, params, frozen)
@@ -216,22 +215,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     extra = {'grad_norm': grad_norm} if takes_grad_norm else {}
     updates, new_opt_state = tx.update(grads, opt_state, params, **extra)
     new_params = optax.apply_updates(params, updates)
-    if norm_steps is None:
-      norms_computed = jnp.asarray(True)
-      update_norm, param_norm = update_and_param_norms(updates, new_params)
-    else:
-      # cond runs one branch: off the logged steps the two passes are skipped, not masked.
-      norms_computed = jnp.asarray(norm_steps(step), bool)
-      nan = jnp.full((), jnp.nan, jnp.float32)
-      update_norm, param_norm = jax.lax.cond(
-          norms_computed, update_and_param_norms, lambda *_: (nan, nan), updates, new_params)
     terms = objective_terms(out, batch['labels'], batch['where'], objective,
                             readout_fn=lambda h: model.readout_from_hidden(h, needs=needs),
                             cl_temperature=cl_temperature)
     scalars = dict(terms['scalars'])
-    scalars.update(
-        objective=value, learning_rate=schedule(step), grad_norm=grad_norm,
-        update_norm=update_norm, param_norm=param_norm, norms_computed=norms_computed)
+    scalars.update(objective=value, learning_rate=schedule(step))
+    if global_norms:
+      scalars.update(grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
+                     param_norm=optax.tree.norm(new_params))
     per_doc = dict(terms['per_doc'])
     if example_grad_norms:
       per_doc['grad_norm'] = per_doc_grad_norms(params, frozen, batch, per_doc['weight'])

@@ -138,11 +138,11 @@ def test_exact_per_example_gradient_norms(model_and_batch):
     np.testing.assert_allclose(norms[g, d], abs(w[g, d]) * grad_norm(run.params, doc), rtol=1e-4)
 
 
-def test_norms_only_on_the_chosen_steps_and_the_clip_reuses_the_gradient_norm(model_and_batch):
-  """On a chosen step the three norms are those of the gradient, update and new parameters
-  computed independently; elsewhere the update and parameter norms are NaN (and the guard does
-  not flag them). The clip that reuses the step's gradient norm gives optax's clipped update and
-  keeps its optimiser-state layout (checkpoints stay interchangeable)."""
+def test_global_norms_are_exact_and_the_clip_reuses_the_gradient_norm(model_and_batch):
+  """The three logged norms are those of the gradient, update and new parameters computed
+  independently; the step built without them makes the same update and logs none of them. The
+  clip that reuses the step's gradient norm gives optax's clipped update and keeps its
+  optimiser-state layout (checkpoints stay interchangeable)."""
   cfg, run, batch = model_and_batch
   objective = config_lib.make_objective(dataclasses.replace(cfg, weight='sft', direction='sft'))
   kw = dict(peak=1e-2, steps=10, warmup_steps=0, end_factor=1.0, weight_decay=0.1, b1=0.9,
@@ -152,39 +152,37 @@ def test_norms_only_on_the_chosen_steps_and_the_clip_reuses_the_gradient_norm(mo
                              optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.1))
   opt_state = tx.init(run.params)
   assert jax.tree.structure(opt_state) == jax.tree.structure(reference_tx.init(run.params))
-  step = jax.jit(nonfinite.guard_step(step_lib.make_train_step(
-      run.graphdef, tx, schedule, objective, norm_steps=lambda s: s % 2 == 1), skip=False))
 
   grads = jax.jit(jax.grad(lambda p: objective.surrogate(
       _readout(run, p, batch), batch['labels'], where=batch['where'])))(run.params)
   assert optax.tree.norm(grads) > 1e-2  # so the clip scales it
-  for i in (0, 1):
-    reference_updates, _ = reference_tx.update(grads, reference_tx.init(run.params), run.params)
-    reference = optax.apply_updates(run.params, reference_updates)
-    new_params, _, metrics = step(run.params, run.frozen, opt_state, jnp.int32(i), batch)
+  reference_updates, _ = reference_tx.update(grads, reference_tx.init(run.params), run.params)
+  reference = optax.apply_updates(run.params, reference_updates)
+  for global_norms in (True, False):
+    step = jax.jit(nonfinite.guard_step(step_lib.make_train_step(
+        run.graphdef, tx, schedule, objective, global_norms=global_norms), skip=False))
+    new_params, _, metrics = step(run.params, run.frozen, opt_state, jnp.int32(0), batch)
     for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(reference)):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
     scalars = jax.device_get(metrics['scalars'])
     assert scalars[nonfinite.KEY] == 0
-    np.testing.assert_allclose(scalars['grad_norm'], optax.tree.norm(grads), rtol=1e-6)
-    if i == 1:
-      assert scalars['norms_computed']
+    if global_norms:
+      np.testing.assert_allclose(scalars['grad_norm'], optax.tree.norm(grads), rtol=1e-6)
       np.testing.assert_allclose(scalars['update_norm'], optax.tree.norm(reference_updates),
                                  rtol=1e-6)
       np.testing.assert_allclose(scalars['param_norm'], optax.tree.norm(reference), rtol=1e-6)
     else:
-      assert not scalars['norms_computed']
-      assert np.isnan(scalars['update_norm']) and np.isnan(scalars['param_norm'])
+      assert not {'grad_norm', 'update_norm', 'param_norm'} & set(scalars)
 
 
 def test_the_loop_computes_norms_on_logged_and_checkpointed_steps():
   from decomp.train import loop
   cfg = dataclasses.replace(config_lib.get_config('playground_quick'), steps=10, log_every=3,
                             checkpoint_every=4, on_nonfinite='error')
-  norm_steps = loop._norm_steps(cfg)
-  assert [s + 1 for s in range(10) if norm_steps(s)] == [3, 4, 6, 8, 9, 10]
-  assert loop._norm_steps(dataclasses.replace(cfg, on_nonfinite='skip_step')) is None
-  assert loop._norm_steps(dataclasses.replace(cfg, log_every=1)) is None
+  assert [s for s in range(1, 11) if loop._norms_due(cfg)(s)] == [3, 4, 6, 8, 9, 10]
+  for every_step in (dataclasses.replace(cfg, on_nonfinite='skip_step'),
+                     dataclasses.replace(cfg, log_every=1)):
+    assert all(loop._norms_due(every_step)(s) for s in range(1, 11))
 
 
 def test_pooled_label_words_reach_the_step_and_its_diagnostics():
