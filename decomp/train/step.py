@@ -152,8 +152,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       passes over every parameter, measured +12% of a 10m step on one core). False: the
       scalars hold none of them; the training loop builds both steps and runs this one on the
       steps whose log line would drop them. A branch (``lax.cond``) in one step was measured
-      to cost as much as the norms: its operands, the updates and the new parameters, are
-      materialised for it.
+      to cost as much as the norms (its operands, the updates and the new parameters, are
+      likely materialised for it).
 
   The gradient's global norm is computed once: the clip of :func:`make_optimizer` reuses it
   (passed to ``tx`` as the extra argument ``grad_norm`` when ``tx`` takes extra arguments); when
