@@ -44,6 +44,9 @@ CONFIGS = {
     # and ~52 GFLOP without it.
     '12m': dict(vocab_size=16384, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2),
+    # A deeper body (12 layers of the 10m shape): the last layer is 1/12 of it.
+    '20m': dict(vocab_size=16384, hidden_size=256, intermediate_size=1024, num_hidden_layers=12,
+                num_attention_heads=4, num_key_value_heads=2),
     '31m': dict(vocab_size=32768, hidden_size=384, intermediate_size=1536, num_hidden_layers=3,
                 num_attention_heads=6, num_key_value_heads=2),
 }
@@ -199,6 +202,22 @@ class JaxStep:
     return metrics
 
 
+@dataclasses.dataclass
+class AlternatingJaxStep(JaxStep):
+  """A JaxStep whose every ``norms_every``-th call runs ``with_norms`` instead (the training
+  loop's pair of steps, with and without the global norms)."""
+  with_norms: Callable = None
+  norms_every: int = 1
+  calls: int = 0
+
+  def run(self):
+    self.calls += 1
+    fn = self.with_norms if self.calls % self.norms_every == 0 else self.fn
+    params, opt_state, metrics = fn(*self.state, self.batch)
+    self.state[0], self.state[1] = params, opt_state
+    return metrics
+
+
 def _compiled(step, args):
   import jax
   jitted = jax.jit(step, donate_argnums=(0, 1))
@@ -297,9 +316,11 @@ def jax_loss_and_grad_norm(path: str, batch, *, full_vocab: bool):
 
 
 def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
-                      remat: bool = False) -> JaxStep:
+                      remat: bool = False, norms_every: int = 1) -> JaxStep:
   """decomp's training-engine update (`make_train_step`): url surrogate (SFT weight x SFT
-  direction), diagnostics, logged scalars and per-document arrays."""
+  direction), diagnostics, logged scalars and per-document arrays. ``norms_every``: the three
+  global norms only every ``norms_every``-th call, as the training loop runs them with
+  ``log_every=norms_every`` (two compiled steps, ``make_train_step(global_norms=...)``)."""
   import jax
   import optax
   from flax import nnx
@@ -311,15 +332,25 @@ def make_jax_url_step(path: str, batch, *, example_grad_norms: bool = False,
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
   opt_state = tx.init(params)
-  inner = step_lib.make_train_step(graphdef, tx, lambda s: LEARNING_RATE, OBJECTIVES['sft'],
-                                   example_grad_norms=example_grad_norms)
+  make = lambda global_norms: step_lib.make_train_step(
+      graphdef, tx, lambda s: LEARNING_RATE, OBJECTIVES['sft'],
+      example_grad_norms=example_grad_norms, global_norms=global_norms)
+  with_norms = make(True)
 
   def step(params, opt_state, batch):  # ``frozen`` is empty here: every weight trains
-    return inner(params, frozen, opt_state, 0, batch)
+    return with_norms(params, frozen, opt_state, 0, batch)
 
   dbatch = jax.device_put(dict(batch))
   compiled, compile_s, memory, flops = _compiled(step, (params, opt_state, dbatch))
-  return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
+  if norms_every == 1:
+    return JaxStep(compiled, [params, opt_state], dbatch, compile_s, memory, flops)
+  without_norms = make(False)
+  compiled_without, compile_without_s, _, _ = _compiled(
+      lambda params, opt_state, batch: without_norms(params, frozen, opt_state, 0, batch),
+      (params, opt_state, dbatch))
+  return AlternatingJaxStep(compiled_without, [params, opt_state], dbatch,
+                            compile_s + compile_without_s, memory, flops,
+                            with_norms=compiled, norms_every=norms_every)
 
 
 def make_jax_url_step_without_norms(path: str, batch) -> JaxStep:

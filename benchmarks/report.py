@@ -96,14 +96,17 @@ def markdown(r: dict) -> str:
   if 'overhead' in r:
     out += ['## Cost of the analysis', '',
             '| model | B x n x T | plain SFT step s | url + diagnostics + per-example logs s | '
-            'overhead (goal <= 5%) | plain + the 3 global norms alone | url + logs without the '
+            'overhead (goal <= 5%) | the same, norms every 10th step (paired / total) | '
+            'plain + the 3 global norms alone | url + logs without the '
             '3 global norms | + exact per-example grad norms s | ratio to plain (goal <= 3) |',
-            '|---|---|---|---|---|---|---|---|---|']
+            '|---|---|---|---|---|---|---|---|---|---|']
     for o in r['overhead']:
       s = o['sides']
       out.append(f'| {o["config"]} | {o["groups"]} x {o["list_size"]} x {o["length"]} | '
                  f'{s["plain_sft"]["median_s"]:.3f} | {s["url_diag_logs"]["median_s"]:.3f} | '
                  f'{100 * o["url_overhead_paired"]:+.1f}% | '
+                 f'{100 * o["url_norms_every_10_overhead_paired"]:+.1f}% / '
+                 f'{100 * o["url_norms_every_10_overhead_total"]:+.1f}% | '
                  f'{100 * o["norms_overhead_paired"]:+.1f}% | '
                  f'{100 * o["url_no_global_norms_overhead_paired"]:+.1f}% | '
                  f'{s["url_grad_norms"]["median_s"]:.3f} | {o["grad_norms_ratio_paired"]:.2f}x |')
@@ -113,7 +116,10 @@ def markdown(r: dict) -> str:
             'ratio are medians of per-round ratios (each round runs the sides back to back). '
             '"3 global norms": '
             'the plain step plus the gradient, update and parameter norms that '
-            '`decomp.train.step` logs every step.', '']
+            '`decomp.train.step` logs on every steps.jsonl line; "norms every 10th step": the '
+            'training loop with `log_every=10`, which runs the step built without them '
+            '(`make_train_step(global_norms=False)`) between log lines ("total": summed '
+            'times, which weigh the rounds holding a norm step fully).', '']
   if 'breakdown' in r:
     out += ['## Where the time goes', '', '| model | B x n x T | part | s |', '|---|---|---|---|']
     for bd in r['breakdown']:

@@ -151,6 +151,9 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   plain = C.make_jax_plain_step(ck.path, batch, full_vocab=False)
   plain_norms = C.make_jax_plain_step(ck.path, batch, full_vocab=False, global_norms=True)
   url = C.make_jax_url_step(ck.path, batch)
+  # The training loop computes the update and parameter norms only on the steps it logs:
+  # here steps.jsonl every 10th step (the per-example log and its scalars still every step).
+  url_norms_10 = C.make_jax_url_step(ck.path, batch, norms_every=10)
   url_no_norms = C.make_jax_url_step_without_norms(ck.path, batch)
   norms = C.make_jax_url_step(ck.path, batch, example_grad_norms=True)
   workdir = tempfile.TemporaryDirectory(prefix='decomp-bench-logs-')
@@ -182,6 +185,7 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   steps = {'plain_sft': loop(plain, plain_finish),
            'plain_sft_norms': loop(plain_norms, plain_finish),
            'url_diag_logs': loop(url, write_logs),
+           'url_diag_logs_norms_every_10': loop(url_norms_10, write_logs),
            'url_diag_logs_no_global_norms': loop(url_no_norms, write_logs),
            'url_grad_norms': loop(norms, write_logs)}
   timing = C.time_alternating(steps, warmup=warmup, repeats=repeats)
@@ -195,6 +199,12 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
             # Rounds run the sides back to back: the median of per-round ratios cancels most of
             # the load that other processes put on the machine between rounds.
             'url_overhead_paired': C.paired_ratio(timing, 'url_diag_logs', 'plain_sft') - 1,
+            'url_norms_every_10_overhead_paired':
+                C.paired_ratio(timing, 'url_diag_logs_norms_every_10', 'plain_sft') - 1,
+            # Norm steps fall in some rounds only: the ratio of summed times weighs them fully.
+            'url_norms_every_10_overhead_total':
+                sum(timing['url_diag_logs_norms_every_10']['times_s']) /
+                sum(timing['plain_sft']['times_s']) - 1,
             'norms_overhead_paired': C.paired_ratio(timing, 'plain_sft_norms', 'plain_sft') - 1,
             'url_no_global_norms_overhead_paired':
                 C.paired_ratio(timing, 'url_diag_logs_no_global_norms', 'plain_sft') - 1,
@@ -203,6 +213,7 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
             'grad_norms_ratio_paired': C.paired_ratio(timing, 'url_grad_norms', 'plain_sft'),
             'compile_s': {'plain_sft': plain.compile_s, 'plain_sft_norms': plain_norms.compile_s,
                           'url_diag_logs': url.compile_s,
+                          'url_diag_logs_norms_every_10': url_norms_10.compile_s,
                           'url_diag_logs_no_global_norms': url_no_norms.compile_s,
                           'url_grad_norms': norms.compile_s},
             'url_overhead': timing['url_diag_logs']['median_s'] / base - 1,
@@ -213,6 +224,9 @@ def overhead(name: str, groups: int, list_size: int, length: int, *, warmup: int
   ck.tmp.cleanup()
   log(f'  plain {base:.3f}s, url+diag+logs {timing["url_diag_logs"]["median_s"]:.3f}s '
       f'({100 * result["url_overhead"]:+.1f}%, paired {100 * result["url_overhead_paired"]:+.1f}%'
+      f'; norms every 10th step: paired '
+      f'{100 * result["url_norms_every_10_overhead_paired"]:+.1f}%, total '
+      f'{100 * result["url_norms_every_10_overhead_total"]:+.1f}%'
       f'; global norms alone {100 * result["norms_overhead_paired"]:+.1f}%; url + logs without '
       f'them {100 * result["url_no_global_norms_overhead_paired"]:+.1f}%), grad norms '
       f'x{result["grad_norms_ratio"]:.2f} (paired '

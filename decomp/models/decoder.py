@@ -128,29 +128,45 @@ class Attention(nnx.Module):
     self.q_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, **kw) if c.qk_norm else None
     self.k_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, **kw) if c.qk_norm else None
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [B, T, d]; cos/sin [B, T, hd]; mask [B, T(query), T(key)] bool -> [B, T, d]."""
+  def queries(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, d] -> RoPE'd queries [B, kv, groups, T, hd]."""
     b, t, _ = x.shape
-    kv, groups, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
     # Head-major layouts ([B, kv, groups, T, hd]) before RoPE: the transposes then happen once,
     # on the projections, instead of inside XLA CPU's fused (slow) transposing copies around
     # the attention einsums (measured ~4% of a training step). Query head h reads kv head
     # h // groups (HF's repeat_kv order).
-    q = self.q_proj(x).reshape(b, t, kv, groups, hd)
-    k = self.k_proj(x).reshape(b, t, kv, hd)
+    q = self.q_proj(x).reshape(b, t, self.num_kv_heads, self.num_heads // self.num_kv_heads,
+                               self.head_dim)
     if self.q_norm is not None:
-      q, k = self.q_norm(q), self.k_norm(k)
+      q = self.q_norm(q)
     q = q.transpose(0, 2, 3, 1, 4)
+    return q * cos[:, None, None] + rotate_half(q) * sin[:, None, None]
+
+  def keys_values(self, x: jax.Array, cos: jax.Array,
+                  sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, T, d] -> RoPE'd keys and values, each [B, kv, T, hd]."""
+    b, t, _ = x.shape
+    kv, hd = self.num_kv_heads, self.head_dim
+    k = self.k_proj(x).reshape(b, t, kv, hd)
+    if self.k_norm is not None:
+      k = self.k_norm(k)
     k = k.transpose(0, 2, 1, 3)
     v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
-    q = q * cos[:, None, None] + rotate_half(q) * sin[:, None, None]
-    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    return k * cos[:, None] + rotate_half(k) * sin[:, None], v
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [B, kv, groups, Tq, hd], k/v [B, kv, T, hd], mask [B, Tq, T] bool -> [B, Tq, d]."""
+    b, tq = q.shape[0], q.shape[3]
     scores = jnp.einsum('bkgth,bksh->bkgts', q, k, preferred_element_type=jnp.float32)
-    scores = scores * (hd ** -0.5)
+    scores = scores * (self.head_dim ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum('bkgts,bksh->bkgth', probs, v).transpose(0, 3, 1, 2, 4)
-    return self.o_proj(out.reshape(b, t, self.num_heads * hd))
+    return self.o_proj(out.reshape(b, tq, self.num_heads * self.head_dim))
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, T, d]; cos/sin [B, T, hd]; mask [B, T(query), T(key)] bool -> [B, T, d]."""
+    return self.attend(self.queries(x, cos, sin), *self.keys_values(x, cos, sin), mask)
 
 
 class MLP(nnx.Module):
@@ -181,12 +197,30 @@ class DecoderLayer(nnx.Module):
     x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
     return x + self.mlp(self.post_attention_layernorm(x))
 
+  def at_index(self, x, index, cos, sin, mask):
+    """The layer's output at one index per row: x [B, T, d], index [B] int -> [B, 1, d].
+
+    Keys and values come from every position; the query, attention output, residual and MLP
+    only from ``index``, which is all a causal layer's output there depends on.
+    """
+    rows = lambda a: jnp.take_along_axis(a, index[:, None, None], axis=1)  # [B, 1, ...]
+    normed = self.input_layernorm(x)
+    k, v = self.self_attn.keys_values(normed, cos, sin)
+    q = self.self_attn.queries(rows(normed), rows(cos), rows(sin))
+    x = rows(x) + self.self_attn.attend(q, k, v, rows(mask))
+    return x + self.mlp(self.post_attention_layernorm(x))
+
 
 def _run_layer(layer: DecoderLayer, x, cos, sin, mask):
   return layer(x, cos, sin, mask)
 
 
+def _run_layer_at_index(layer: DecoderLayer, x, index, cos, sin, mask):
+  return layer.at_index(x, index, cos, sin, mask)
+
+
 _run_layer_remat = nnx.remat(_run_layer)
+_run_layer_at_index_remat = nnx.remat(_run_layer_at_index)
 
 
 class Decoder(nnx.Module):
@@ -235,8 +269,9 @@ class Decoder(nnx.Module):
                     attention_mask: jax.Array | None = None, *,
                     inputs_embeds: jax.Array | None = None,
                     positions: jax.Array | None = None,
-                    layer_residuals: Sequence[jax.Array] = ()) -> jax.Array:
-    """Final RMS-normed hidden states [B, T, d] (compute dtype).
+                    layer_residuals: Sequence[jax.Array] = (),
+                    at_index: jax.Array | None = None) -> jax.Array:
+    """Final RMS-normed hidden states [B, T, d] (compute dtype), or [B, d] at `at_index`.
 
     Args:
       input_ids: [B, T] int token ids (ignored when inputs_embeds is given).
@@ -248,6 +283,11 @@ class Decoder(nnx.Module):
         `config.mrope_section`); None -> cumsum(attention_mask) - 1.
       layer_residuals: arrays [B, T, d] added to the hidden states after layers 0, 1, ...
         (Qwen3-VL's DeepStack visual features, zero outside image tokens).
+      at_index: [B] int, one index per row (e.g. the last valid token, where a reranker reads
+        its answer): return only the hidden state there, [B, d]. Every layer but the last runs
+        in full; the last computes keys and values at every position but its query, attention
+        output, MLP and the final norm only at `at_index` (on a 2-layer model about 45% of the
+        body's work, on a deep one about 1/num_layers of it). Equal to indexing the full output.
     """
     if inputs_embeds is not None:
       x = jnp.asarray(inputs_embeds)
@@ -281,10 +321,25 @@ class Decoder(nnx.Module):
     run = _run_layer_remat if self.remat else _run_layer
     if len(layer_residuals) > len(self.layers):
       raise ValueError(f'{len(layer_residuals)} layer_residuals for {len(self.layers)} layers')
+    if at_index is not None:
+      at_index = jnp.asarray(at_index)
+      if at_index.shape != (b,) or not jnp.issubdtype(at_index.dtype, jnp.integer):
+        raise ValueError(f'at_index must be [B] = [{b}] integers, got shape {at_index.shape} '
+                         f'dtype {at_index.dtype}')
+    last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
+      if at_index is not None and i == last:
+        run_at = _run_layer_at_index_remat if self.remat else _run_layer_at_index
+        x = run_at(layer, x, at_index, cos, sin, mask)
+        if i < len(layer_residuals):
+          residual = jnp.take_along_axis(layer_residuals[i], at_index[:, None, None], axis=1)
+          x = x + residual.astype(x.dtype)
+        return self.norm(x[:, 0])
       x = run(layer, x, cos, sin, mask)
       if i < len(layer_residuals):
         x = x + layer_residuals[i].astype(x.dtype)
+    if at_index is not None:  # no layers
+      x = jnp.take_along_axis(x, at_index[:, None, None], axis=1)[:, 0]
     return self.norm(x)
 
   def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None,

@@ -41,7 +41,8 @@ class Reranker(nnx.Module):
   """A decoder LM (+ optional image encoder and projector) read out at the label tokens.
 
   Args:
-    decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states``,
+    decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states`` taking
+      ``at_index=``,
       ``lm_head_rows``, ``log_normalizer`` and ``config.hidden_size``).
     label_ids: label token ids, "yes" first, "no" second, more allowed.
     label_pooling: how the label logits become ``yes``/``no``
@@ -256,10 +257,10 @@ class Reranker(nnx.Module):
         raise ValueError(f"positions must be [..., 3, T] = {lead + (3, t)}, got "
                          f"{positions.shape}")
       positions = jnp.moveaxis(positions.reshape(-1, 3, t), 1, 0)  # [3, N, T]
-    h = self.decoder.hidden_states(ids, mask, inputs_embeds=embeds, positions=positions,
-                                   layer_residuals=residuals)
-    last = _last_valid_index(mask)
-    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [N, d]
+    # Only the answer position goes through the last layer past its keys/values.
+    h_last = self.decoder.hidden_states(ids, mask, inputs_embeds=embeds, positions=positions,
+                                        layer_residuals=residuals,
+                                        at_index=_last_valid_index(mask))  # [N, d]
     out = self.readout_from_hidden(h_last, needs=needs)
     return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
 

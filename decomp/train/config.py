@@ -155,7 +155,7 @@ class TrainConfig:
   base_seed: int = 0  # seed of the pretrained base (shared by every run's seed, as in the paper)
 
   # --- logging, evaluation, checkpoints -----------------------------------------------------------
-  log_every: int = 1  # steps between lines of steps.jsonl
+  log_every: int = 1  # steps between lines of steps.jsonl (the 3 global norms run only on those)
   example_log_every: int = 10  # steps between per-example log rows (0 = off)
   example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
   eval_every: int = 50  # steps between validation evaluations (0 = none)

@@ -92,6 +92,19 @@ def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
   return {k: v[valid] for k, v in cols.items()}
 
 
+def _norms_due(cfg: config_lib.TrainConfig):
+  """``step -> bool`` (steps counted from 1, as logged): the steps that run the update step
+  with its three global norms (:func:`decomp.train.step.make_train_step`): those whose
+  steps.jsonl line is written (every ``log_every``-th and the last) and those that save a
+  checkpoint, so the divergence guard has checked the parameters of every checkpoint. Every
+  step with ``on_nonfinite='skip_step'``: a non-finite update must be dropped on the step that
+  made it, or the non-finite parameters would be kept."""
+  if cfg.on_nonfinite == 'skip_step' or cfg.log_every == 1:
+    return lambda step: True
+  return lambda step: (step % cfg.log_every == 0 or step == cfg.steps
+                       or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
+
+
 def optimizer(cfg: config_lib.TrainConfig):
   return step_lib.make_optimizer(
       peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
@@ -175,16 +188,23 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     logs.truncate_examples(workdir, start)
 
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
-  train_step = jax.jit(
-      nonfinite.guard_step(step_lib.make_train_step(
-          run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
-          example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
-          micro_batches=cfg.accumulate_steps), skip=cfg.on_nonfinite == 'skip_step'),
-      in_shardings=(state_shardings['params'], state_shardings['frozen'],
-                    state_shardings['opt_state'], replicated, None),
-      # Metrics are small: replicated, so every process can read them (multi-host).
-      out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
-      donate_argnums=(0, 2))
+
+  def jitted_step(global_norms: bool):
+    return jax.jit(
+        nonfinite.guard_step(step_lib.make_train_step(
+            run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
+            example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
+            micro_batches=cfg.accumulate_steps, global_norms=global_norms),
+            skip=cfg.on_nonfinite == 'skip_step'),
+        in_shardings=(state_shardings['params'], state_shardings['frozen'],
+                      state_shardings['opt_state'], replicated, None),
+        # Metrics are small: replicated, so every process can read them (multi-host).
+        out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
+        donate_argnums=(0, 2))
+
+  # Two compiled steps, with and without the global norms; the second compiles on first use.
+  train_steps = {True: jitted_step(True), False: jitted_step(False)}
+  norms_due = _norms_due(cfg)
   features = None
   if cfg.cache_features:
     from decomp.train.features import FeatureCache
@@ -243,8 +263,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       if features is not None:
         arrays = features.replace(arrays)
       batch = _shard_batch(arrays, mesh)
-      params, opt_state, metrics = train_step(params, frozen, opt_state,
-                                              jnp.asarray(step - 1, jnp.int32), batch)
+      params, opt_state, metrics = train_steps[norms_due(step)](
+          params, frozen, opt_state, jnp.asarray(step - 1, jnp.int32), batch)
       if pending is not None:
         finish(pending)
       checkpoints.poll()

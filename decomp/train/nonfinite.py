@@ -38,9 +38,12 @@ def guard_step(step_fn: Callable, *, skip: bool) -> Callable:
   def guarded(params, frozen, opt_state, step, batch):
     new_params, new_opt_state, metrics = step_fn(params, frozen, opt_state, step, batch)
     scalars = metrics['scalars']
+    # A step built without the global norms (``make_train_step(global_norms=False)``) checks
+    # the loss only: a non-finite gradient or update there makes the parameters, and so the
+    # next step's loss, non-finite.
+    finite = lambda key: jnp.isfinite(scalars[key]) if key in scalars else jnp.asarray(True)
     bad = (~(jnp.isfinite(scalars['loss']) & jnp.isfinite(scalars['objective'])),
-           ~jnp.isfinite(scalars['grad_norm']),
-           ~jnp.isfinite(scalars['param_norm']))
+           ~finite('grad_norm'), ~finite('param_norm'))
     flag = sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
     if skip:
       keep_old = flag > 0

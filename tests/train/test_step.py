@@ -14,6 +14,7 @@ from decomp.losses import cl_loss, sft_loss
 from decomp.train import config as config_lib
 from decomp.train import data as data_lib
 from decomp.train import mesh as mesh_lib
+from decomp.train import nonfinite
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 
@@ -135,6 +136,53 @@ def test_exact_per_example_gradient_norms(model_and_batch):
   for g, d in [(0, 0), (1, 2), (3, 1)]:
     doc = {k: v[g:g + 1, d:d + 1] for k, v in batch.items()}
     np.testing.assert_allclose(norms[g, d], abs(w[g, d]) * grad_norm(run.params, doc), rtol=1e-4)
+
+
+def test_global_norms_are_exact_and_the_clip_reuses_the_gradient_norm(model_and_batch):
+  """The three logged norms are those of the gradient, update and new parameters computed
+  independently; the step built without them makes the same update and logs none of them. The
+  clip that reuses the step's gradient norm gives optax's clipped update and keeps its
+  optimiser-state layout (checkpoints stay interchangeable)."""
+  cfg, run, batch = model_and_batch
+  objective = config_lib.make_objective(dataclasses.replace(cfg, weight='sft', direction='sft'))
+  kw = dict(peak=1e-2, steps=10, warmup_steps=0, end_factor=1.0, weight_decay=0.1, b1=0.9,
+            b2=0.999)
+  tx, schedule = step_lib.make_optimizer(clip_norm=1e-3, **kw)  # small: the clip acts
+  reference_tx = optax.chain(optax.clip_by_global_norm(1e-3),
+                             optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.1))
+  opt_state = tx.init(run.params)
+  assert jax.tree.structure(opt_state) == jax.tree.structure(reference_tx.init(run.params))
+
+  grads = jax.jit(jax.grad(lambda p: objective.surrogate(
+      _readout(run, p, batch), batch['labels'], where=batch['where'])))(run.params)
+  assert optax.tree.norm(grads) > 1e-2  # so the clip scales it
+  reference_updates, _ = reference_tx.update(grads, reference_tx.init(run.params), run.params)
+  reference = optax.apply_updates(run.params, reference_updates)
+  for global_norms in (True, False):
+    step = jax.jit(nonfinite.guard_step(step_lib.make_train_step(
+        run.graphdef, tx, schedule, objective, global_norms=global_norms), skip=False))
+    new_params, _, metrics = step(run.params, run.frozen, opt_state, jnp.int32(0), batch)
+    for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(reference)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+    scalars = jax.device_get(metrics['scalars'])
+    assert scalars[nonfinite.KEY] == 0
+    if global_norms:
+      np.testing.assert_allclose(scalars['grad_norm'], optax.tree.norm(grads), rtol=1e-6)
+      np.testing.assert_allclose(scalars['update_norm'], optax.tree.norm(reference_updates),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(scalars['param_norm'], optax.tree.norm(reference), rtol=1e-6)
+    else:
+      assert not {'grad_norm', 'update_norm', 'param_norm'} & set(scalars)
+
+
+def test_the_loop_computes_norms_on_logged_and_checkpointed_steps():
+  from decomp.train import loop
+  cfg = dataclasses.replace(config_lib.get_config('playground_quick'), steps=10, log_every=3,
+                            checkpoint_every=4, on_nonfinite='error')
+  assert [s for s in range(1, 11) if loop._norms_due(cfg)(s)] == [3, 4, 6, 8, 9, 10]
+  for every_step in (dataclasses.replace(cfg, on_nonfinite='skip_step'),
+                     dataclasses.replace(cfg, log_every=1)):
+    assert all(loop._norms_due(every_step)(s) for s in range(1, 11))
 
 
 def test_pooled_label_words_reach_the_step_and_its_diagnostics():
