@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablation_curves  # noqa: E402
 import net_push  # noqa: E402
+import list_size  # noqa: E402
 import pairwise_by_attribute  # noqa: E402
 import probe_heatmap  # noqa: E402
 import update_by_difficulty  # noqa: E402
@@ -22,7 +23,7 @@ import val_ndcg  # noqa: E402
 import weight_vs_score  # noqa: E402
 
 FIGURES = (probe_heatmap, weight_vs_score, update_over_training, update_by_difficulty, net_push,
-           val_ndcg, ablation_curves, pairwise_by_attribute)
+           val_ndcg, ablation_curves, pairwise_by_attribute, list_size)
 
 
 def make_all(sweep_dir: str, out_dir: str | None = None) -> list[str]:

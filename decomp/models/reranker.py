@@ -41,9 +41,8 @@ class Reranker(nnx.Module):
   """A decoder LM (+ optional image encoder and projector) read out at the label tokens.
 
   Args:
-    decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states`` taking
-      ``at_index=``,
-      ``lm_head_rows``, ``log_normalizer`` and ``config.hidden_size``).
+    decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states``
+      taking ``at_index=``, ``lm_head_rows``, ``log_normalizer`` and ``config.hidden_size``).
     label_ids: label token ids, "yes" first, "no" second, more allowed.
     label_pooling: how the label logits become ``yes``/``no``
       (:func:`decomp.readout.pool_label_logits`): ``'first'`` reads the first two labels,
