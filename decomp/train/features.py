@@ -33,10 +33,16 @@ MODEL_INPUTS = ('input_ids', 'attention_mask', 'pixel_values', 'image_valid', 'p
 FLUSH_ROWS = 50_000  # new rows kept in memory before a shard is written
 
 
+# RerankerSpec fields the answer-position hidden state depends on (the label words, the label
+# head, the projection direction and the head's adapters act after it).
+BODY_FIELDS = ('decoder', 'vision', 'vl', 'checkpoint', 'vision_pretrained', 'dtype',
+               'param_dtype')
+
+
 def body_key(spec) -> str:
-  """What the frozen hidden states depend on: the model's construction (shapes, dtypes, the
+  """What the frozen hidden states depend on: the body's construction (shapes, dtypes, the
   checkpoint's identity: its path and the size and modification time of its files)."""
-  blob: dict[str, Any] = {'spec': repr(spec)}
+  blob: dict[str, Any] = {'spec': {f: repr(getattr(spec, f)) for f in BODY_FIELDS}}
   if spec.checkpoint:
     files = sorted(glob.glob(os.path.join(spec.checkpoint, '*')))
     blob['files'] = [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f)))
