@@ -14,7 +14,8 @@ Command::
 Expected runtime (2-core CPU): cost grows linearly with the list size: 63 s per run at 1
 negative, ~100 s at 3, ~170 s at 7, ~285 s at 15 (two at a time): about 36 minutes for the 24
 runs; each doubling of the list doubles a run (31 negatives ~10 minutes, 63 ~20 minutes a run:
-not yet run on this machine).
+not run with --max 63 in this regime; ``experiments/list_size.py`` runs 1 to 63 negatives with
+the chunked step in the head-only regime, where 5 seeds resolve the differences).
 
 Expected result (measured, docs/findings.md): both improve with more negatives (1 -> 15: SFT +6.0, CL
 +6.7 on average, not resolved with 3 seeds); SFT and CL tie at every list size.
