@@ -255,11 +255,12 @@ class RerankPrompt:
 
   def segments(self, instruction: str):
     """The template's token segments around the query and document slots, cached per
-    instruction: ``(prefix, middle, suffix, doc_first)``, where ``prefix`` and ``middle`` map
-    ``space -> ids`` (``True``: the template's text up to the slot with its trailing space,
-    ``False``: without it, the space then going to the slot's text so BPE sees ' word'; equal
-    when the template puts no space before the slot), and ``doc_first`` says the document's
-    slot comes first (MonoQwen2-VL's prompt)."""
+    instruction: ``(prefix, middle, suffix, doc_first, spaces)``, where ``prefix`` and
+    ``middle`` map ``keep_space -> ids`` (``True``: the template's text up to the slot with its
+    trailing space, ``False``: without it, the space then going to the slot's text so BPE sees
+    ' word'; equal when the template puts no space before the slot), ``doc_first`` says the
+    document's slot comes first (MonoQwen2-VL's prompt), and ``spaces`` whether a space precedes
+    the first and the second slot."""
     cached = self._segments.get(instruction)
     if cached is None:
       text = self._render(instruction)

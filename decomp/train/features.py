@@ -33,10 +33,19 @@ MODEL_INPUTS = ('input_ids', 'attention_mask', 'pixel_values', 'image_valid', 'p
 FLUSH_ROWS = 50_000  # new rows kept in memory before a shard is written
 
 
-def body_key(spec) -> str:
-  """What the frozen hidden states depend on: the model's construction (shapes, dtypes, the
-  checkpoint's identity: its path and the size and modification time of its files)."""
-  blob: dict[str, Any] = {'spec': repr(spec)}
+# RerankerSpec fields the answer-position hidden state depends on (the label words, the label
+# head, the projection direction and the head's adapters act after it).
+BODY_FIELDS = ('decoder', 'vision', 'vl', 'checkpoint', 'vision_pretrained', 'dtype',
+               'param_dtype')
+
+
+def body_key(spec, seed: int) -> str:
+  """What the frozen hidden states depend on: the body's construction (shapes, dtypes, the
+  checkpoint's identity: its path and the size and modification time of its files) and, when
+  part of the body starts random (no checkpoint, or a fresh vision tower), the init seed."""
+  blob: dict[str, Any] = {'spec': {f: repr(getattr(spec, f)) for f in BODY_FIELDS}}
+  if spec.checkpoint is None or (spec.vision is not None and not spec.vision_pretrained):
+    blob['seed'] = int(seed)
   if spec.checkpoint:
     files = sorted(glob.glob(os.path.join(spec.checkpoint, '*')))
     blob['files'] = [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f)))
@@ -69,10 +78,10 @@ class FeatureCache:
   ``computed`` / ``reused`` count documents (for logs and tests).
   """
 
-  def __init__(self, run, params, frozen, *, directory: str | None = None,
+  def __init__(self, run, params, frozen, *, seed: int, directory: str | None = None,
                put=lambda arrays: arrays):
     self.directory = directory or os.path.join(cache_lib.cache_dir(), 'features',
-                                               body_key(run.spec))
+                                               body_key(run.spec, seed))
     os.makedirs(self.directory, exist_ok=True)
     self._params, self._frozen, self._put = params, frozen, put
     graphdef = run.graphdef

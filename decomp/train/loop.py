@@ -210,7 +210,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     from decomp.train.features import FeatureCache
     # A copy: the step donates the params' buffers (the body's features do not read them).
     features = FeatureCache(run, params=jax.tree.map(jnp.copy, state['params']),
-                            frozen=state['frozen'],
+                            frozen=state['frozen'], seed=cfg.seed,
                             put=lambda arrays: _shard_batch(arrays, mesh))
   evaluator = evaluate_lib.Evaluator(cfg, run, data, mesh, objective,
                                      transform=features.replace if features else None)
