@@ -31,7 +31,7 @@ focal = decomp.Objective(weight=decomp.Weight(focal_weight, loss=triple_sft_loss
 """
 
 QUICK = ["steps=4", "eval_every=2", "example_log_every=2", "checkpoint_every=2",
-         "test_groups=12", "eval_groups=12", "playground.tasks=['t2t']"]
+         "test_groups=12", "eval_groups=12", "playground.tasks=['t2t']", "vision=false"]
 
 
 def test_registered_hybrid_runs_as_a_sweep_arm(tmp_path, monkeypatch):
