@@ -39,3 +39,24 @@ def compilation_cache(tmp_path_factory):
     os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
   else:
     os.environ['JAX_COMPILATION_CACHE_DIR'] = old_env
+
+
+@pytest.fixture
+def assert_resumes_exactly():
+  """``check(cfg, reference_workdir, last_step)``: a copy of the finished run with its last
+  checkpoint and results deleted (a crash before them) retrains to the same per-step losses."""
+  import shutil
+
+  from decomp.train import logs
+  from decomp.train.loop import train
+
+  def check(cfg, reference: str, last_step: int) -> None:
+    crashed = reference.rstrip(os.sep) + '-crashed'
+    shutil.copytree(reference, crashed)
+    shutil.rmtree(os.path.join(crashed, 'checkpoints', str(last_step)))
+    os.remove(os.path.join(crashed, 'results.json'))
+    train(cfg, crashed)
+    assert ([r['loss'] for r in logs.read_steps(crashed)]
+            == [r['loss'] for r in logs.read_steps(reference)])
+
+  return check
