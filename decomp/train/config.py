@@ -67,6 +67,13 @@ class TrainConfig:
   # words as content-dependent answers, as an LLM knows them; 0 (default): the base never sees
   # the label words, and their LM-head rows stay nearly parallel.
   pretrain_qa_per_group: int = 0
+  # Image-text matching questions per pre-training group (half of them true; BLIP's ITM in
+  # words): an image and a caption, two descriptions, or an image with an edit and a caption,
+  # then 'Does it match ? yes|no', the loss on the answer alone (pretrain.matching_examples).
+  pretrain_match_per_group: int = 0
+  # Steps of the vision tower's own pre-training before the LM stage (naming each attribute of
+  # rendered scenes; pretrain.pretrain_tower): the supervised tower a VLM starts from. 0: none.
+  pretrain_vision_steps: int = 0
   label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
   # The prompt: '' = decomp's template (the tokenizer's chat template around "Query: ...
   # Document: ..."); a reranker preset of decomp.models.presets ('qwen3-reranker',
@@ -478,6 +485,10 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     bad('train_pool', 'must be >= 0 (0 = the unbounded stream)')
   if cfg.pretrain_qa_per_group < 0:
     bad('pretrain_qa_per_group', 'must be >= 0')
+  if cfg.pretrain_match_per_group < 0:
+    bad('pretrain_match_per_group', 'must be >= 0')
+  if cfg.pretrain_vision_steps < 0:
+    bad('pretrain_vision_steps', 'must be >= 0')
   if len(cfg.label_words) < 2:
     bad('label_words', 'needs at least the yes and the no word')
   if cfg.cache_features and cfg.finetune != 'head':

@@ -70,6 +70,10 @@ def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
   out['version'] = RECIPE_VERSION
   if cfg.pretrain_qa_per_group:  # only when used: the keys of earlier bases stay valid
     out['pretrain_qa_per_group'] = cfg.pretrain_qa_per_group
+  if cfg.pretrain_match_per_group:
+    out['pretrain_match_per_group'] = cfg.pretrain_match_per_group
+  if cfg.pretrain_vision_steps:
+    out['pretrain_vision_steps'] = cfg.pretrain_vision_steps
   return out
 
 
@@ -178,11 +182,74 @@ def attribute_questions(plan, world_config, rng: np.random.Generator,
   return out
 
 
+# A matching question's one answer token weighs as much in the loss as a caption's ~10 tokens:
+# at weight 1 the answers were 7% of the loss and 600 steps left every kind at chance.
+ANSWER_WEIGHT = 10.0
+MATCH_KINDS = ('image-caption', 'caption-image', 'text-text', 'edit')
+
+
+def matching_examples(plan, world_config, rng: np.random.Generator, count: int,
+                      kinds: tuple[str, ...] = MATCH_KINDS
+                      ) -> list[tuple[np.ndarray | None, str, str, bool]]:
+  """``count`` image-text matching questions (BLIP's ITM, in words) from one training group's
+  scenes, half of them true::
+
+    <image> two striped squares at the top left . Does it match ? yes
+    a big red circle . <image> Does it match ? no
+    a big red circle . one large crimson disc . Does it match ? yes
+    <image> the same but blue . a blue circle at the top . Does it match ? no
+
+  Each question pairs the group's target scene with itself (answer yes) or with one of its
+  negatives (no: a scene one or two attributes away, or a random one), the two sides rendered
+  or worded independently, in either order, an edit applied to an image among them. Returns
+  ``(image, text before the image, text after it, answer-only loss)`` items; the loss reads only
+  the answer word, so the base learns to compare, not to recite. The reranking template itself
+  is never shown: a VLM knows matching, not this benchmark's prompt.
+  """
+  from decomp.data.playground import render, text
+  say = lambda scene: text.describe(scene, rng, synonym_rate=world_config.synonym_rate,
+                                    paraphrase_rate=world_config.paraphrase_rate)
+  negatives = [s for s, kind in zip(plan.doc_scenes, plan.doc_kinds) if kind != 'positive']
+  out = []
+  for k in range(count):
+    kind = kinds[int(rng.integers(len(kinds)))]
+    true = k % 2 == 0
+    other = plan.target if true else negatives[int(rng.integers(len(negatives)))]
+    answer = 'yes' if true else 'no'
+    question = f'Does it match ? {answer}'
+    if kind == 'edit':
+      # The source: the target with one attribute changed; the edit names the target's value.
+      changed = int(rng.integers(len(plan.target)))
+      values = [v for v in range(world_config.num_values[changed]) if v != plan.target[changed]]
+      if not values:
+        kind = 'image-caption'
+      else:
+        source = np.array(plan.target)
+        source[changed] = values[int(rng.integers(len(values)))]
+        from decomp.data.playground import world
+        edit = text.describe_edit(plan.target, world.ATTRIBUTES[changed], rng,
+                                  synonym_rate=world_config.synonym_rate)
+        image = render.render_scenes(source[None], rng, world_config.style)[0]
+        out.append((image, '', f'{edit} . {say(other)} . {question}', True))
+        continue
+    if kind == 'text-text':
+      out.append((None, '', f'{say(plan.target)} . {say(other)} . {question}', True))
+      continue
+    image_scene, caption_scene = (plan.target, other) if rng.integers(2) else (other, plan.target)
+    image = render.render_scenes(np.asarray(image_scene)[None], rng, world_config.style)[0]
+    if kind == 'image-caption':
+      out.append((image, '', f'{say(caption_scene)} . {question}', True))
+    else:
+      out.append((image, f'{say(caption_scene)} .', question, True))
+  return out
+
+
 class _Sequences:
   """Deterministic stream of ``(input_ids, attention_mask, loss_mask, pixel_values,
   image_valid)`` batches built from playground groups in index order."""
 
-  def __init__(self, cfg, tokenizer, image_tokens: int, vision_config):
+  def __init__(self, cfg, tokenizer, image_tokens: int, vision_config, *, split: str = 'train',
+               match_kinds: tuple[str, ...] | None = None):
     from decomp.data.playground import Playground
     self.playground = Playground(pretraining_world(cfg))
     self.tokenizer = tokenizer
@@ -196,20 +263,34 @@ class _Sequences:
     self._buffer: list = []
     self._next_group = 0
     self.questions = cfg.pretrain_qa_per_group
+    self.matches = cfg.pretrain_match_per_group
+    self.split = split
+    # Only matching questions of these kinds (the held-out check of matching_accuracy).
+    self.match_kinds = match_kinds
     self.seed = cfg.base_seed
 
   def batch(self, size: int) -> dict[str, np.ndarray]:
     while len(self._buffer) < size:
-      group = self.playground.group('train', self._next_group)
-      self._buffer.extend(_pairs(group))
+      plan = self.playground.plan(self.split, self._next_group)
+      if self.match_kinds:
+        rng = np.random.default_rng([self.seed, self._next_group, 11])
+        self._buffer.extend(matching_examples(plan, self.playground.config, rng, 2,
+                                              self.match_kinds))
+        self._next_group += 1
+        continue
+      group = self.playground.group(self.split, self._next_group)
+      self._buffer.extend((image, '', words, False) for image, words in _pairs(group))
       if self.questions:
         rng = np.random.default_rng([self.seed, self._next_group, 9])
-        self._buffer.extend(attribute_questions(
-            self.playground.plan('train', self._next_group), self.playground.config, rng,
-            self.questions))
+        self._buffer.extend((image, '', words, False) for image, words in attribute_questions(
+            plan, self.playground.config, rng, self.questions))
+      if self.matches:
+        rng = np.random.default_rng([self.seed, self._next_group, 10])
+        self._buffer.extend(matching_examples(plan, self.playground.config, rng, self.matches))
       self._next_group += 1
     items, self._buffer = self._buffer[:size], self._buffer[size:]
-    texts = self.tokenizer([text for _, text in items], add_special_tokens=False)['input_ids']
+    befores = self.tokenizer([b for _, b, _, _ in items], add_special_tokens=False)['input_ids']
+    afters = self.tokenizer([a for _, _, a, _ in items], add_special_tokens=False)['input_ids']
     t = self.length
     ids = np.full((size, t), self.pad_id, np.int32)
     mask = np.zeros((size, t), np.int32)
@@ -217,16 +298,25 @@ class _Sequences:
     pixels = np.zeros((size, 1, self.image_size, self.image_size, 3), np.float32)
     valid = np.zeros((size, 1), bool)
     images = []
-    for row, ((image, _), text_ids) in enumerate(zip(items, texts)):
-      prefix = []
+    for row, ((image, _, _, answer_only), before, after) in enumerate(zip(items, befores, afters)):
+      block = []
       if image is not None and self.vision_config is not None:
-        prefix = [self.image_id] * self.image_tokens
+        block = [self.image_id] * self.image_tokens
         images.append((row, image))
-      seq = (prefix + list(text_ids)[:TEXT_TOKENS - 1] + [self.eos_id])[:t]
+      if answer_only:  # never cut the answer: the question's texts fit TEXT_TOKENS by design
+        seq = list(before) + block + list(after) + [self.eos_id]
+        if len(seq) > t:
+          raise ValueError(f'a matching question of {len(seq)} tokens exceeds {t}')
+      else:
+        seq = (list(before) + block + list(after)[:TEXT_TOKENS - 1] + [self.eos_id])[:t]
       ids[row, :len(seq)] = seq
       mask[row, :len(seq)] = 1
-      # Targets are the next tokens: predict every text token (and the eos) from its prefix.
-      loss_mask[row, max(len(prefix), 1) - 1:len(seq) - 1] = 1.0
+      if answer_only:  # the answer is the token before eos; predict it from its prefix
+        loss_mask[row, len(seq) - 3] = ANSWER_WEIGHT
+      else:
+        # Targets are the next tokens: predict every text token (and the eos) from its prefix.
+        start = len(before) + len(block)
+        loss_mask[row, max(start, 1) - 1:len(seq) - 1] = 1.0
     if images:
       processed = image_preprocess([im for _, im in images], mean=self.vision_config.image_mean,
                                    std=self.vision_config.image_std, size=self.image_size)
@@ -239,6 +329,96 @@ class _Sequences:
     return out
 
 
+def matching_accuracy(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, *,
+                      questions: int = 256) -> dict[str, float]:
+  """The base's accuracy on ``questions`` held-out matching questions of each kind (validation
+  scenes, half true): ``P(yes) > P(no)`` at the answer position. 0.5 is chance; it says how much
+  of the matching the reranking task needs the base brings with it."""
+  yes, no = label_token_ids(tokenizer)[:2]
+
+  @jax.jit
+  def answer_logits(batch):
+    if 'pixel_values' in batch:
+      embeds, _ = model.embed_with_images(batch['input_ids'], batch['pixel_values'],
+                                          batch['image_valid'])
+      logits = model.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
+    else:
+      logits = model.decoder(batch['input_ids'], batch['attention_mask'])
+    return logits[..., jnp.array([yes, no])]
+
+  out = {}
+  kinds = MATCH_KINDS if vision_config is not None else ('text-text',)
+  for kind in kinds:
+    stream = _Sequences(cfg, tokenizer, vision_config.num_patches if vision_config else 0,
+                        vision_config, split='val', match_kinds=(kind,))
+    batch = stream.batch(questions)
+    logits = np.asarray(answer_logits(batch))
+    rows, cols = np.nonzero(batch['loss_mask'])  # the position that predicts the answer
+    said_yes = logits[rows, cols, 0] > logits[rows, cols, 1]
+    truth = batch['input_ids'][rows, cols + 1] == yes
+    out[kind] = float(np.mean(said_yes == truth))
+  return out
+
+
+def pretrain_tower(cfg: config_lib.TrainConfig, vision, *, batch_size: int = 64,
+                   learning_rate: float = 3e-3, eval_images: int = 512
+                   ) -> dict[str, dict[str, float]]:
+  """Trains the ViT ``vision`` in place to name each attribute of rendered training scenes (a
+  linear head per attribute on its mean patch feature, discarded afterwards): the supervised
+  tower a VLM starts from (SigLIP, an ImageNet ViT) before its LM learns to read it. Returns the
+  accuracy per attribute on ``eval_images`` fresh renders of training scenes and of validation
+  scenes (``{'train_scenes': {...}, 'held_out_pairs': {...}}``)."""
+  from decomp.data.playground import render, world
+  playground = pretraining_world(cfg)
+  pools = world.split_pools(playground.num_values, val_pairs=playground.val_pairs,
+                            test_pairs=playground.test_pairs, seed=playground.seed)
+  vconfig = vision.config
+  offsets = np.cumsum((0,) + tuple(playground.num_values))
+  heads = nnx.Linear(vconfig.hidden_size, int(offsets[-1]), rngs=nnx.Rngs(cfg.base_seed + 1))
+  tower = nnx.List([vision, heads])
+  tx = optax.adamw(optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(cfg.pretrain_vision_steps // 10, 1),
+      max(cfg.pretrain_vision_steps, 2), learning_rate * 0.1), weight_decay=0.01)
+  graphdef, params = nnx.split(tower)
+  opt_state = tx.init(params)
+
+  def attribute_logits(params, pixels):
+    vit, linear = nnx.merge(graphdef, params)
+    return linear(vit(pixels).mean(axis=1))
+
+  def loss_fn(params, pixels, scenes):
+    logits = attribute_logits(params, pixels)
+    return sum(optax.softmax_cross_entropy_with_integer_labels(
+        logits[:, offsets[a]:offsets[a + 1]], scenes[:, a]).mean() for a in range(len(offsets) - 1))
+
+  @jax.jit
+  def update(params, opt_state, pixels, scenes):
+    grads = jax.grad(loss_fn)(params, pixels, scenes)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def images(split, rng, n):
+    pool = pools[split]
+    scenes = pool[rng.integers(len(pool), size=n)]
+    pixels = image_preprocess(list(render.render_scenes(scenes, rng, playground.style)),
+                              mean=vconfig.image_mean, std=vconfig.image_std, size=cfg.image_size)
+    return jnp.asarray(pixels), jnp.asarray(scenes)
+
+  rng = np.random.default_rng([cfg.base_seed, 12])
+  for _ in range(cfg.pretrain_vision_steps):
+    params, opt_state = update(params, opt_state, *images('train', rng, batch_size))
+  nnx.update(tower, params)
+
+  def accuracy(split, seed):
+    pixels, scenes = images(split, np.random.default_rng([cfg.base_seed, seed]), eval_images)
+    logits, scenes = np.asarray(jax.jit(attribute_logits)(params, pixels)), np.asarray(scenes)
+    return {name: float(np.mean(logits[:, offsets[a]:offsets[a + 1]].argmax(1) == scenes[:, a]))
+            for a, name in enumerate(world.ATTRIBUTES)}
+
+  # Fresh renders of training scenes, and validation scenes, whose (shape, colour) pairs the
+  # tower never saw: a tower that reads shape off colour fails there.
+  return {'train_scenes': accuracy('train', 13), 'held_out_pairs': accuracy('val', 14)}
+
 def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) -> dict[str, Any]:
   """Pre-trains ``cfg``'s backbone and writes it to ``directory``; returns ``pretrain.json``."""
   base_cfg = dataclasses.replace(cfg, model='random', tokenizer='')
@@ -250,6 +430,9 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   spec = RerankerSpec(decoder=shapes.decoder, label_ids=tuple(label_token_ids(tokenizer)),
                       vision=vconfig, image_token_id=image_id)
   model = make_reranker(spec, nnx.Rngs(cfg.base_seed))
+  tower_accuracy = None
+  if vconfig is not None and cfg.pretrain_vision_steps:
+    tower_accuracy = pretrain_tower(cfg, model.vision)
   graphdef, params = nnx.split(model)
   tx, schedule = step_lib.make_optimizer(
       peak=cfg.pretrain_learning_rate, steps=max(cfg.pretrain_steps, 1),
@@ -291,11 +474,18 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
     bar.close()
   losses = [float(x) for x in jax.device_get(losses)]
   model = nnx.merge(graphdef, params)
+  accuracy = (matching_accuracy(cfg, model, tokenizer, vconfig)
+              if cfg.pretrain_match_per_group else None)
   hf.save_pretrained(model.decoder, directory)
   tokenizer.save_pretrained(directory)
   if vconfig is not None:
     save_multimodal(directory, model.vision, model.projector, image_id)
   info = {'recipe': recipe(cfg), 'source_fingerprint': source_fingerprint(), 'losses': losses,
-          'parameters': int(sum(x.size for x in jax.tree.leaves(params)))}
+          'parameters': int(sum(x.size for x in jax.tree.leaves(params))),
+          'matching_accuracy': accuracy}
+  if accuracy is None:
+    del info['matching_accuracy']
+  if tower_accuracy is not None:
+    info['tower_accuracy'] = tower_accuracy
   logs.write_json_atomic(os.path.join(directory, 'pretrain.json'), info)
   return info
