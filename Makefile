@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 # the LM head on the pretrained base's frozen features: the calibrated regime, where 3 seeds
 # resolve differences of under a point (docs/calibration.md); ~6 minutes once the base is built.
 demo: $(STAMP)
-	$(PY) experiments/probe_weight_direction.py --set finetune=head --out runs/probe_head
+	$(PY) experiments/probe_weight_direction.py --set finetune=head cache_features=true --out runs/probe_head
 	$(PY) figures/make_all.py runs/probe_head
 
 demo-quick: $(STAMP)

@@ -2,7 +2,7 @@
 
 Command::
 
-  python experiments/probe_weight_direction.py --set finetune=head --out runs/probe_head  # make demo
+  python experiments/probe_weight_direction.py --set finetune=head cache_features=true --out runs/probe_head  # make demo
   python experiments/probe_weight_direction.py [--seeds 3] [--quick] [--out runs/probe]    # make demo-full
 
 Two regimes, one script. ``make demo`` trains the LM head alone on the pretrained base's frozen
