@@ -31,7 +31,8 @@ test-fast: $(STAMP)
 # The main job: the paper's Table-1 probe ({W_SFT, W_CL} x {D_SFT, D_CL}, 3 seeds) on the
 # built-in playground, its summary table with confidence intervals, and its figures. It trains
 # the LM head on the pretrained base's frozen features: the calibrated regime, where 3 seeds
-# resolve differences of under a point (docs/calibration.md); ~6 minutes once the base is built.
+# resolve differences of under a point (docs/calibration.md). Each prompt's frozen features are
+# computed once and shared by the 12 runs (cache_features): ~3 minutes once the base is built.
 demo: $(STAMP)
 	$(PY) experiments/probe_weight_direction.py --set finetune=head cache_features=true --out runs/probe_head
 	$(PY) figures/make_all.py runs/probe_head

@@ -12,8 +12,9 @@ every weight (the paper's question with the features trained): deeper but noisy,
 run learns the playground's attributes one by one at its own steps (docs/calibration.md).
 
 Expected runtime (2-core CPU, two runs at a time, the cached pretrained base built once in ~1
-minute on first use): about 6 minutes for 4 arms x 3 seeds head-only, about 12 minutes with full
-fine-tuning; ``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
+minute on first use): about 3 minutes for 4 arms x 3 seeds head-only with ``cache_features=true``
+(each prompt's frozen features computed once; 6 without), about 12 minutes with full fine-tuning;
+``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
 
 Expected result: the paper (MRB, Qwen2-VL LoRA) finds SFT best, the *weight* worth 1.10-1.48
 points (W_SFT better) and the *direction* 0.21-0.59. Head-only (measured, docs/findings.md): SFT ahead of CL
