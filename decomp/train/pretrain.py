@@ -206,7 +206,7 @@ def matching_examples(plan, world_config, rng: np.random.Generator, count: int,
   the answer word, so the base learns to compare, not to recite. The reranking template itself
   is never shown: a VLM knows matching, not this benchmark's prompt.
   """
-  from decomp.data.playground import render, text
+  from decomp.data.playground import render, text, world
   say = lambda scene: text.describe(scene, rng, synonym_rate=world_config.synonym_rate,
                                     paraphrase_rate=world_config.paraphrase_rate)
   negatives = [s for s, kind in zip(plan.doc_scenes, plan.doc_kinds) if kind != 'positive']
@@ -226,7 +226,6 @@ def matching_examples(plan, world_config, rng: np.random.Generator, count: int,
       else:
         source = np.array(plan.target)
         source[changed] = values[int(rng.integers(len(values)))]
-        from decomp.data.playground import world
         edit = text.describe_edit(plan.target, world.ATTRIBUTES[changed], rng,
                                   synonym_rate=world_config.synonym_rate)
         image = render.render_scenes(source[None], rng, world_config.style)[0]
@@ -286,7 +285,10 @@ class _Sequences:
             plan, self.playground.config, rng, self.questions))
       if self.matches:
         rng = np.random.default_rng([self.seed, self._next_group, 10])
-        self._buffer.extend(matching_examples(plan, self.playground.config, rng, self.matches))
+        # A text-only base (vision=false) is asked about two descriptions only.
+        kinds = MATCH_KINDS if self.vision_config is not None else ('text-text',)
+        self._buffer.extend(matching_examples(plan, self.playground.config, rng, self.matches,
+                                              kinds))
       self._next_group += 1
     items, self._buffer = self._buffer[:size], self._buffer[size:]
     befores = self.tokenizer([b for _, b, _, _ in items], add_special_tokens=False)['input_ids']
