@@ -5,9 +5,9 @@ With ``finetune=head`` nothing that trains acts before the final hidden state ``
 a random label head and the projection direction all read ``h``), so ``h`` of a prompt is a
 constant of the base model. ``cache_features=true`` computes it once per distinct prompt (keyed
 by its token ids, image pixels and positions) and keeps it under
-``$DECOMP_CACHE/features/<body key>/`` in append-only ``.npz`` shards, shared by every run on the
-same base (seeds, arms, list sizes: the documents of a list of 8 are those of a list of 64
-minus the tail). The step then reads the readout from ``batch['hidden']``
+``$DECOMP_CACHE/features/<body key>/`` in append-only ``.npy`` shards (memory-mapped when read),
+shared by every run on the same base (seeds, arms, list sizes: the documents of a list of 8 are
+those of a list of 64 minus the tail). The step then reads the readout from ``batch['hidden']``
 (:func:`decomp.train.step.model_readout`): the same arithmetic as the uncached step up to the
 rounding of a separately compiled forward pass (a test compares the two runs).
 """
@@ -31,6 +31,7 @@ from decomp.train.step import model_readout
 # Arrays of a batch that are model inputs (replaced by 'hidden'); the rest pass through.
 MODEL_INPUTS = ('input_ids', 'attention_mask', 'pixel_values', 'image_valid', 'positions')
 FLUSH_ROWS = 50_000  # new rows kept in memory before a shard is written
+KEYS_SUFFIX, HIDDEN_SUFFIX = '.keys.npy', '.hidden.npy'
 
 
 # RerankerSpec fields the answer-position hidden state depends on (the label words, the label
@@ -99,11 +100,22 @@ class FeatureCache:
     self._load()
 
   def _load(self) -> None:
-    for path in sorted(glob.glob(os.path.join(self.directory, 'shard-*.npz'))):
+    # A shard is '<name>.keys.npy' + '<name>.hidden.npy', the hidden states memory-mapped: a
+    # store of millions of rows costs its keys at start, not its rows. ('.npz': stores written
+    # before.) The keys file is written last, so a shard with keys is whole.
+    for path in sorted(glob.glob(os.path.join(self.directory, 'shard-*'))):
       try:
-        with np.load(path) as shard:
-          keys, hidden = shard['keys'], shard['hidden']
+        if path.endswith(KEYS_SUFFIX):
+          keys = np.load(path)
+          hidden = np.load(path[:-len(KEYS_SUFFIX)] + HIDDEN_SUFFIX, mmap_mode='r')
+        elif path.endswith('.npz'):
+          with np.load(path) as shard:
+            keys, hidden = shard['keys'], shard['hidden']
+        else:
+          continue
       except Exception:  # a torn or foreign file: recompute what it held
+        continue
+      if len(keys) != len(hidden):
         continue
       s = len(self._shards)
       self._shards.append(hidden)
@@ -156,9 +168,10 @@ class FeatureCache:
     keys = list(self._pending_index)
     hidden = np.stack(self._pending).astype(np.float32)
     digest = hashlib.sha1(b''.join(keys)).hexdigest()[:12]
-    path = os.path.join(self.directory, f'shard-{os.getpid()}-{digest}.npz')
+    name = os.path.join(self.directory, f'shard-{os.getpid()}-{digest}')
     digests = np.frombuffer(b''.join(keys), np.uint8).reshape(len(keys), -1)
-    _files.write_atomic(path, lambda f: np.savez(f, keys=digests, hidden=hidden), binary=True)
+    _files.write_atomic(name + HIDDEN_SUFFIX, lambda f: np.save(f, hidden), binary=True)
+    _files.write_atomic(name + KEYS_SUFFIX, lambda f: np.save(f, digests), binary=True)
     s = len(self._shards)
     self._shards.append(hidden)
     for i, key in enumerate(keys):

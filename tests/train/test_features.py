@@ -57,3 +57,31 @@ def test_cached_features_train_like_the_model(tmp_path, monkeypatch):
 def test_cache_features_needs_a_frozen_body(tmp_path):
   with pytest.raises(ValueError, match='cache_features.*needs finetune=head'):
     train(_cfg('cache_features=true', 'finetune=full'), str(tmp_path / 'bad'))
+
+
+def test_shards_are_memory_mapped_whole_or_ignored(tmp_path):
+  """A shard is read only when its keys file exists (written last) and matches its rows; older
+  '.npz' shards still load; the hidden rows are memory-mapped, not read at start."""
+  from decomp.train import features
+
+  cache = features.FeatureCache.__new__(features.FeatureCache)
+  cache.directory = str(tmp_path)
+  cache._index, cache._shards, cache._pending, cache._pending_index = {}, [], [], {}
+  for i in range(3):
+    cache._remember(bytes([i]) * 20, np.full(4, float(i), np.float32))
+  cache.flush()
+  np.savez(tmp_path / 'shard-old.npz', keys=np.full((1, 20), 7, np.uint8),
+           hidden=np.full((1, 4), 7.0, np.float32))
+  np.save(tmp_path / 'shard-torn.hidden.npy', np.zeros((2, 4), np.float32))  # no keys: torn
+  np.save(tmp_path / 'shard-bad.keys.npy', np.full((3, 20), 5, np.uint8))
+  np.save(tmp_path / 'shard-bad.hidden.npy', np.zeros((2, 4), np.float32))  # rows != keys
+
+  fresh = features.FeatureCache.__new__(features.FeatureCache)
+  fresh.directory = str(tmp_path)
+  fresh._index, fresh._shards, fresh._pending, fresh._pending_index = {}, [], [], {}
+  fresh._load()
+  assert len(fresh._index) == 4
+  for i in (0, 1, 2, 7):
+    np.testing.assert_array_equal(fresh._lookup(bytes([i]) * 20), np.full(4, float(i)))
+  assert any(isinstance(shard, np.memmap) for shard in fresh._shards)
+  assert fresh._lookup(bytes([5]) * 20) is None  # the shard whose rows disagree with its keys
