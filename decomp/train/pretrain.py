@@ -331,6 +331,15 @@ class _Sequences:
     return out
 
 
+def next_token_logits(model, batch: dict[str, Any]):
+  """The LM's logits ``[B, T, V]`` on a pre-training batch, its images (if any) in place."""
+  if 'pixel_values' in batch:
+    embeds, _ = model.embed_with_images(batch['input_ids'], batch['pixel_values'],
+                                        batch['image_valid'])
+    return model.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
+  return model.decoder(batch['input_ids'], batch['attention_mask'])
+
+
 def matching_accuracy(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, *,
                       questions: int = 256) -> dict[str, float]:
   """The base's accuracy on ``questions`` held-out matching questions of each kind (validation
@@ -340,13 +349,7 @@ def matching_accuracy(cfg: config_lib.TrainConfig, model, tokenizer, vision_conf
 
   @jax.jit
   def answer_logits(batch):
-    if 'pixel_values' in batch:
-      embeds, _ = model.embed_with_images(batch['input_ids'], batch['pixel_values'],
-                                          batch['image_valid'])
-      logits = model.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
-    else:
-      logits = model.decoder(batch['input_ids'], batch['attention_mask'])
-    return logits[..., jnp.array([yes, no])]
+    return next_token_logits(model, batch)[..., jnp.array([yes, no])]
 
   out = {}
   kinds = MATCH_KINDS if vision_config is not None else ('text-text',)
@@ -443,13 +446,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   opt_state = tx.init(params)
 
   def loss_fn(params, batch):
-    m = nnx.merge(graphdef, params)
-    if 'pixel_values' in batch:
-      embeds, _ = m.embed_with_images(batch['input_ids'], batch['pixel_values'],
-                                       batch['image_valid'])
-      logits = m.decoder(None, batch['attention_mask'], inputs_embeds=embeds)
-    else:
-      logits = m.decoder(batch['input_ids'], batch['attention_mask'])
+    logits = next_token_logits(nnx.merge(graphdef, params), batch)
     targets = jnp.roll(batch['input_ids'], -1, axis=1)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     weight = batch['loss_mask']
