@@ -71,6 +71,71 @@ def row_keys(arrays: Mapping[str, np.ndarray]) -> list[bytes]:
   return keys
 
 
+class ShardStore:
+  """Rows ``[d]`` keyed by digests, on disk in one directory: append-only shards, each a
+  ``<name>.hidden.npy`` (memory-mapped when read: a store of millions of rows costs its keys at
+  start, not its rows) and a ``<name>.keys.npy`` written after it, so a shard with keys is whole.
+  ``.npz`` shards of earlier versions are still read; a torn or foreign file is skipped."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    os.makedirs(directory, exist_ok=True)
+    self._index: dict[bytes, tuple[int, int]] = {}
+    self._shards: list[np.ndarray] = []
+    self._pending: list[np.ndarray] = []  # rows not yet on disk, in key order
+    self._pending_index: dict[bytes, int] = {}
+    for path in sorted(glob.glob(os.path.join(directory, 'shard-*'))):
+      try:
+        if path.endswith(KEYS_SUFFIX):
+          keys = np.load(path)
+          hidden = np.load(path[:-len(KEYS_SUFFIX)] + HIDDEN_SUFFIX, mmap_mode='r')
+        elif path.endswith('.npz'):
+          with np.load(path) as shard:
+            keys, hidden = shard['keys'], shard['hidden']
+        else:
+          continue
+      except Exception:  # a torn or foreign file: recompute what it held
+        continue
+      if len(keys) == len(hidden):
+        self._add_shard(keys, hidden)
+
+  def _add_shard(self, digests: np.ndarray, hidden: np.ndarray) -> None:
+    s = len(self._shards)
+    self._shards.append(hidden)
+    for i, key in enumerate(digests):  # [N, 20] uint8 digests
+      self._index.setdefault(key.tobytes(), (s, i))
+
+  def get(self, key: bytes) -> np.ndarray | None:
+    where = self._index.get(key)
+    if where is not None:
+      s, i = where
+      return self._shards[s][i]
+    i = self._pending_index.get(key)
+    return None if i is None else self._pending[i]
+
+  def put(self, key: bytes, row: np.ndarray) -> None:
+    if key in self._index or key in self._pending_index:
+      return
+    self._pending_index[key] = len(self._pending)
+    self._pending.append(row)
+    if len(self._pending) >= FLUSH_ROWS:
+      self.flush()
+
+  def flush(self) -> None:
+    """Writes the rows put since the last flush as one shard (atomically)."""
+    if not self._pending:
+      return
+    keys = list(self._pending_index)
+    hidden = np.stack(self._pending).astype(np.float32)
+    digest = hashlib.sha1(b''.join(keys)).hexdigest()[:12]
+    name = os.path.join(self.directory, f'shard-{os.getpid()}-{digest}')
+    digests = np.frombuffer(b''.join(keys), np.uint8).reshape(len(keys), -1)
+    _files.write_atomic(name + HIDDEN_SUFFIX, lambda f: np.save(f, hidden), binary=True)
+    _files.write_atomic(name + KEYS_SUFFIX, lambda f: np.save(f, digests), binary=True)
+    self._add_shard(digests, hidden)
+    self._pending, self._pending_index = [], {}
+
+
 class FeatureCache:
   """Answer-position hidden states of a frozen reranker body, memoised on disk.
 
@@ -83,7 +148,7 @@ class FeatureCache:
                put=lambda arrays: arrays):
     self.directory = directory or os.path.join(cache_lib.cache_dir(), 'features',
                                                body_key(run.spec, seed))
-    os.makedirs(self.directory, exist_ok=True)
+    self.store = ShardStore(self.directory)
     self._params, self._frozen, self._put = params, frozen, put
     graphdef = run.graphdef
 
@@ -91,49 +156,13 @@ class FeatureCache:
       return model_readout(nnx.merge(graphdef, params, frozen), batch).hidden
 
     self._hidden = jax.jit(hidden)
-    self._index: dict[bytes, tuple[int, int]] = {}
-    self._shards: list[np.ndarray] = []
-    self._pending: list[np.ndarray] = []  # computed rows not yet on disk, in key order
-    self._pending_index: dict[bytes, int] = {}
     self.computed = self.reused = 0
     self._dtype = np.dtype(np.float32)
-    self._load()
-
-  def _load(self) -> None:
-    # A shard is '<name>.keys.npy' + '<name>.hidden.npy', the hidden states memory-mapped: a
-    # store of millions of rows costs its keys at start, not its rows. ('.npz': stores written
-    # before.) The keys file is written last, so a shard with keys is whole.
-    for path in sorted(glob.glob(os.path.join(self.directory, 'shard-*'))):
-      try:
-        if path.endswith(KEYS_SUFFIX):
-          keys = np.load(path)
-          hidden = np.load(path[:-len(KEYS_SUFFIX)] + HIDDEN_SUFFIX, mmap_mode='r')
-        elif path.endswith('.npz'):
-          with np.load(path) as shard:
-            keys, hidden = shard['keys'], shard['hidden']
-        else:
-          continue
-      except Exception:  # a torn or foreign file: recompute what it held
-        continue
-      if len(keys) != len(hidden):
-        continue
-      s = len(self._shards)
-      self._shards.append(hidden)
-      for i, key in enumerate(keys):  # [N, 20] uint8 digests
-        self._index.setdefault(key.tobytes(), (s, i))
-
-  def _lookup(self, key: bytes) -> np.ndarray | None:
-    where = self._index.get(key)
-    if where is not None:
-      s, i = where
-      return self._shards[s][i]
-    i = self._pending_index.get(key)
-    return None if i is None else self._pending[i]
 
   def replace(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     lead = arrays['input_ids'].shape[:-1]
     keys = row_keys(arrays)
-    found = [self._lookup(k) for k in keys]
+    found = [self.store.get(k) for k in keys]
     if any(f is None for f in found):
       inputs = {k: v for k, v in arrays.items() if k in MODEL_INPUTS}
       computed = jax.device_get(self._hidden(self._params, self._frozen, self._put(inputs)))
@@ -141,7 +170,7 @@ class FeatureCache:
       hidden = np.asarray(computed, np.float32).reshape((len(keys), -1))
       for key, row, old in zip(keys, hidden, found):
         if old is None:
-          self._remember(key, row)
+          self.store.put(key, row)
       self.computed += sum(f is None for f in found)
       self.reused += sum(f is not None for f in found)
       # Every row from this forward pass: one compiled program gives a batch's rows together.
@@ -153,27 +182,6 @@ class FeatureCache:
     result['hidden'] = out.reshape(lead + (out.shape[-1],)).astype(self._dtype)
     return result
 
-  def _remember(self, key: bytes, row: np.ndarray) -> None:
-    if key in self._index or key in self._pending_index:
-      return
-    self._pending_index[key] = len(self._pending)
-    self._pending.append(row)
-    if len(self._pending) >= FLUSH_ROWS:
-      self.flush()
-
   def flush(self) -> None:
     """Writes the rows computed since the last flush as one shard (atomically)."""
-    if not self._pending:
-      return
-    keys = list(self._pending_index)
-    hidden = np.stack(self._pending).astype(np.float32)
-    digest = hashlib.sha1(b''.join(keys)).hexdigest()[:12]
-    name = os.path.join(self.directory, f'shard-{os.getpid()}-{digest}')
-    digests = np.frombuffer(b''.join(keys), np.uint8).reshape(len(keys), -1)
-    _files.write_atomic(name + HIDDEN_SUFFIX, lambda f: np.save(f, hidden), binary=True)
-    _files.write_atomic(name + KEYS_SUFFIX, lambda f: np.save(f, digests), binary=True)
-    s = len(self._shards)
-    self._shards.append(hidden)
-    for i, key in enumerate(keys):
-      self._index[key] = (s, i)
-    self._pending, self._pending_index = [], {}
+    self.store.flush()

@@ -2,7 +2,6 @@
 independent of hidden/heads): the reranker is built from the checkpoint through the one
 construction path, trains, and resumes to the same numbers."""
 
-
 import numpy as np
 import pytest
 
