@@ -14,6 +14,10 @@ position: logit(label_words[0]) against logit(label_words[1]).
   the relevance of the previous image document to the following query, answer True or False.
   The query is: {query}"; Qwen2-VL's default system prompt; labels "True" / "False"; no
   instruction.
+- 'playground' (the playground's pretrained base): its own matching question in words,
+  "{query} . {document} . Does it match ?", no chat turns, no instruction; labels "yes" / "no".
+  A base pre-trained with ``pretrain_match_per_group`` asks itself exactly this, so a reranker in
+  this prompt starts from the base's own judgment, as a chat VLM's does in its chat format.
 - 'gmr' (GMR-style, for Qwen2.5-VL): Qwen3-Reranker's system prompt and
   <Instruct>/<Query>/<Document> layout with images inline wherever the query or document has
   them; labels "yes" / "no". (The structure of GMR / lychee-rerank-mm; its exact released
@@ -88,14 +92,19 @@ class RerankPreset:
   """A prompt template + label words. `build(instruction, query, document)` -> chat messages."""
   name: str
   label_words: tuple[str, str]
-  build: Callable[[str | None, Any, Any], list[dict]]
+  build: Callable[[str | None, Any, Any], list[dict]] | None
   think: bool = False  # Qwen3's enable_thinking=False empty think block after the prompt
   multimodal: bool = False
   default_system: str | None = None  # what the template adds when messages have no system turn
   takes_instruction: bool = True  # False: the training engine drops the data's instructions
+  # A plain prompt, no chat turns: '{query}' and '{document}' stand for the two items (each its
+  # image placeholders, then its text); ``build`` is then unused (None).
+  template: str | None = None
 
   def messages(self, instruction: str | None, query, document) -> list[dict]:
     """The chat messages (HF format: content a str, or a list of text/image parts)."""
+    if self.template is not None:
+      raise ValueError(f'preset {self.name!r} is a plain template, not chat messages')
     messages = self.build(instruction, query, document)
     if not self.multimodal and any(_is_image(p) for item in (query, document)
                                    for p in _parts(item)):
@@ -105,6 +114,8 @@ class RerankPreset:
 
   def render(self, instruction: str | None, query, document) -> str:
     """The prompt text, as the chat template renders messages(...) + the generation prompt."""
+    if self.template is not None:
+      return self.template.format(query=query, document=document)
     messages = self.messages(instruction, query, document)
     text = ''
     if messages[0]['role'] != 'system' and self.default_system is not None:
@@ -192,7 +203,11 @@ def _gmr(instruction, query, document):
   return [{'role': 'system', 'content': JUDGE_SYSTEM}, {'role': 'user', 'content': _content(parts)}]
 
 
+PLAYGROUND_TEMPLATE = '{query} . {document} . Does it match ?'
+
 PRESETS: dict[str, RerankPreset] = {
+    'playground': RerankPreset('playground', ('yes', 'no'), None, multimodal=True,
+                               takes_instruction=False, template=PLAYGROUND_TEMPLATE),
     'qwen3-reranker': RerankPreset('qwen3-reranker', ('yes', 'no'), _qwen3_reranker, think=True),
     'monoqwen2-vl': RerankPreset('monoqwen2-vl', ('True', 'False'), _monoqwen, multimodal=True,
                                  default_system=DEFAULT_SYSTEM, takes_instruction=False),

@@ -74,6 +74,12 @@ def recipe(cfg: config_lib.TrainConfig) -> dict[str, Any]:
     out['pretrain_match_per_group'] = cfg.pretrain_match_per_group
   if cfg.pretrain_vision_steps:
     out['pretrain_vision_steps'] = cfg.pretrain_vision_steps
+  if cfg.pretrain_freeze_vision:
+    out['pretrain_freeze_vision'] = True
+  if cfg.pretrain_match_format != 'words':
+    out['pretrain_match_format'] = cfg.pretrain_match_format
+  if cfg.pretrain_match_negatives != 'group':
+    out['pretrain_match_negatives'] = cfg.pretrain_match_negatives
   return out
 
 
@@ -186,37 +192,42 @@ def attribute_questions(plan, world_config, rng: np.random.Generator,
 # at weight 1 the answers were 7% of the loss and 600 steps left every kind at chance.
 ANSWER_WEIGHT = 10.0
 MATCH_KINDS = ('image-caption', 'caption-image', 'text-text', 'edit')
+MATCH_NEGATIVES = ('group', 'random')
+# The system instruction of chat-format matching questions: generic, none of the benchmark's
+# task instructions (a chat VLM is tuned on yes/no questions, not on this benchmark's prompts).
+MATCH_INSTRUCTION = 'Does the document match the query?'
 
 
-def matching_examples(plan, world_config, rng: np.random.Generator, count: int,
-                      kinds: tuple[str, ...] = MATCH_KINDS
-                      ) -> list[tuple[np.ndarray | None, str, str, bool]]:
-  """``count`` image-text matching questions (BLIP's ITM, in words) from one training group's
-  scenes, half of them true::
+def matching_items(plan, world_config, rng: np.random.Generator, count: int,
+                   kinds: tuple[str, ...] = MATCH_KINDS, negatives: str = 'group'
+                   ) -> list[tuple[data_types.Item, data_types.Item, str]]:
+  """``count`` image-text matching questions (BLIP's ITM) from one training group's scenes, half
+  of them true, as ``(query, document, answer)`` with ``answer`` 'yes' or 'no'.
 
-    <image> two striped squares at the top left . Does it match ? yes
-    a big red circle . <image> Does it match ? no
-    a big red circle . one large crimson disc . Does it match ? yes
-    <image> the same but blue . a blue circle at the top . Does it match ? no
-
-  Each question pairs the group's target scene with itself (answer yes) or with one of its
-  negatives (no: a scene one or two attributes away, or a random one), the two sides rendered
-  or worded independently, in either order, an edit applied to an image among them. Returns
-  ``(image, text before the image, text after it, answer-only loss)`` items; the loss reads only
-  the answer word, so the base learns to compare, not to recite. The reranking template itself
-  is never shown: a VLM knows matching, not this benchmark's prompt.
+  Each question pairs the group's target scene with itself (yes) or with one of its negatives
+  (no: one of its negatives, a scene one or two attributes away or a random one; with
+  ``negatives='random'`` a random one only), the two sides rendered or worded
+  independently: an image and a caption (either one first), two descriptions, or an image with
+  an edit (the target with one attribute changed, and the words that change it back) and a
+  caption.
   """
   from decomp.data.playground import render, text, world
   say = lambda scene: text.describe(scene, rng, synonym_rate=world_config.synonym_rate,
                                     paraphrase_rate=world_config.paraphrase_rate)
-  negatives = [s for s, kind in zip(plan.doc_scenes, plan.doc_kinds) if kind != 'positive']
+  if negatives not in MATCH_NEGATIVES:
+    raise ValueError(f'negatives={negatives!r}: expected one of {MATCH_NEGATIVES}')
+  wrong = [s for s, kind in zip(plan.doc_scenes, plan.doc_kinds)
+           if kind != 'positive' and (negatives == 'group' or kind == 'random')]
+  if not wrong:
+    raise ValueError(f'the plan has no {"random " if negatives == "random" else ""}negative '
+                     'to ask a false matching question about')
+  Item = data_types.Item
   out = []
   for k in range(count):
     kind = kinds[int(rng.integers(len(kinds)))]
     true = k % 2 == 0
-    other = plan.target if true else negatives[int(rng.integers(len(negatives)))]
+    other = plan.target if true else wrong[int(rng.integers(len(wrong)))]
     answer = 'yes' if true else 'no'
-    question = f'Does it match ? {answer}'
     if kind == 'edit':
       # The source: the target with one attribute changed; the edit names the target's value.
       changed = int(rng.integers(len(plan.target)))
@@ -229,17 +240,18 @@ def matching_examples(plan, world_config, rng: np.random.Generator, count: int,
         edit = text.describe_edit(plan.target, world.ATTRIBUTES[changed], rng,
                                   synonym_rate=world_config.synonym_rate)
         image = render.render_scenes(source[None], rng, world_config.style)[0]
-        out.append((image, '', f'{edit} . {say(other)} . {question}', True))
+        out.append((Item(text=edit, image=image), Item(text=say(other)), answer))
         continue
     if kind == 'text-text':
-      out.append((None, '', f'{say(plan.target)} . {say(other)} . {question}', True))
+      first = say(plan.target)
+      out.append((Item(text=first), Item(text=say(other)), answer))
       continue
     image_scene, caption_scene = (plan.target, other) if rng.integers(2) else (other, plan.target)
     image = render.render_scenes(np.asarray(image_scene)[None], rng, world_config.style)[0]
     if kind == 'image-caption':
-      out.append((image, '', f'{say(caption_scene)} . {question}', True))
+      out.append((Item(image=image), Item(text=say(caption_scene)), answer))
     else:
-      out.append((image, f'{say(caption_scene)} .', question, True))
+      out.append((Item(text=say(caption_scene)), Item(image=image), answer))
   return out
 
 
@@ -263,18 +275,39 @@ class _Sequences:
     self._next_group = 0
     self.questions = cfg.pretrain_qa_per_group
     self.matches = cfg.pretrain_match_per_group
+    self.match_negatives = cfg.pretrain_match_negatives
+    # A question is a reranking prompt (images in place) + its answer + eos: in words, the
+    # 'playground' preset's template; in chat, decomp's default template (a reranking prompt's
+    # length) with a generic instruction.
+    from decomp.models.prompt import RerankPrompt
+    chat = cfg.pretrain_match_format == 'chat'
+    self.prompt = RerankPrompt(tokenizer, image_tokens=image_tokens,
+                               preset=None if chat else 'playground')
+    self.instruction = MATCH_INSTRUCTION if chat else ''
+    if chat:
+      self.length = max(self.length, cfg.max_length + 2)
+    self.answer_ids = dict(zip(('yes', 'no'), label_token_ids(tokenizer)[:2]))
     self.split = split
     # Only matching questions of these kinds (the held-out check of matching_accuracy).
     self.match_kinds = match_kinds
     self.seed = cfg.base_seed
+
+  def _matching(self, plan, rng: np.random.Generator, count: int, kinds: tuple[str, ...]):
+    """Buffer items of ``count`` matching questions: ``(image, prompt ids, answer, 'prompt')``."""
+    questions = matching_items(plan, self.playground.config, rng, count, kinds,
+                               self.match_negatives)
+    prompts = self.prompt.encode_pairs([self.instruction] * len(questions),
+                                       [q for q, _, _ in questions], [d for _, d, _ in questions],
+                                       max_length=self.length - 2)
+    return [(q.image if q.image is not None else d.image, ids, answer, 'prompt')
+            for (q, d, answer), ids in zip(questions, prompts)]
 
   def batch(self, size: int) -> dict[str, np.ndarray]:
     while len(self._buffer) < size:
       plan = self.playground.plan(self.split, self._next_group)
       if self.match_kinds:
         rng = np.random.default_rng([self.seed, self._next_group, 11])
-        self._buffer.extend(matching_examples(plan, self.playground.config, rng, 2,
-                                              self.match_kinds))
+        self._buffer.extend(self._matching(plan, rng, 2, self.match_kinds))
         self._next_group += 1
         continue
       group = self.playground.group(self.split, self._next_group)
@@ -287,12 +320,17 @@ class _Sequences:
         rng = np.random.default_rng([self.seed, self._next_group, 10])
         # A text-only base (vision=false) is asked about two descriptions only.
         kinds = MATCH_KINDS if self.vision_config is not None else ('text-text',)
-        self._buffer.extend(matching_examples(plan, self.playground.config, rng, self.matches,
-                                              kinds))
+        self._buffer.extend(self._matching(plan, rng, self.matches, kinds))
       self._next_group += 1
     items, self._buffer = self._buffer[:size], self._buffer[size:]
-    befores = self.tokenizer([b for _, b, _, _ in items], add_special_tokens=False)['input_ids']
-    afters = self.tokenizer([a for _, _, a, _ in items], add_special_tokens=False)['input_ids']
+    # A question ('prompt' in its last field) carries its prompt's ids (images in place) and
+    # its answer word; captions and descriptions are tokenized here.
+    question = [item[3] == 'prompt' for item in items]
+    befores = self.tokenizer(['' if c else item[1] for c, item in zip(question, items)],
+                             add_special_tokens=False)['input_ids']
+    befores = [list(item[1]) if c else b for c, item, b in zip(question, items, befores)]
+    afters = self.tokenizer(['' if c else item[2] for c, item in zip(question, items)],
+                            add_special_tokens=False)['input_ids']
     t = self.length
     ids = np.full((size, t), self.pad_id, np.int32)
     mask = np.zeros((size, t), np.int32)
@@ -303,12 +341,10 @@ class _Sequences:
     for row, ((image, _, _, answer_only), before, after) in enumerate(zip(items, befores, afters)):
       block = []
       if image is not None and self.vision_config is not None:
-        block = [self.image_id] * self.image_tokens
+        block = [] if answer_only else [self.image_id] * self.image_tokens
         images.append((row, image))
-      if answer_only:  # never cut the answer: the question's texts fit TEXT_TOKENS by design
-        seq = list(before) + block + list(after) + [self.eos_id]
-        if len(seq) > t:
-          raise ValueError(f'a matching question of {len(seq)} tokens exceeds {t}')
+      if answer_only:  # the prompt fits (encode_pairs cut its texts), then the answer and eos
+        seq = before + [self.answer_ids[items[row][2]], self.eos_id]
       else:
         seq = (list(before) + block + list(after)[:TEXT_TOKENS - 1] + [self.eos_id])[:t]
       ids[row, :len(seq)] = seq
@@ -363,6 +399,32 @@ def matching_accuracy(cfg: config_lib.TrainConfig, model, tokenizer, vision_conf
     truth = batch['input_ids'][rows, cols + 1] == yes
     out[kind] = float(np.mean(said_yes == truth))
   return out
+
+
+def image_reading(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, *,
+                  rows: int = 256) -> dict[str, float]:
+  """Does the base read its images? The mean caption loss (nats per token) of ``rows`` held-out
+  captions (validation scenes) after their own image and after another row's image. Equal
+  losses mean the LM ignores the image tokens (the collapse ``pretrain_freeze_vision``
+  prevents); the gap is what the images tell it."""
+  stream = _Sequences(cfg, tokenizer, vision_config.num_patches, vision_config, split='val')
+  stream.matches = stream.questions = 0  # captions and descriptions only
+  parts = []
+  while sum(len(p['input_ids']) for p in parts) < rows:
+    batch = stream.batch(64)
+    keep = batch['image_valid'][:, 0]
+    parts.append({k: v[keep] for k, v in batch.items()})
+  batch = {k: np.concatenate([p[k] for p in parts])[:rows] for k in parts[0]}
+
+  @jax.jit
+  def caption_loss(batch):
+    logits = next_token_logits(model, batch).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.roll(batch['input_ids'], -1, axis=1))
+    return jnp.sum(nll * batch['loss_mask']) / jnp.sum(batch['loss_mask'])
+
+  shuffled = dict(batch, pixel_values=np.roll(batch['pixel_values'], 1, axis=0))
+  return {'own_image': float(caption_loss(batch)), 'other_image': float(caption_loss(shuffled))}
 
 
 def pretrain_tower(cfg: config_lib.TrainConfig, vision, *, batch_size: int = 64,
@@ -438,7 +500,10 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   tower_accuracy = None
   if vconfig is not None and cfg.pretrain_vision_steps:
     tower_accuracy = pretrain_tower(cfg, model.vision)
-  graphdef, params = nnx.split(model)
+  # Frozen: the LM stage's optimizer never sees the ViT and projector (``fixed`` is empty else).
+  frozen = (lambda path, _: vconfig is not None and cfg.pretrain_freeze_vision
+            and path[0] in ('vision', 'projector'))
+  graphdef, fixed, params = nnx.split(model, frozen, ...)
   tx, schedule = step_lib.make_optimizer(
       peak=cfg.pretrain_learning_rate, steps=max(cfg.pretrain_steps, 1),
       warmup_steps=max(cfg.pretrain_steps // 10, 1), end_factor=0.1, weight_decay=0.01,
@@ -446,7 +511,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   opt_state = tx.init(params)
 
   def loss_fn(params, batch):
-    logits = next_token_logits(nnx.merge(graphdef, params), batch)
+    logits = next_token_logits(nnx.merge(graphdef, fixed, params), batch)
     targets = jnp.roll(batch['input_ids'], -1, axis=1)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     weight = batch['loss_mask']
@@ -472,19 +537,22 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   if bar is not None:
     bar.close()
   losses = [float(x) for x in jax.device_get(losses)]
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, fixed, params)
   accuracy = (matching_accuracy(cfg, model, tokenizer, vconfig)
               if cfg.pretrain_match_per_group else None)
+  reading = image_reading(cfg, model, tokenizer, vconfig) if vconfig is not None else None
   hf.save_pretrained(model.decoder, directory)
   tokenizer.save_pretrained(directory)
   if vconfig is not None:
     save_multimodal(directory, model.vision, model.projector, image_id)
   info = {'recipe': recipe(cfg), 'source_fingerprint': source_fingerprint(), 'losses': losses,
-          'parameters': int(sum(x.size for x in jax.tree.leaves(params))),
+          'parameters': int(sum(x.size for x in jax.tree.leaves((fixed, params)))),
           'matching_accuracy': accuracy}
   if accuracy is None:
     del info['matching_accuracy']
   if tower_accuracy is not None:
     info['tower_accuracy'] = tower_accuracy
+  if reading is not None:
+    info['caption_loss'] = reading
   logs.write_json_atomic(os.path.join(directory, 'pretrain.json'), info)
   return info

@@ -155,7 +155,7 @@ def test_label_words_must_be_single_tokens(tokenizer):
     get_preset('monoqwen2-vl').label_token_ids(tokenizer)
   with pytest.raises(ValueError, match='unknown reranker preset'):
     get_preset('nope')
-  assert set(PRESETS) == {'qwen3-reranker', 'monoqwen2-vl', 'gmr'}
+  assert set(PRESETS) == {'qwen3-reranker', 'monoqwen2-vl', 'gmr', 'playground'}
 
 
 def test_label_words_in_qwens_real_vocabulary():

@@ -128,22 +128,22 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
   kinds, checked = set(), 0
   for index in range(24):
     plan = playground.plan('train', index)
-    questions = pretrain.matching_examples(plan, playground.config, rng, 4)
-    assert [after.rsplit(' ', 1)[1] for _, _, after, _ in questions] == ['yes', 'no'] * 2
-    for image, before, after, answer_only in questions:
-      assert answer_only and after.endswith(('Does it match ? yes', 'Does it match ? no'))
-      texts = [t for t in before.split(' . ') + after.split(' . ') if t and 'Does it' not in t]
-      kind = ('caption-image' if before else 'text-text' if image is None
-              else 'edit' if len(texts) == 2 else 'image-caption')
+    questions = pretrain.matching_items(plan, playground.config, rng, 4)
+    assert [answer for _, _, answer in questions] == ['yes', 'no'] * 2
+    for query, doc, answer in questions:
+      kind = ('edit' if query.image is not None and query.text else
+              'image-caption' if query.image is not None else
+              'caption-image' if doc.image is not None else 'text-text')
+      assert doc.text if kind != 'caption-image' else doc.image.shape == (32, 32, 3)
       kinds.add(kind)
-      if kind == 'text-text' and after.endswith('yes'):  # both sides describe the target
+      if kind == 'text-text' and answer == 'yes':  # both sides describe the target
         colour = world.VALUES['colour'][plan.target[world.ATTRIBUTES.index('colour')]]
-        assert _colour_of(texts[0]) == _colour_of(texts[1]) == {colour}, after
+        assert _colour_of(query.text) == _colour_of(doc.text) == {colour}, (query, doc)
         checked += 1
   assert kinds == set(pretrain.MATCH_KINDS) and checked >= 3
 
-  # In a pre-training batch a question's loss is its answer alone, weighted ANSWER_WEIGHT; an
-  # image sits where its kind puts it (after the caption for caption-image).
+  # In a pre-training batch a question is the 'playground' preset's prompt, its loss the answer
+  # alone, weighted ANSWER_WEIGHT; an image sits where its side puts it.
   tokenizer = state_lib.resolve_tokenizer(cfg)
   shapes = state_lib.model_shapes(cfg, tokenizer)
   stream = pretrain._Sequences(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
@@ -156,6 +156,7 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
     ids = batch['input_ids'][row]
     assert tokenizer.unk_token_id not in ids[batch['attention_mask'][row] > 0]
     if len(positions) == 1 and batch['loss_mask'][row, positions[0]] == pretrain.ANSWER_WEIGHT:
+      assert tokenizer.decode(ids[:positions[0] + 1]).endswith('. does it match ?')
       assert ids[positions[0] + 1] in (yes, no)
       assert ids[positions[0] + 2] == tokenizer.eos_token_id
       has_image = bool(np.any(ids == image_id))
@@ -195,3 +196,124 @@ def test_tower_pretraining_teaches_the_attributes_and_the_base_reports_both_accu
   assert set(info['tower_accuracy']) == {'train_scenes', 'held_out_pairs'}
   assert set(info['matching_accuracy']) == set(pretrain.MATCH_KINDS)
   assert all(0.0 <= v <= 1.0 for v in info['matching_accuracy'].values())
+
+
+def test_chat_matching_questions_are_written_in_the_rerankers_layout():
+  from decomp.models.prompt import RerankPrompt
+  from decomp.train import state as state_lib
+
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground'), [
+      'pretrain_match_per_group=4', 'pretrain_match_format=chat'])
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  shapes = state_lib.model_shapes(cfg, tokenizer)
+  patches = shapes.vision.num_patches
+  stream = pretrain._Sequences(cfg, tokenizer, patches, shapes.vision)
+  batch = stream.batch(96)
+  assert batch['input_ids'].shape[1] == cfg.max_length + 2
+  # The reranker's own template after the user turn: the answer follows exactly these tokens.
+  _, _, suffix, _, _ = RerankPrompt(tokenizer, image_tokens=patches).segments(
+      pretrain.MATCH_INSTRUCTION)
+  system = tokenizer(pretrain.MATCH_INSTRUCTION, add_special_tokens=False)['input_ids']
+  yes, no = tokenizer.convert_tokens_to_ids(['yes', 'no'])
+  image_id = tokenizer.convert_tokens_to_ids('<image>')
+  answers, with_image = [], 0
+  for row in range(96):
+    positions = np.flatnonzero(batch['loss_mask'][row])
+    ids = list(batch['input_ids'][row])
+    if not (len(positions) == 1 and batch['loss_mask'][row, positions[0]] == pretrain.ANSWER_WEIGHT):
+      continue
+    end = positions[0] + 1
+    assert ids[end - len(suffix):end] == list(suffix)
+    assert ids[end] in (yes, no) and ids[end + 1] == tokenizer.eos_token_id
+    assert any(ids[i:i + len(system)] == system for i in range(end)), 'no instruction'
+    placeholders = ids[:end].count(image_id)
+    assert placeholders in (0, patches)
+    assert (placeholders > 0) == bool(batch['image_valid'][row, 0])
+    with_image += placeholders > 0
+    answers.append(ids[end])
+  assert len(answers) >= 24 and with_image >= 8 and set(answers) == {yes, no}
+  assert pretrain.recipe(cfg)['pretrain_match_format'] == 'chat'
+  assert 'pretrain_match_format' not in pretrain.recipe(config_lib.get_config('playground'))
+  with pytest.raises(ValueError, match='pretrain_match_format'):
+    config_lib.validate(config_lib.apply_overrides(cfg, ['pretrain_match_format=xml']),
+                        num_devices=1)
+
+
+def test_a_frozen_vision_path_keeps_its_weights_and_the_base_reports_image_reading(tmp_path):
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+      'model=playground', 'pretrain_steps=6', 'pretrain_batch_size=8', 'quiet=true'])
+  untrained = pretrain.build(config_lib.apply_overrides(cfg, ['pretrain_steps=0']),
+                             str(tmp_path / 'init'))
+  frozen = pretrain.build(config_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']),
+                          str(tmp_path / 'frozen'))
+  joint = pretrain.build(cfg, str(tmp_path / 'joint'))
+  weights = {name: load_file(str(tmp_path / name / 'multimodal.safetensors'))
+             for name in ('init', 'frozen', 'joint')}
+  for key in weights['init']:
+    np.testing.assert_array_equal(weights['frozen'][key], weights['init'][key], err_msg=key)
+  assert any(not np.array_equal(weights['joint'][k], weights['init'][k]) for k in weights['init'])
+  decoders = [load_file(str(tmp_path / n / 'model.safetensors')) for n in ('init', 'frozen')]
+  assert any(not np.array_equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
+  assert pretrain.recipe(config_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']))[
+      'pretrain_freeze_vision'] is True
+  assert 'pretrain_freeze_vision' not in pretrain.recipe(cfg)
+  # Captions after their own image and after another row's: both finite, both recorded.
+  for info in (untrained, frozen, joint):
+    losses = info['caption_loss']
+    assert set(losses) == {'own_image', 'other_image'}
+    assert all(np.isfinite(v) and v > 0 for v in losses.values())
+
+
+def test_matching_questions_with_random_negatives_never_ask_about_the_hard_ones():
+  import types
+  from decomp.data.playground import Playground, world
+
+  playground = Playground(pretrain.pretraining_world(config_lib.get_config('playground')))
+  colour = world.ATTRIBUTES.index('colour')
+  target = np.array(playground.plan('train', 0).target)
+  hard, easy = target.copy(), target.copy()
+  hard[colour], easy[colour] = (target[colour] + 1) % 6, (target[colour] + 2) % 6
+  plan = types.SimpleNamespace(target=target, doc_scenes=(target, hard, easy),
+                               doc_kinds=('positive', 'hard', 'random'))
+  names = {k: world.VALUES['colour'][s[colour]] for k, s in
+           (('target', target), ('hard', hard), ('easy', easy))}
+
+  def false_colours(negatives):
+    rng = np.random.default_rng(0)
+    items = pretrain.matching_items(plan, playground.config, rng, 40, ('text-text',), negatives)
+    return {c for _, doc, answer in items if answer == 'no' for c in _colour_of(doc.text)}
+
+  assert false_colours('random') == {names['easy']}
+  assert false_colours('group') == {names['easy'], names['hard']}
+  with pytest.raises(ValueError, match='no random negative'):
+    pretrain.matching_items(types.SimpleNamespace(
+        target=target, doc_scenes=(target, hard), doc_kinds=('positive', 'hard')),
+        playground.config, np.random.default_rng(0), 2, ('text-text',), 'random')
+  with pytest.raises(ValueError, match='pretrain_match_negatives'):
+    config_lib.validate(config_lib.apply_overrides(
+        config_lib.get_config('playground'), ['pretrain_match_negatives=hard']), num_devices=1)
+
+
+def test_a_reranker_in_the_playground_prompt_reads_the_bases_own_question():
+  """With ``prompt=playground`` the training engine encodes a (query, document) pair exactly as
+  the base's pre-training asked its matching question (the answer then follows)."""
+  from decomp.models.presets import get_preset
+  from decomp.train import data as data_lib
+  from decomp.train import state as state_lib
+
+  cfg = config_lib.apply_overrides(config_lib.get_config('playground'), [
+      'prompt=playground', 'playground.tasks=["t2i","i2t","it2it"]', 'pretrain_match_per_group=2'])
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  shapes = state_lib.model_shapes(cfg, tokenizer)
+  source = data_lib.make_source(cfg)
+  groups = [source.train_group(i) for i in range(3)]
+  encoded = data_lib.GroupData(cfg, source, tokenizer, shapes.vision).encode(
+      groups, max(len(g.docs) for g in groups))
+  stream = pretrain._Sequences(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
+  assert get_preset(cfg.prompt).label_words == ('yes', 'no')
+  for g, group in enumerate(groups):
+    for d, doc in enumerate(group.docs):
+      mask = encoded['attention_mask'][g, d].astype(bool)
+      ours = encoded['input_ids'][g, d][mask].tolist()
+      theirs = stream.prompt.encode_pair('', group.query, doc, max_length=cfg.max_length)
+      assert ours == theirs, (group.task, tokenizer.decode(ours), tokenizer.decode(theirs))
