@@ -2,25 +2,31 @@
 
 Command::
 
-  python experiments/probe_weight_direction.py --set finetune=head cache_features=true --out runs/probe_head  # make demo
+  python experiments/probe_weight_direction.py --config playground_multimodal --out runs/probe_mm  # make demo
+  python experiments/probe_weight_direction.py --set finetune=head cache_features=true --out runs/probe_head  # make demo-text
   python experiments/probe_weight_direction.py [--seeds 3] [--quick] [--out runs/probe]    # make demo-full
 
-Two regimes, one script. ``make demo`` trains the LM head alone on the pretrained base's frozen
-features (``finetune=head``): the calibrated benchmark, where the seeds differ only in the order
-of the data and 3 seeds resolve differences of under a point. The config's default fine-tunes
-every weight (the paper's question with the features trained): deeper but noisy, because each
-run learns the playground's attributes one by one at its own steps (docs/calibration.md).
+Three setups, one script. ``make demo`` (the main job) trains the LM head alone on the frozen
+features of the multimodal base (``playground_multimodal``: T->T, T->I, I->T and IT->IT, each
+prompt the base's own matching question, 1024 test queries per family). ``make demo-text`` is
+the same regime on text alone with the text base (2048 test queries): the calibrated benchmark,
+where the seeds differ only in the order of the data and 3 seeds resolve differences of under a
+point. The config's default fine-tunes every weight (the paper's question with the features
+trained): deeper but noisy, because each run learns the playground's attributes one by one at
+its own steps (docs/calibration.md).
 
-Expected runtime (2-core CPU, two runs at a time, the cached pretrained base built once in ~1
-minute on first use): about 3 minutes for 4 arms x 3 seeds head-only with ``cache_features=true``
-(each prompt's frozen features computed once; 6 without), about 12 minutes with full fine-tuning;
-``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
+Expected runtime (2-core CPU, two runs at a time): ``make demo`` about 14 minutes from a fresh
+clone, of which ~7.5 build the multimodal base once and ~2 compute the frozen features of every
+prompt once (``cache_features=true``); ``make demo-text`` about 4 minutes; full fine-tuning
+about 12 minutes; ``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
 
 Expected result: the paper (MRB, Qwen2-VL LoRA) finds SFT best, the *weight* worth 1.10-1.48
-points (W_SFT better) and the *direction* 0.21-0.59. Head-only (measured, docs/findings.md): SFT ahead of CL
+points (W_SFT better) and the *direction* 0.21-0.59. On text (docs/findings.md): SFT ahead of CL
 by 1.9 +- 0.4 and W_SFT ahead of W_CL under D_SFT by 2.7 +- 0.2, as in the paper, but W_SFT x
 D_CL collapses below chance (46), so the direction's main effect is large here, unlike the paper.
-Full fine-tuning: CL at least as good as SFT, no contrast resolved with 3 seeds (paired stds ~4-10).
+With images (docs/probe_mm_summary.md): every family above chance (T->T ~63, I->T ~57, IT->IT
+~55, T->I ~51; chance 49.4), SFT and CL tied (+0.0 +- 0.2). Full fine-tuning: CL at least as
+good as SFT, no contrast resolved with 3 seeds (paired stds ~4-10).
 Each run is scored with its own direction's ranking score (P(yes) for D_SFT, the yes-logit for
 D_CL); the summary reports every effect as a paired difference over seeds with a 95% CI.
 """

@@ -220,7 +220,10 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
   lines += [f"{summary['metric'].capitalize()}; mean ± 95% CI half-width over seeds {summary['seeds']}.",
             ""]
   main_keys = [k for k in ("overall", "macro") if k in keys]
-  modality_keys = [k for k in keys if k.startswith("modality/")]
+  # MRB's order: single-modal, cross-modal, fused (then any other grouping).
+  mrb = ("modality/single", "modality/cross", "modality/fused")
+  modality_keys = sorted((k for k in keys if k.startswith("modality/")),
+                         key=lambda k: (mrb.index(k) if k in mrb else len(mrb), k))
   task_keys = [k for k in keys if k.startswith("task/")]
   score_keys = [f"score/{score}" for score in SCORES if f"score/{score}" in keys]
   names = {k: f"ranked by {k.split('/')[1].upper()}'s score" for k in score_keys}
