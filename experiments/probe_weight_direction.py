@@ -15,7 +15,7 @@ point. The config's default fine-tunes every weight (the paper's question with t
 trained): deeper but noisy, because each run learns the playground's attributes one by one at
 its own steps (docs/calibration.md).
 
-Expected runtime (2-core CPU, two runs at a time): ``make demo`` about 14 minutes from a fresh
+Expected runtime (2-core CPU, two runs at a time): ``make demo`` 10 min 39 s from a fresh
 clone, of which ~7.5 build the multimodal base once and ~2 compute the frozen features of every
 prompt once (``cache_features=true``); ``make demo-text`` about 4 minutes; full fine-tuning
 about 12 minutes; ``--quick`` (a tiny random-init model, 20 steps) about 1-2 minutes.
