@@ -69,11 +69,12 @@ class TrainConfig:
   pretrain_qa_per_group: int = 0
   # Image-text matching questions per pre-training group (half of them true; BLIP's ITM in
   # words): an image and a caption, two descriptions, or an image with an edit and a caption,
-  # then 'Does it match ? yes|no', the loss on the answer alone (pretrain.matching_examples).
+  # each asked as '{query} . {document} . Does it match ? yes|no' (the 'playground' prompt
+  # preset), the loss on the answer alone (pretrain.matching_items).
   pretrain_match_per_group: int = 0
-  # How matching questions are written: 'words' (above) or 'chat', the reranker's own layout
-  # (system instruction, user turn 'Query: ... Document: ...', the answer after the assistant
-  # tag) with a generic instruction (pretrain.MATCH_INSTRUCTION): the chat tuning a VLM brings.
+  # How matching questions are written: 'words' (the preset above) or 'chat', decomp's default
+  # layout (system instruction, user turn 'Query: ... Document: ...', the answer after the
+  # assistant tag) with a generic instruction (pretrain.MATCH_INSTRUCTION): the chat tuning a VLM brings.
   pretrain_match_format: str = 'words'
   # The scenes of the questions answered "no": 'group', the training group's negatives (half
   # of them one or two attributes away); 'random', its random negatives only, which differ in
