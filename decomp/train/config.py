@@ -74,7 +74,8 @@ class TrainConfig:
   pretrain_match_per_group: int = 0
   # How matching questions are written: 'words' (the preset above) or 'chat', decomp's default
   # layout (system instruction, user turn 'Query: ... Document: ...', the answer after the
-  # assistant tag) with a generic instruction (pretrain.MATCH_INSTRUCTION): the chat tuning a VLM brings.
+  # assistant tag) with a generic instruction (pretrain.MATCH_INSTRUCTION): the chat tuning a
+  # VLM brings.
   pretrain_match_format: str = 'words'
   # The scenes of the questions answered "no": 'group', the training group's negatives (half
   # of them one or two attributes away); 'random', its random negatives only, which differ in
