@@ -376,6 +376,15 @@ def next_token_logits(model, batch: dict[str, Any]):
   return model.decoder(batch['input_ids'], batch['attention_mask'])
 
 
+def lm_loss(model, batch: dict[str, Any]):
+  """The recipe's loss: next-token cross-entropy averaged over ``batch['loss_mask']`` (weights)."""
+  logits = next_token_logits(model, batch)
+  targets = jnp.roll(batch['input_ids'], -1, axis=1)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  weight = batch['loss_mask']
+  return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def matching_accuracy(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, *,
                       questions: int = 256) -> dict[str, float]:
   """The base's accuracy on ``questions`` held-out matching questions of each kind (validation
@@ -407,8 +416,9 @@ def image_reading(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, 
   captions (validation scenes) after their own image and after another row's image. Equal
   losses mean the LM ignores the image tokens (the collapse ``pretrain_freeze_vision``
   prevents); the gap is what the images tell it."""
-  stream = _Sequences(cfg, tokenizer, vision_config.num_patches, vision_config, split='val')
-  stream.matches = stream.questions = 0  # captions and descriptions only
+  captions_only = dataclasses.replace(cfg, pretrain_match_per_group=0, pretrain_qa_per_group=0)
+  stream = _Sequences(captions_only, tokenizer, vision_config.num_patches, vision_config,
+                      split='val')
   parts = []
   while sum(len(p['input_ids']) for p in parts) < rows:
     batch = stream.batch(64)
@@ -416,13 +426,7 @@ def image_reading(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, 
     parts.append({k: v[keep] for k, v in batch.items()})
   batch = {k: np.concatenate([p[k] for p in parts])[:rows] for k in parts[0]}
 
-  @jax.jit
-  def caption_loss(batch):
-    logits = next_token_logits(model, batch).astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.roll(batch['input_ids'], -1, axis=1))
-    return jnp.sum(nll * batch['loss_mask']) / jnp.sum(batch['loss_mask'])
-
+  caption_loss = jax.jit(lambda batch: lm_loss(model, batch))
   shuffled = dict(batch, pixel_values=np.roll(batch['pixel_values'], 1, axis=0))
   return {'own_image': float(caption_loss(batch)), 'other_image': float(caption_loss(shuffled))}
 
@@ -500,10 +504,10 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   tower_accuracy = None
   if vconfig is not None and cfg.pretrain_vision_steps:
     tower_accuracy = pretrain_tower(cfg, model.vision)
-  # Frozen: the LM stage's optimizer never sees the ViT and projector (``fixed`` is empty else).
-  frozen = (lambda path, _: vconfig is not None and cfg.pretrain_freeze_vision
-            and path[0] in ('vision', 'projector'))
-  graphdef, fixed, params = nnx.split(model, frozen, ...)
+  # The LM stage's optimizer never sees ``fixed``: the ViT and projector when frozen, else nothing.
+  freeze = vconfig is not None and cfg.pretrain_freeze_vision
+  graphdef, fixed, params = nnx.split(
+      model, lambda path, _: freeze and path[0] in ('vision', 'projector'), ...)
   tx, schedule = step_lib.make_optimizer(
       peak=cfg.pretrain_learning_rate, steps=max(cfg.pretrain_steps, 1),
       warmup_steps=max(cfg.pretrain_steps // 10, 1), end_factor=0.1, weight_decay=0.01,
@@ -511,11 +515,7 @@ def build(cfg: config_lib.TrainConfig, directory: str, *, quiet: bool = True) ->
   opt_state = tx.init(params)
 
   def loss_fn(params, batch):
-    logits = next_token_logits(nnx.merge(graphdef, fixed, params), batch)
-    targets = jnp.roll(batch['input_ids'], -1, axis=1)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    weight = batch['loss_mask']
-    return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return lm_loss(nnx.merge(graphdef, fixed, params), batch)
 
   @jax.jit
   def update(params, opt_state, batch):

@@ -257,11 +257,14 @@ def test_a_frozen_vision_path_keeps_its_weights_and_the_base_reports_image_readi
   assert pretrain.recipe(config_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']))[
       'pretrain_freeze_vision'] is True
   assert 'pretrain_freeze_vision' not in pretrain.recipe(cfg)
-  # Captions after their own image and after another row's: both finite, both recorded.
+  # Captions after their own image and after another row's: both finite, both recorded; an
+  # untrained vision path still tells images apart, so the two losses differ (a shuffle that
+  # left every image in place would make them equal).
   for info in (untrained, frozen, joint):
     losses = info['caption_loss']
     assert set(losses) == {'own_image', 'other_image'}
     assert all(np.isfinite(v) and v > 0 for v in losses.values())
+  assert untrained['caption_loss']['own_image'] != untrained['caption_loss']['other_image']
 
 
 def test_matching_questions_with_random_negatives_never_ask_about_the_hard_ones():
