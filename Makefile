@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-SWEEP ?= runs/probe_head
+SWEEP ?= runs/probe_mm
 
 .PHONY: venv test test-fast demo demo-text demo-quick demo-full decomposition figures docs clean
 

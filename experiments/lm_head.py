@@ -6,7 +6,7 @@ direction itself. The paper: unfreezing the LM head helps CL but not SFT.
 Command::
 
   python experiments/lm_head.py [--seeds 3] [--quick] [--out runs/lm_head]
-  python experiments/lm_head.py --seeds 5 --set finetune=lora steps=100 --out runs/lm_head_lora
+  python experiments/lm_head.py --seeds 9 --set finetune=lora steps=100 --out runs/lm_head_lora
 
 The first fine-tunes every weight (the config's default; paired stds of 3-11 points, nothing
 resolved with 3 seeds). The second is the resolving regime for this question (the head-only one
@@ -15,7 +15,7 @@ with them, found by ``experiments/lora_calibration.py`` (paired SFT - CL std und
 ~90 s a run; docs/calibration.md).
 
 Expected runtime (2-core CPU): 4 arms x 3 seeds, about the probe's (~12 minutes); the LoRA
-regime with 5 seeds ~15 minutes.
+regime with 9 seeds (5 left SFT's interval at ± 1.5) ~27 minutes.
 
 Expected result: the paper finds CL gains from a trained head, SFT does not (or less); measured
 in docs/findings.md (claim 6).

@@ -18,7 +18,8 @@ Command::
 Expected runtime (2-core CPU): 3 variants x 2 objectives x 3 seeds, two at a time, about a
 minute a run: ~10 minutes.
 
-Expected result: measured in docs/calibration.md ("A second regime: LoRA on the frozen base").
+Expected result: measured in docs/calibration.md ("A second resolving regime: LoRA on the
+frozen base").
 """
 
 from __future__ import annotations
