@@ -2,7 +2,7 @@
 
 Notebook::
 
-  scores = decomp.rerank("runs/my_run", "what do cats do", ["purr", "bark"], instruction="")
+  scores = decomp.rerank.rerank("runs/my_run", "what do cats do", ["purr", "bark"])
 
 CLI (one collection: ``--out`` is the run file; several: a directory of ``<name>.trec``)::
 
@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import time
-import types
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -99,28 +98,33 @@ class PairScorer:
 
 # --- model loading: the one place that knows how a model is built -------------------------------
 
-# Prompt templates of real models come later (the real-backbones presets); 'playground' is
-# decomp's own: system "<instruction> Answer yes or no.", label words yes/no, score z_y - z_n.
-PRESETS = {"playground": {"label_words": ("yes", "no"), "max_length": 512, "score": "sft"}}
-
 
 def _is_workdir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(
-      os.path.join(path, "config.json"))
+  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+      os.path.join(path, "checkpoints"))
 
 
 def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
-                score: str | None = None, step: int | None = None) -> PairScorer:
+                score: str | None = None, step: int | None = None,
+                max_length: int = 512) -> PairScorer:
   """A :class:`Scorer` for a training workdir or a Hugging Face / base-checkpoint directory.
+
+  Both open as a :class:`decomp.train.Run` (``Run.open`` / ``Run.from_model_dir``): the same
+  prompt encoder and forward pass as training's evaluation.
 
   Args:
     path: a decomp workdir (its latest checkpoint, or ``step``) or a model directory
       (``config.json`` + safetensors + tokenizer).
-    preset: the prompt template (:data:`PRESETS`); workdirs carry their own.
+    preset: a prompt preset of :data:`decomp.models.presets.PRESETS` for a model directory
+      (None: decomp's own template); a workdir carries its own.
     batch_size: pairs per jitted call.
     score: ``'sft'`` ranks by ``z_y - z_n`` (P(yes)'s logit), ``'cl'`` by ``z_y``; default the
-      workdir's evaluation score (``decomp.train.evaluate.primary_score``), else the preset's.
+      workdir's evaluation score, ``'sft'`` for a model directory.
+    max_length: tokens per prompt of a model directory (a workdir uses its own).
   """
+  from decomp.models.presets import PRESETS
+  from decomp.train.run import Run
+
   if preset is not None and preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
   if not os.path.isdir(path):
@@ -128,78 +132,19 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
   if score not in (None, "sft", "cl"):
     raise ValueError(f"score must be 'sft' or 'cl', got {score!r}")
   if _is_workdir(path):
-    return _workdir_scorer(path, batch_size=batch_size, score=score, step=step)
-  return _model_dir_scorer(path, PRESETS[preset or "playground"], batch_size=batch_size,
-                           score=score)
-
-
-def _readout_scores(yes, no, score: str):
-  return yes - no if score == "sft" else yes
-
-
-def _workdir_scorer(workdir, *, batch_size, score, step) -> PairScorer:
-  import jax
-
-  from decomp.train import checkpoint as ckpt_lib
-  from decomp.train import config as config_lib
-  from decomp.train import data as data_lib
-  from decomp.train import evaluate as evaluate_lib
-  from decomp.train import logs, loop
-  from decomp.train import mesh as mesh_lib
-  from decomp.train import state as state_lib
-  from decomp.train import step as step_lib
-
-  cfg = config_lib.from_file(os.path.join(workdir, logs.CONFIG_FILE))
-  cfg = dataclasses.replace(cfg, mesh={"data": 1, "model": 1}, num_devices=1)
-  objective = config_lib.make_objective(cfg)
-  score = score or evaluate_lib.primary_score(cfg, objective)
-  tokenizer = state_lib.resolve_tokenizer(cfg)
-  vision = state_lib.data_shapes(cfg, tokenizer).image_input
-  # The model and its encoder, without the training data: a source that offers nothing.
-  data = data_lib.GroupData(cfg, types.SimpleNamespace(max_negatives=0,
-                                                       has_images=vision is not None),
-                            tokenizer, vision)
-  mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
-  # The checkpoint holds every weight: the playground base is never pretrained just to rerank.
-  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective, build_base=False)
-  tx, _ = loop.optimizer(cfg)
-  abstract, _ = loop.abstract_state(cfg, run, tx, mesh)
-  with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
-    state, meta = checkpoints.restore(abstract, step)
-  params, frozen = state["params"], state["frozen"]
-  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef))
+    if preset is not None:
+      raise ValueError(f"--preset {preset!r}: the workdir {path} reads its own prompt preset")
+    run = Run.open(path, step, overrides=("mesh.data=1", "num_devices=1"))
+    description = f"{path} (step {run.step}, score {score or run.score})"
+  else:
+    run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score)
+    description = f"{path} (preset {preset or 'decomp'}, score {run.score})"
+  score = score or run.score
+  scores = run.scores_fn()
   return PairScorer(
-      encode=lambda groups: data.encode(groups, 1),
-      score_fn=lambda arrays: eval_step(params, frozen, arrays)[score],
-      batch_size=batch_size, image_size=cfg.image_size if vision is not None else None,
-      description=f"{workdir} (step {meta['step']}, score {score})")
-
-
-def _model_dir_scorer(path, preset, *, batch_size, score) -> PairScorer:
-  import jax
-  from flax import nnx
-
-  from decomp.models.prompt import encode_groups
-  from decomp.models.reranker import load_reranker
-
-  score = score or preset["score"]
-  model, tokenizer = load_reranker(path, label_words=preset["label_words"])
-  graphdef, state = nnx.split(model)
-  max_length = preset["max_length"]
-
-  @jax.jit
-  def score_fn(state, arrays):
-    out = nnx.merge(graphdef, state).readout(arrays["input_ids"], arrays["attention_mask"])
-    return _readout_scores(out.yes, out.no, score)
-
-  def encode(groups):
-    arrays = encode_groups(groups, tokenizer, list_size=1, max_length=max_length,
-                           padding_side="left", pad_multiple=max_length)
-    return {k: arrays[k] for k in ("input_ids", "attention_mask")}
-
-  return PairScorer(encode=encode, score_fn=lambda arrays: score_fn(state, arrays),
-                    batch_size=batch_size, image_size=None,
-                    description=f"{path} (score {score})")
+      encode=lambda groups: run.encoder.encode(groups, 1),
+      score_fn=lambda arrays: scores(run.params, run.frozen, arrays)[score],
+      batch_size=batch_size, image_size=run.image_size, description=description)
 
 
 # --- the notebook call ---------------------------------------------------------------------------
@@ -339,7 +284,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m decomp.rerank",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="a decomp workdir or a model directory")
-  parser.add_argument("--preset", default=None, help=f"prompt template: {sorted(PRESETS)}")
+  parser.add_argument("--preset", default=None,
+                      help="prompt preset of a model directory (decomp.models.presets.PRESETS: "
+                      "qwen3-reranker, monoqwen2-vl, gmr, playground; default decomp's template)")
   parser.add_argument("--data", required=True, nargs="+", help="BEIR-layout collection dir(s)")
   parser.add_argument("--run", required=True, nargs="+",
                       help="first-stage TREC run(s): one, or one per collection")
@@ -430,16 +377,6 @@ def main(argv=None) -> int:
   print(json.dumps(summary))
   return 0
 
-
-class _CallableModule(types.ModuleType):
-  """``decomp.rerank(model, query, documents)`` calls :func:`rerank` while ``decomp.rerank``
-  stays this module (``python -m decomp.rerank``, ``decomp.rerank.load_scorer``)."""
-
-  def __call__(self, *args, **kwargs):
-    return rerank(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -1,7 +1,7 @@
 """Helpers between the readers and the training engine: which format a split directory holds,
 teacher scores as a batch array, and a converter to the MRB JSONL layout.
 
-* :func:`is_flag_directory`: the engine reads such a ``cfg.data`` with its FlagEmbedding source
+* :func:`is_flag_directory`: the engine reads such a ``cfg.data.source`` with its FlagEmbedding source
   (``decomp.train.data``); teacher scores travel in ``Group.teacher_scores``.
 * :func:`export_mrb` writes groups of any reader as an MRB JSONL split directory (teacher scores
   as each document's ``teacher_score``), which ``cfg.data=<dir>`` trains on without changes.

@@ -71,13 +71,14 @@ def _main(args: argparse.Namespace) -> int:
       jax.config.update('jax_cpu_collectives_implementation', args.cpu_collectives)
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
-  from decomp.train import config as config_lib
+  from decomp.train import overrides as overrides_lib
+  from decomp.train import recipes
   from decomp.train.loop import train
   overrides = [item for group in args.overrides for item in group]
   if args.quiet:
     overrides.append('quiet=true')
   try:
-    cfg = config_lib.apply_overrides(config_lib.get_config(args.config), overrides)
+    cfg = overrides_lib.apply_overrides(recipes.get_config(args.config), overrides)
   except TypeError as e:  # e.g. a config file whose get_config() returns something else
     if args.debug:
       raise

@@ -1,7 +1,9 @@
-"""Orbax checkpoints of a training run: {train state pytree, step, data position}.
+"""Orbax checkpoints of a training run: {model, optimizer, step and data position}.
 
-The train state is a pytree of arrays (trainable and frozen model weights, optimiser state, RNG
-key data); ``meta`` is a small JSON dict (``step``, ``data_index``: the next training group to
+A step holds two array items, ``model`` (``params``: trained weights, ``frozen``: the rest) and
+``optimizer`` (``opt_state``), so the parameters restore alone (:class:`decomp.train.Run` never
+builds an optimizer); checkpoints of earlier versions hold one item ``state`` with all three.
+``meta`` is a small JSON dict (``step``, ``data_index``: the next training group to
 read, and anything else the loop needs to continue exactly). Orbax writes each step to a
 temporary directory and renames it when complete, so a run killed while saving leaves the
 previous checkpoints intact. In a multi-host run every process calls :meth:`save` and
@@ -75,14 +77,15 @@ class Checkpoints:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Saves ``state`` (pytree of jax arrays) and ``meta`` (JSON-able dict) as ``step``."""
+    """Saves ``state`` (``{'params', 'frozen', 'opt_state'}`` of jax arrays) as the items
+    ``model`` and ``optimizer``, and ``meta`` (JSON-able dict), as ``step``."""
     meta = dict(meta, step=int(step))
     self._manager.wait_until_finished()  # what save() does first anyway: the last step is done
     self._write_checksums()
-    self._manager.save(
-        int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    items = {item: ocp.args.StandardSave({k: state[k] for k in keys})
+             for item, keys in ITEMS.items()}
+    self._manager.save(int(step), args=ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta)),
+                       force=True)
     self._unverified.append(int(step))
     self.poll()
 
@@ -106,8 +109,9 @@ class Checkpoints:
     """Restores ``(state, meta)`` of ``step``, verified; default: the newest intact step.
 
     Args:
-      abstract_state: pytree of :class:`jax.ShapeDtypeStruct` with ``sharding`` set: the arrays
-        come back with those shardings (so a run may resume on another mesh).
+      abstract_state: ``{'params', 'frozen'[, 'opt_state']}`` of :class:`jax.ShapeDtypeStruct`
+        with ``sharding`` set: the arrays come back with those shardings (so a run may resume
+        on another mesh); without ``opt_state`` the optimizer item is not read.
       step: the step to read; a corrupt one raises :class:`CorruptCheckpointError`. With None,
         corrupt steps are reported (one warning line each) and skipped (``self.skipped``).
 
@@ -144,17 +148,21 @@ class Checkpoints:
     if not os.path.isdir(path):
       raise FileNotFoundError(f'no checkpoint {path}')
     verify_checksums(path)
+    targets = _restore_targets(path, abstract_state)
     try:
-      metadata = self._manager.item_metadata(step)['state']
+      metadata = self._manager.item_metadata(step)
+      for item, target in targets.items():
+        _check_matches(path, metadata[item], target)
+    except (ValueError, CorruptCheckpointError):
+      raise
     except Exception as e:  # empty or missing _METADATA, an emptied step directory, ...
       raise CorruptCheckpointError(f'checkpoint {path} is corrupt or incomplete: unreadable '
                                    f'metadata ({_one_line(e)})') from e
-    _check_matches(path, metadata, abstract_state)
     failure = None
     try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.StandardRestore(t) for item, t in targets.items()},
+          meta=ocp.args.JsonRestore()))
     except Exception as e:  # kept as text: the error's frames hold Orbax's abandoned reads
       failure = _one_line(e)
     if failure is not None:
@@ -162,11 +170,13 @@ class Checkpoints:
       raise CorruptCheckpointError(
           f'checkpoint {path} could not be read (corrupt or incomplete, or written by a '
           f'different config?): {failure}')
-    bad = nonfinite_arrays(restored['state'])
+    state = {k: v for item in targets for k, v in restored[item].items()
+             if k in abstract_state}
+    bad = nonfinite_arrays(state)
     if bad:
       raise CorruptCheckpointError(f'checkpoint {path} is corrupt: non-finite values in '
                                    f'{", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}')
-    return restored['state'], dict(restored['meta'])
+    return state, dict(restored['meta'])
 
   def set_aside(self, steps: list[int]) -> list[str]:
     """Moves corrupt steps out of the way (to ``<workdir>/checkpoints_corrupt/<step>``), so that
@@ -315,24 +325,41 @@ class _AbandonedReadFilter(logging.Filter):
 
 def _quiet_closed_event_loop() -> None:
   """Drops the tracebacks Orbax's abandoned reads print after it gave up on a corrupt
-  checkpoint ('RuntimeError: Event loop is closed' from TensorStore callbacks, through the
-  exception hooks; never-awaited read coroutines): hundreds of lines that bury the one-line
-  error. Installed once; every other exception goes to the previous hooks."""
+  checkpoint ('RuntimeError: Event loop is closed' from TensorStore callbacks in their threads;
+  never-awaited read coroutines): hundreds of lines that bury the one-line error. Installed
+  once, on the thread and unraisable hooks only (the main thread's ``sys.excepthook`` is left
+  alone); every other exception goes to the previous hooks."""
   global _QUIET_INSTALLED
   if _QUIET_INSTALLED:
     return
   _QUIET_INSTALLED = True
-  old_excepthook, old_unraisable, old_thread = (sys.excepthook, sys.unraisablehook,
-                                                threading.excepthook)
-  sys.excepthook = lambda t, v, tb: None if _is_orbax_read_noise(v) else old_excepthook(t, v, tb)
+  old_unraisable, old_thread = sys.unraisablehook, threading.excepthook
   sys.unraisablehook = lambda u: (None if _is_orbax_read_noise(u.exc_value, u.object)
                                   else old_unraisable(u))
   threading.excepthook = lambda a: None if _is_orbax_read_noise(a.exc_value) else old_thread(a)
   logging.getLogger('asyncio').addFilter(_AbandonedReadFilter())
 
 
+# The array items of a step and the state keys each holds.
+ITEMS = {'model': ('params', 'frozen'), 'optimizer': ('opt_state',)}
+LEGACY_ITEM = 'state'  # one item with every key: checkpoints before the items were split
+
+
 def _handlers() -> dict:
-  return {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  return {**{item: ocp.StandardCheckpointHandler() for item in (*ITEMS, LEGACY_ITEM)},
+          'meta': ocp.JsonCheckpointHandler()}
+
+
+def _restore_targets(path: str, abstract_state: Any) -> dict[str, Any]:
+  """``{item: restore target}`` for the keys of ``abstract_state``."""
+  if os.path.isdir(os.path.join(path, LEGACY_ITEM)):
+    missing = [k for keys in ITEMS.values() for k in keys if k not in abstract_state]
+    if missing:
+      raise ValueError(f'checkpoint {path} predates separate model and optimizer items: it '
+                       f'restores only whole (with {missing})')
+    return {LEGACY_ITEM: abstract_state}
+  return {item: {k: abstract_state[k] for k in keys} for item, keys in ITEMS.items()
+          if all(k in abstract_state for k in keys)}
 
 
 def _key_name(path) -> str:
@@ -380,14 +407,18 @@ def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
     verify_checksums(os.path.join(directory, str(step)))
-    metadata = manager.item_metadata(step)['state']
-    if metadata is None:
-      raise ValueError(f'{directory}/{step}: no array metadata (not a decomp checkpoint?)')
+    step_dir = os.path.join(directory, str(step))
+    items = [i for i in (*ITEMS, LEGACY_ITEM) if os.path.isdir(os.path.join(step_dir, i))]
+    metadata = manager.item_metadata(step)
+    if not items or any(metadata[i] is None for i in items):
+      raise ValueError(f'{step_dir}: no array metadata (not a decomp checkpoint?)')
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    tree = getattr(metadata, 'tree', metadata)
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
-        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    abstract = {i: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        getattr(metadata[i], 'tree', metadata[i]),
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype')) for i in items}
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return jax.tree.map(lambda a: np.asarray(a), restored['state']), dict(restored['meta'])
+        **{item: ocp.args.StandardRestore(tree) for item, tree in abstract.items()},
+        meta=ocp.args.JsonRestore()))
+  state = {k: v for item in abstract for k, v in restored[item].items()}
+  return jax.tree.map(lambda a: np.asarray(a), state), dict(restored['meta'])

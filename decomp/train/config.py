@@ -1,335 +1,555 @@
-"""Training configuration: one dataclass, named presets, files, ``key=value`` overrides, checks.
+"""Training configuration: one frozen section per lifecycle, each checking its own fields.
 
-A run is fully described by a :class:`TrainConfig`; ``train(config, workdir)`` writes it to
-``workdir/config.json`` so that a later command (resume, figures, evaluation) can read it back with
-:func:`from_file`.
+A run is fully described by a :class:`TrainConfig`: ``model`` (a checkpoint directory or a
+random shape), ``readout`` (prompt preset and label words), ``finetune`` (what trains),
+``objective``, ``data``, ``optim``, ``parallel``, ``eval_log``, and ``base``, the playground
+base's recipe (read only by :mod:`decomp.playground.base`, never by the engine). What a field
+means for resuming a run and for re-evaluating one is metadata on the field
+(:func:`free_on_resume`, :func:`free_on_evaluation`), read in one place.
 
+Overrides (:mod:`decomp.train.overrides`) take full paths (``optim.learning_rate=3e-4``) or the
+short keys the docs use (``learning_rate=3e-4``, ``model=DIR``, ``finetune=lora``):
+
+>>> from decomp.train.overrides import apply_overrides
+>>> from decomp.train.recipes import get_config
 >>> cfg = get_config('playground_quick')
 >>> cfg = apply_overrides(cfg, ['steps=3', 'weight=cl', 'mesh.data=2'])
->>> (cfg.steps, cfg.weight, cfg.mesh, make_objective(cfg).name)
+>>> (cfg.optim.steps, cfg.objective.weight, cfg.parallel.mesh, make_objective(cfg).name)
 (3, 'cl', {'data': 2, 'model': 1}, 'w_cl-d_sft')
+>>> apply_overrides(cfg, ['b1=2'])
+Traceback (most recent call last):
+...
+ValueError: config optim.b1=2.0: must be < 1
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import hashlib
-import importlib.util
 import json
-import os
+import math
 import typing
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 from decomp import _params
 from decomp import objectives as objectives_lib
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS
 
 LAYOUTS = ('data', 'fsdp', 'tensor')
-FINETUNE_MODES = ('lora', 'full', 'head')
+# What trains: the adapters, every weight but the LM head, the LM head alone; '+lm_head' adds
+# the LM head (the paper's "unfrozen head" ablation).
+FINETUNE_MODES = ('full', 'full+lm_head', 'lora', 'lora+lm_head', 'head')
 DTYPES = ('float32', 'bfloat16', 'float16')
+NONFINITE_POLICIES = ('error', 'skip_step')
 
 
-@dataclasses.dataclass
-class TrainConfig:
-  """Every knob of a training run, one field per knob, grouped by section: model, what is
-  trained, objective, data, optimiser, numerics and parallelism, logging/evaluation/checkpoints.
+def knob(default, *, min=None, max=None, below=None, above=None, choices=None,
+         resume: bool = False, evaluate: bool = False, shape: bool = False):
+  """A config field with its checks and meaning.
 
-  The objective fields take registered names or import paths (``'package.module:attribute'``);
-  ``config.json`` records a name registered in code by its import path, so a workdir re-launches
-  itself in a fresh process.
+  Args:
+    min / max: inclusive bounds; above / below: exclusive bounds (numbers must be finite).
+    choices: the allowed values.
+    resume: may differ between a run and its resumption (changes no trained value).
+    evaluate: may differ when a finished run is evaluated again (``evaluate_workdir``).
+    shape: a random model's shape (a checkpoint fixes its own: refused with a directory).
   """
+  meta = dict(min=min, max=max, below=below, above=above, choices=choices, resume=resume,
+              evaluate=evaluate, shape=shape)
+  if isinstance(default, (dict, list)):
+    return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)),
+                             metadata=meta)
+  return dataclasses.field(default=default, metadata=meta)
 
-  name: str = 'custom'  # preset this config came from (informational)
 
-  # --- model -------------------------------------------------------------------------------------
-  model: str = 'playground'  # 'playground' (cached pretrained base), 'random' or an HF-layout dir
-  tokenizer: str = ''  # tokenizer dir; '' = the model dir, or the playground tokenizer
-  hidden_size: int = 128  # decoder width ('playground'/'random' models only)
-  num_layers: int = 4  # decoder layers
-  num_heads: int = 4  # attention heads
-  num_kv_heads: int = 2  # key/value heads (grouped-query attention)
-  intermediate_size: int = 384  # MLP width
+def defaults(section: type) -> dict[str, Any]:
+  """``{field: default}`` of a section class (without building one)."""
+  return {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+          for f in dataclasses.fields(section)}
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run (named: ``config section.field=value: why``)."""
+
+
+def _bad(path: str, value: Any, message: str) -> ConfigError:
+  return ConfigError(f'config {path}={value!r}: {message}')
+
+
+def _check_type(path: str, value: Any, annotation: Any) -> None:
+  origin = typing.get_origin(annotation)
+  if annotation is Any:
+    return
+  if annotation is bool:
+    if not isinstance(value, bool):
+      raise _bad(path, value, 'expected true or false')
+  elif annotation is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise _bad(path, value, 'expected an integer')
+  elif annotation is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise _bad(path, value, 'expected a number')
+    if not math.isfinite(value):
+      raise _bad(path, value, 'must be a finite number')
+  elif annotation is str:
+    if not isinstance(value, str):
+      raise _bad(path, value, 'expected a string')
+  elif origin is tuple:
+    item = typing.get_args(annotation)[0]
+    if not isinstance(value, tuple):
+      raise _bad(path, value, 'expected a list')
+    for element in value:
+      _check_type(path, element, item)
+  elif origin is dict or annotation is dict:
+    if not isinstance(value, dict):
+      raise _bad(path, value, 'expected a mapping')
+
+
+class Section:
+  """Checks every field of a frozen section dataclass against its type and its knob metadata,
+  then the section's own cross-field rules (``_check``)."""
+
+  def __post_init__(self):
+    hints = typing.get_type_hints(type(self))
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      path = f'{self.SECTION}.{f.name}' if self.SECTION else f.name
+      _check_type(path, value, hints[f.name])
+      meta = f.metadata
+      if meta.get('choices') is not None and value not in meta['choices']:
+        raise _bad(path, value, f'expected one of {list(meta["choices"])}')
+      for key, ok, word in (('min', lambda v, b: v >= b, '>='), ('max', lambda v, b: v <= b, '<='),
+                            ('above', lambda v, b: v > b, '>'), ('below', lambda v, b: v < b, '<')):
+        bound = meta.get(key)
+        if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
+          raise _bad(path, value, f'must be {word} {bound}')
+    self._check()
+
+  def _check(self) -> None:
+    pass
+
+  def bad(self, name: str, message: str) -> ConfigError:
+    return _bad(f'{self.SECTION}.{name}', getattr(self, name), message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+  """What model is trained: a checkpoint directory (HF layout), ``'random'`` weights of the shape
+  below, or ``'playground'`` (resolved to the playground base's directory by the entry point)."""
+  SECTION: typing.ClassVar[str] = 'model'
+  path: str = knob('playground')
+  tokenizer: str = knob('')  # tokenizer dir; '' = the model dir's (required for a directory)
   # Read images with a ViT + projector: 'auto' = yes for 'playground'/'random' models and for
   # checkpoints that carry a vision tower, no for text checkpoints; true adds a fresh one.
-  vision: Any = 'auto'
-  vision_hidden_size: int = 64  # ViT width
-  vision_layers: int = 2  # ViT layers
-  vision_heads: int = 4  # ViT heads
-  image_size: int = 32  # images are resized to image_size x image_size
-  patch_size: int = 16  # ViT patch size; image_tokens = (image_size / patch_size) ** 2
-  pretrain_steps: int = 300  # steps of the base-checkpoint recipe ('playground' model)
-  pretrain_learning_rate: float = 3e-3  # peak learning rate of the base-checkpoint recipe
-  pretrain_batch_size: int = 32  # sequences per pre-training step
-  # Yes/no questions about one attribute of a described scene, per pre-training group (half of
-  # them true): '<description> . Does it match <value> ? yes'. They teach the base the label
-  # words as content-dependent answers, as an LLM knows them; 0 (default): the base never sees
-  # the label words, and their LM-head rows stay nearly parallel.
-  pretrain_qa_per_group: int = 0
-  # Image-text matching questions per pre-training group (half of them true; BLIP's ITM in
-  # words): an image and a caption, two descriptions, or an image with an edit and a caption,
-  # each asked as '{query} . {document} . Does it match ? yes|no' (the 'playground' prompt
-  # preset), the loss on the answer alone (pretrain.matching_items).
-  pretrain_match_per_group: int = 0
-  # How matching questions are written: 'words' (the preset above) or 'chat', decomp's default
-  # layout (system instruction, user turn 'Query: ... Document: ...', the answer after the
-  # assistant tag) with a generic instruction (pretrain.MATCH_INSTRUCTION): the chat tuning a
-  # VLM brings.
-  pretrain_match_format: str = 'words'
-  # The scenes of the questions answered "no": 'group', the training group's negatives (half
-  # of them one or two attributes away); 'random', its random negatives only, which differ in
-  # several attributes: the coarse signal a small base learns image-text matching from.
-  pretrain_match_negatives: str = 'group'
-  # Steps of the vision tower's own pre-training before the LM stage (naming each attribute of
-  # rendered scenes; pretrain.pretrain_tower): the supervised tower a VLM starts from. 0: none.
-  pretrain_vision_steps: int = 0
-  # Keep the ViT and projector fixed during the LM stage (LLaVA keeps its vision encoder frozen):
-  # trained jointly with a fresh LM, they collapse every image to one large constant token
-  # (0.3% spread between images; the caption loss then ignores the image), see
-  # docs/calibration.md. With a pre-trained tower the LM learns to read the images instead.
-  pretrain_freeze_vision: bool = False
-  label_words: tuple[str, ...] = ('yes', 'no')  # answer tokens read at the last position
-  # The prompt: '' = decomp's template (the tokenizer's chat template around "Query: ...
-  # Document: ..."); a reranker preset of decomp.models.presets ('qwen3-reranker',
-  # 'monoqwen2-vl', 'gmr') renders the real model's own prompt and brings its label words.
-  prompt: str = ''
+  vision: Any = knob('auto', choices=('auto', True, False))
+  dtype: str = knob('float32', choices=DTYPES)  # activation dtype
+  param_dtype: str = knob('float32', choices=DTYPES)
+  # The shape of a 'random' / 'playground' model (a checkpoint directory has its own).
+  hidden_size: int = knob(128, min=1, shape=True)
+  num_layers: int = knob(4, min=1, shape=True)
+  num_heads: int = knob(4, min=1, shape=True)
+  num_kv_heads: int = knob(2, min=1, shape=True)  # grouped-query attention
+  intermediate_size: int = knob(384, min=1, shape=True)
+  vision_hidden_size: int = knob(64, min=1, shape=True)
+  vision_layers: int = knob(2, min=1, shape=True)
+  vision_heads: int = knob(4, min=1, shape=True)
+  patch_size: int = knob(16, min=1, shape=True)  # image_tokens = (image_size / patch_size) ** 2
+  image_size: int = knob(32, min=1)  # images are resized to image_size x image_size
+
+  @property
+  def is_random_shape(self) -> bool:
+    return self.path in ('random', 'playground')
+
+  def _check(self):
+    if not self.path:
+      raise self.bad('path', "expected 'playground', 'random' or a checkpoint directory")
+    if self.is_random_shape:
+      if self.hidden_size % self.num_heads:
+        raise self.bad('hidden_size', f'must be divisible by num_heads={self.num_heads}')
+      if self.num_heads % self.num_kv_heads:
+        raise self.bad('num_kv_heads', f'must divide num_heads={self.num_heads}')
+      if (self.hidden_size // self.num_heads) % 2:
+        raise self.bad('hidden_size', f'hidden_size / num_heads = '
+                       f'{self.hidden_size // self.num_heads} must be even (the RoPE head width)')
+      if self.vision is not False:
+        if self.vision_hidden_size % self.vision_heads:
+          raise self.bad('vision_hidden_size', f'must be divisible by vision_heads='
+                         f'{self.vision_heads}')
+        if self.image_size % self.patch_size:
+          raise self.bad('image_size', f'must be a multiple of patch_size={self.patch_size}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadoutConfig(Section):
+  """How a document is asked and read: the prompt preset and the label words."""
+  SECTION: typing.ClassVar[str] = 'readout'
+  # '' = decomp's template (the tokenizer's chat template around "Query: ... Document: ...");
+  # a name of decomp.models.presets.PRESETS renders that model's own prompt and label words.
+  preset: str = knob('')
+  label_words: tuple[str, ...] = knob(('yes', 'no'))  # answer tokens read at the last position
   # 'first': z_y, z_n are the first two words' logits; 'pairs': the words alternate positive,
-  # negative (yes, no, true, false, ...) and each side is the log-sum-exp of its words' logits.
-  label_pooling: str = 'first'
-  # 'lm_head': the label words' LM-head rows score every document; 'random': a fresh learnable
-  # K x d matrix replaces them in the scores, weights, directions and ranking (the paper's D_Rand).
-  label_head: str = 'lm_head'
+  # negative and each side is the log-sum-exp of its words' logits.
+  label_pooling: str = knob('first', choices=LABEL_POOLINGS)
+  # 'lm_head': the label words' LM-head rows score; 'random': a fresh learnable K x d matrix
+  # replaces them in scores, weights, directions and ranking (the paper's D_Rand).
+  label_head: str = knob('lm_head', choices=LABEL_HEADS)
 
-  # --- what is trained ----------------------------------------------------------------------------
-  # 'lora' (adapters), 'full' (all weights) or 'head' (LM head only). The playground base is
-  # tiny (1M parameters): full fine-tuning learned a little faster in the calibration runs.
-  finetune: str = 'full'
-  lora_rank: int = 16  # LoRA rank
-  lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / rank)
-  lora_targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
-                                   'down_proj')  # adapted projections
-  lora_vision: bool = False  # with finetune=lora: adapters on a Qwen-VL vision tower too
-  # finetune=head only: the frozen body's answer-position hidden states are computed once per
-  # distinct prompt and kept under $DECOMP_CACHE/features (shared by every run on the same base),
-  # so a head-only run costs a forward pass per new document, not per step (decomp/train/features.py).
-  cache_features: bool = False
-  train_lm_head: bool = False  # also train the LM head (the paper's "unfrozen head" ablation)
+  def _check(self):
+    if len(self.label_words) < 2:
+      raise self.bad('label_words', 'needs at least the yes and the no word')
+    if self.preset:
+      from decomp.models.presets import PRESETS
+      if self.preset not in PRESETS:
+        raise self.bad('preset', f"expected '' (decomp's template) or one of {sorted(PRESETS)}")
+      if self.label_words not in (ReadoutConfig.label_words, PRESETS[self.preset].label_words):
+        raise self.bad('label_words', f'preset {self.preset!r} reads its own label words '
+                       f'{PRESETS[self.preset].label_words}; leave label_words unset')
+    if self.label_pooling == 'pairs' and len(self.words) % 2:
+      raise self.bad('label_words', "label_pooling='pairs' needs (positive, negative) word "
+                     f'pairs: an even count, got {len(self.words)}')
 
-  # --- objective ----------------------------------------------------------------------------------
-  # The objective (decomp.OBJECTIVES name or import path): its weight, direction, logged loss,
-  # ranking score and readout needs. `weight` / `direction` replace its parts (a hybrid).
-  objective: str = 'sft'
-  weight: str = ''  # weight W (decomp.weights.WEIGHTS name or import path); '' = the objective's
-  direction: str = ''  # direction D (decomp.directions.DIRECTIONS name or import path)
-  weight_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {'tau': 0.1} for tau_mask
-  direction_kwargs: dict = dataclasses.field(default_factory=dict)  # extra direction arguments
-  temperature: float = 1.0  # InfoNCE temperature for the CL weight / score
+  @property
+  def words(self) -> tuple[str, ...]:
+    """The label words the reranker reads: the preset's, else ``label_words``."""
+    if self.preset:
+      from decomp.models.presets import get_preset
+      return tuple(get_preset(self.preset).label_words)
+    return tuple(self.label_words)
 
-  # --- data ---------------------------------------------------------------------------------------
-  data: str = 'playground'  # 'playground' or a directory of MRB-style JSONL
-  # PlaygroundConfig overrides. The calibrated default probe reranks text (T->T) and is tested
-  # on 2048 queries: with 256, the test set's own sampling noise (~1.5 points NDCG@10 x 100)
-  # was as large as the seed spread. Image task families need longer budgets (docs/calibration.md).
-  playground: dict = dataclasses.field(
-      default_factory=lambda: {'tasks': ['t2t'], 'num_eval_queries': 2048})
-  # Distinct training groups shared by every seed (0: the playground's unbounded stream, where
-  # each seed reads its own stretch; JSONL data: the whole train file). With a pool, seeds differ
-  # only in the order they visit it (a fresh permutation per epoch), as on a fixed dataset.
-  train_pool: int = 0
-  negatives: int = 4  # negatives per training group (list size = 1 + negatives)
-  batch_size: int = 16  # groups per step (global, over all hosts)
-  # Documents per chunk of the exact two-pass step (decomp.chunked): a forward over every
-  # document without activations, the list's weights, then one chunk's forward + backward at a
-  # time, so memory holds one chunk. 0: the whole list at once (one pass).
-  doc_chunk: int = 0
-  # Micro-batches of groups per step, their gradients accumulated with the whole batch's list
-  # normaliser (equal to the one large batch). 1: none.
-  accumulate_steps: int = 1
-  max_length: int = 64  # tokens per prompt (image placeholders included); fixed batch shape
-  # Bucket lengths: each batch is padded to the smallest that holds its longest prompt, so mixed
-  # lengths do not all pay for the longest (a compiled shape per bucket). () = max_length always.
-  length_buckets: tuple[int, ...] = ()
-  eval_groups: int = 256  # validation groups per periodic evaluation (0 = the whole split)
-  test_groups: int = 0  # test groups of the final evaluation (0 = the whole split)
-  eval_list_size: int = 0  # candidates per evaluation query (0 = all the split provides)
-  eval_batch_size: int = 16  # groups per evaluation forward pass
 
-  # --- optimiser ----------------------------------------------------------------------------------
-  steps: int = 200  # optimiser steps
-  learning_rate: float = 1e-3  # peak learning rate (AdamW)
-  warmup_steps: int = 10  # linear warm-up steps
-  end_learning_rate_factor: float = 0.1  # cosine decays to peak * this factor
-  weight_decay: float = 0.0  # AdamW decoupled weight decay
-  b1: float = 0.9  # AdamW beta1
-  b2: float = 0.999  # AdamW beta2
-  clip_norm: float = 1.0  # global gradient-norm clip (0 = off)
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(Section):
+  """What trains, and how adapters look."""
+  SECTION: typing.ClassVar[str] = 'finetune'
+  # 'full' (every weight but the LM head), 'lora' (adapters), 'head' (the LM head alone); the
+  # '+lm_head' forms train the LM head too. The playground base is tiny (1M parameters): full
+  # fine-tuning learned a little faster in the calibration runs.
+  trains: str = knob('full', choices=FINETUNE_MODES)
+  lora_rank: int = knob(16, min=1)
+  lora_alpha: float = knob(32.0, above=0)  # scale = alpha / rank
+  lora_targets: tuple[str, ...] = knob(('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj',
+                                        'up_proj', 'down_proj'))
+  lora_vision: bool = knob(False)  # adapters on a native VL vision tower too
+  # trains=head only: the frozen body's answer-position hidden states are computed once per
+  # distinct prompt and kept under $DECOMP_CACHE/features (decomp/train/features.py).
+  cache_features: bool = knob(False)
 
-  # --- numerics and parallelism -------------------------------------------------------------------
-  dtype: str = 'float32'  # activation dtype
-  param_dtype: str = 'float32'  # parameter dtype
-  mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'model': 1})  # axis -> size
-  layout: str = 'data'  # 'data' (replicated params), 'fsdp' (params sharded over 'data'), 'tensor'
-  axis_rules: dict = dataclasses.field(default_factory=dict)  # logical name -> mesh axis, on top
-  #   of the layout's rules, e.g. {"embed": "data", "vision_embed": null}
-  num_devices: int = 0  # use the first num_devices devices (0 = all)
-  seed: int = 0  # the run's seed: adapter/head init and the order of training groups
-  base_seed: int = 0  # seed of the pretrained base (shared by every run's seed, as in the paper)
+  @property
+  def mode(self) -> str:
+    """'full', 'lora' or 'head' (without the LM-head suffix)."""
+    return self.trains.split('+')[0]
 
-  # --- logging, evaluation, checkpoints -----------------------------------------------------------
-  log_every: int = 1  # steps between lines of steps.jsonl (the 3 global norms run only on those)
-  example_log_every: int = 10  # steps between per-example log rows (0 = off)
-  example_grad_norms: bool = False  # exact per-example parameter-gradient norms (small models)
-  eval_every: int = 50  # steps between validation evaluations (0 = none)
-  final_eval: bool = True  # evaluate on the test split at the end (results.json)
-  eval_score: str = 'auto'  # ranking score: 'sft' (P(yes)), 'cl' (z_y), 'auto' (the objective's)
-  checkpoint_every: int = 100  # steps between checkpoints (0 = only the last step)
-  keep_checkpoints: int = 2  # checkpoints kept on disk
-  quiet: bool = False  # no progress bar (CI)
+  @property
+  def lm_head(self) -> bool:
+    """The LM head trains."""
+    return self.trains == 'head' or self.trains.endswith('+lm_head')
+
+  def _check(self):
+    if self.mode != 'lora':
+      default = defaults(FinetuneConfig)
+      changed = [k for k in ('lora_rank', 'lora_alpha', 'lora_targets', 'lora_vision')
+                 if getattr(self, k) != default[k]]
+      if changed:
+        raise self.bad(changed[0], f'LoRA settings apply to trains=lora only, not '
+                       f'trains={self.trains!r}')
+    if not self.lora_targets:
+      raise self.bad('lora_targets', 'needs at least one projection name')
+    if self.cache_features and self.trains != 'head':
+      raise self.bad('cache_features', f'needs trains=head (with trains={self.trains!r} the '
+                     'body trains, so its hidden states change every step)')
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig(Section):
+  """The objective (a decomp.OBJECTIVES name or import path) and the parts that replace its
+  weight W / direction D (a hybrid)."""
+  SECTION: typing.ClassVar[str] = 'objective'
+  name: str = knob('sft')
+  weight: str = knob('')  # decomp.weights.WEIGHTS name or import path; '' = the objective's
+  direction: str = knob('')  # decomp.directions.DIRECTIONS name or import path
+  weight_kwargs: dict = knob({})  # e.g. {'tau': 0.1} for tau_mask
+  direction_kwargs: dict = knob({})
+  temperature: float = knob(1.0, above=0)  # InfoNCE temperature of a weight that takes one
+
+  def _check(self):
+    if not self.name:
+      raise self.bad('name', 'names no objective')
+    for key, value in self.weight_kwargs.items():
+      if isinstance(value, float) and not math.isfinite(value):
+        raise self.bad('weight_kwargs', f'{key}={value} is not finite')
+    if 'temperature' in self.weight_kwargs and self.temperature != 1.0:
+      raise self.bad('weight_kwargs', 'sets temperature and so does objective.temperature: '
+                     'give it once')
+
+
+def _playground_types() -> dict[str, Any]:
+  from decomp.data.playground import PlaygroundConfig
+  return typing.get_type_hints(PlaygroundConfig)
+
+
+def check_playground_options(options: Mapping[str, Any]) -> None:
+  """The ``data.playground`` overrides name fields of PlaygroundConfig with values of their
+  types (a list where the field is a tuple)."""
+  types = _playground_types()
+  unknown = sorted(set(options) - set(types))
+  if unknown:
+    raise ConfigError(f'config data.playground: unknown PlaygroundConfig keys {unknown}; known: '
+                      f'{sorted(types)}')
+  for key, value in options.items():
+    annotation = types[key]
+    if typing.get_origin(annotation) is tuple:
+      ok = isinstance(value, (list, tuple)) and all(
+          isinstance(v, typing.get_args(annotation)[0]) for v in value)
+    elif annotation is float:
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+      ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+    if not ok:
+      raise ConfigError(f'config data.playground.{key}={value!r}: expected {annotation}')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+  """Where groups come from and how batches are shaped."""
+  SECTION: typing.ClassVar[str] = 'data'
+  source: str = knob('playground')  # 'playground' or a directory of MRB-style JSONL
+  # PlaygroundConfig overrides (decomp.data.playground). With 256 test queries the test set's
+  # own sampling noise (~1.5 NDCG points) was as large as the seed spread: 2048 by default.
+  playground: dict = knob({'tasks': ['t2t'], 'num_eval_queries': 2048})
+  # Distinct training groups shared by every seed (0: the playground's unbounded stream; JSONL
+  # data: the whole train file). With a pool, seeds differ only in the order they visit it.
+  train_pool: int = knob(0, min=0)
+  negatives: int = knob(4, min=1)  # negatives per training group (list size = 1 + negatives)
+  batch_size: int = knob(16, min=1)  # groups per step (global, over all hosts)
+  max_length: int = knob(64, min=1)  # tokens per prompt (image placeholders included)
+  # Each batch is padded to the smallest bucket that holds its longest prompt (a compiled shape
+  # per bucket). () = max_length always.
+  length_buckets: tuple[int, ...] = knob(())
+  # Data rows may name files outside the data folder (absolute paths, '..').
+  allow_outside_paths: bool = knob(False)
+
+  @property
+  def list_size(self) -> int:
+    return 1 + self.negatives
+
+  def _check(self):
+    if any(b < 1 for b in self.length_buckets):
+      raise self.bad('length_buckets', 'must be positive integers')
+    if self.length_buckets and max(self.length_buckets) < self.max_length:
+      raise self.bad('length_buckets', f'the longest bucket must hold max_length='
+                     f'{self.max_length} (a prompt is cut to max_length, then padded to a bucket)')
+    if self.source != 'playground' and self.playground != defaults(DataConfig)['playground']:
+      raise self.bad('playground', f"applies to data=playground only, not {self.source!r}")
+    check_playground_options(self.playground)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Section):
+  """AdamW with linear warm-up and cosine decay, and what to do with a non-finite step."""
+  SECTION: typing.ClassVar[str] = 'optim'
+  steps: int = knob(200, min=1)
+  learning_rate: float = knob(1e-3, above=0)  # peak
+  warmup_steps: int = knob(10, min=0)
+  end_learning_rate_factor: float = knob(0.1, min=0, max=1)  # cosine decays to peak * this
+  weight_decay: float = knob(0.0, min=0)  # decoupled
+  b1: float = knob(0.9, min=0, below=1)
+  b2: float = knob(0.999, min=0, below=1)
+  clip_norm: float = knob(1.0, min=0)  # global gradient-norm clip (0 = off)
   # A non-finite loss, gradient or parameter: 'error' stops the run (named error, last good
-  # checkpoint kept, no results.json); 'skip_step' keeps the old state and counts the step.
-  on_nonfinite: str = 'error'
+  # checkpoint kept); 'skip_step' keeps the old state and counts the step.
+  on_nonfinite: str = knob('error', choices=NONFINITE_POLICIES, resume=True)
+  # With skip_step: the run fails by name once more than this share of its steps were skipped.
+  max_skipped_fraction: float = knob(0.1, min=0, max=1, resume=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig(Section):
+  """Devices, mesh and layout, and how a step splits its work."""
+  SECTION: typing.ClassVar[str] = 'parallel'
+  mesh: dict = knob({'data': -1, 'model': 1}, evaluate=True)  # axis -> size (-1: the rest)
+  # 'data' (replicated params), 'fsdp' (params sharded over 'data'), 'tensor'
+  layout: str = knob('data', choices=LAYOUTS, evaluate=True)
+  axis_rules: dict = knob({})  # logical name -> mesh axis, on top of the layout's rules
+  num_devices: int = knob(0, min=0, evaluate=True)  # the first num_devices devices (0 = all)
+  # Documents per chunk of the exact two-pass step (decomp.chunked); 0: the whole list at once.
+  doc_chunk: int = knob(0, min=0)
+  # Micro-batches per step, gradients accumulated with the whole batch's list normaliser.
+  accumulate_steps: int = knob(1, min=1)
+
+  def _check(self):
+    for name, axes in self.axis_rules.items():
+      axes = (axes,) if isinstance(axes, str) or axes is None else tuple(axes)
+      unknown = [a for a in axes if a is not None and a not in self.mesh]
+      if unknown:
+        raise self.bad('axis_rules', f'logical name {name!r} maps to {unknown}, not axes of '
+                       f'mesh {self.mesh}')
+    for axis, size in self.mesh.items():
+      if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
+        raise self.bad('mesh', f'axis {axis!r} has size {size!r}: expected a positive integer '
+                       'or -1 (the remaining devices)')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalLogConfig(Section):
+  """Logs, evaluation and checkpoints."""
+  SECTION: typing.ClassVar[str] = 'eval_log'
+  log_every: int = knob(1, min=1, resume=True)  # steps between lines of steps.jsonl
+  example_log_every: int = knob(10, min=0, resume=True)  # per-example log rows (0 = off)
+  example_grad_norms: bool = knob(False)  # exact per-example gradient norms (small models)
+  eval_every: int = knob(50, min=0, resume=True)  # steps between validations (0 = none)
+  final_eval: bool = knob(True, resume=True)  # the test split at the end (results.json)
+  eval_score: str = knob('auto', evaluate=True)  # 'sft' (P(yes)), 'cl' (z_y), 'auto'
+  eval_groups: int = knob(256, min=0, resume=True, evaluate=True)  # 0 = the whole split
+  test_groups: int = knob(0, min=0, resume=True, evaluate=True)  # 0 = the whole split
+  eval_list_size: int = knob(0, min=0, evaluate=True)  # candidates per query (0 = all)
+  eval_batch_size: int = knob(16, min=1, evaluate=True)  # groups per evaluation forward pass
+  checkpoint_every: int = knob(100, min=0, resume=True)  # 0 = only the last step
+  keep_checkpoints: int = knob(2, min=1, resume=True)
+  quiet: bool = knob(False, resume=True, evaluate=True)  # no progress bar
+
+  def _check(self):
+    if self.eval_list_size == 1:
+      raise self.bad('eval_list_size', 'a list of one document ranks trivially (NDCG 1): use 0 '
+                     '(all candidates) or at least 2')
+    if self.eval_score != 'auto' and self.eval_score not in objectives_lib.RANK_SCORES:
+      raise self.bad('eval_score', f"expected 'auto' or one of "
+                     f'{sorted(objectives_lib.RANK_SCORES)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig(Section):
+  """The playground base's recipe (decomp.playground.base): read only when model.path is
+  'playground', refused otherwise. Its fields, the model's shape and the playground world make
+  the base's cache key."""
+  SECTION: typing.ClassVar[str] = 'base'
+  steps: int = knob(300, min=0)
+  learning_rate: float = knob(3e-3, above=0)
+  batch_size: int = knob(32, min=1)
+  # Yes/no questions about one attribute of a described scene per group (half true): they teach
+  # the label words as content-dependent answers. 0: the base never sees the label words.
+  qa_per_group: int = knob(0, min=0)
+  # Image-text matching questions per group ('{query} . {document} . Does it match ? yes|no').
+  match_per_group: int = knob(0, min=0)
+  match_format: str = knob('words', choices=('words', 'chat'))
+  # The "no" questions' scenes: 'group' (the group's negatives) or 'random' (coarse mismatches).
+  match_negatives: str = knob('group', choices=('group', 'random'))
+  vision_steps: int = knob(0, min=0)  # the vision tower's own pre-training steps first
+  # Keep ViT + projector fixed in the LM stage: trained jointly with a fresh LM they collapse
+  # every image to one constant token (docs/calibration.md).
+  freeze_vision: bool = knob(False)
+  seed: int = knob(0, min=0)  # shared by every run's seed, as in the paper
+
+
+SECTIONS: dict[str, type] = {
+    'model': ModelConfig, 'readout': ReadoutConfig, 'finetune': FinetuneConfig,
+    'objective': ObjectiveConfig, 'data': DataConfig, 'optim': OptimConfig,
+    'parallel': ParallelConfig, 'eval_log': EvalLogConfig, 'base': BaseConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+  """Every knob of a training run, in sections (see the module docstring)."""
+  SECTION: typing.ClassVar[str] = ''
+  name: str = knob('custom', resume=True)  # the named config this came from (informational)
+  seed: int = knob(0, min=0)  # adapter/head init and the order of training groups
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  readout: ReadoutConfig = dataclasses.field(default_factory=ReadoutConfig)
+  finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+  objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+  eval_log: EvalLogConfig = dataclasses.field(default_factory=EvalLogConfig)
+  base: BaseConfig = dataclasses.field(default_factory=BaseConfig)
+
+  def _check(self):
+    for name, section in SECTIONS.items():
+      if not isinstance(getattr(self, name), section):
+        raise _bad(name, getattr(self, name), f'expected a {section.__name__}')
+    base_default = defaults(BaseConfig)
+    changed = [k for k, v in base_default.items() if getattr(self.base, k) != v]
+    if self.model.path != 'playground' and changed:
+      raise _bad(f'base.{changed[0]}', getattr(self.base, changed[0]),
+                 f"the playground base's recipe applies to model=playground only, not "
+                 f'model={self.model.path!r}')
+    if not self.model.is_random_shape:
+      model_default = defaults(ModelConfig)
+      changed = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata['shape']
+                 and getattr(self.model, f.name) != model_default[f.name]]
+      if changed:
+        raise _bad(f'model.{changed[0]}', getattr(self.model, changed[0]),
+                   f'shape fields of random/playground models do not apply to model='
+                   f'{self.model.path!r}, whose checkpoint fixes its shape')
+    if self.parallel.doc_chunk > self.data.list_size:
+      raise _bad('parallel.doc_chunk', self.parallel.doc_chunk, f'expected 0 (the whole list '
+                 f'at once) or 1..{self.data.list_size} (documents per chunk of a list of 1 + '
+                 f'negatives={self.data.negatives})')
+    if self.data.batch_size % self.parallel.accumulate_steps:
+      divisors = [d for d in range(1, self.data.batch_size + 1) if self.data.batch_size % d == 0]
+      raise _bad('parallel.accumulate_steps', self.parallel.accumulate_steps,
+                 f'expected a divisor of batch_size={self.data.batch_size}: {divisors}')
 
   @property
   def list_size(self) -> int:
     """Documents per training group: one positive and ``negatives`` negatives."""
-    return 1 + self.negatives
+    return self.data.list_size
 
 
-def playground() -> TrainConfig:
-  """The built-in CPU config: the pretrained playground reranker, fully fine-tuned with SFT on
-  the T->T playground (calibrated: ~0.5 s/step on one core, test NDCG@10 0.6-0.7 at 200 steps)."""
-  return TrainConfig(name='playground')
+def replace(cfg: TrainConfig, **sections: Mapping[str, Any]) -> TrainConfig:
+  """``cfg`` with fields of its sections replaced: ``replace(cfg, optim={'steps': 3})``; top-level
+  fields (``name``, ``seed``) are given directly."""
+  changes = {}
+  for key, value in sections.items():
+    if key in SECTIONS:
+      changes[key] = dataclasses.replace(getattr(cfg, key), **value)
+    else:
+      changes[key] = value
+  return dataclasses.replace(cfg, **changes)
 
 
-def playground_quick() -> TrainConfig:
-  """A shrunk playground run for tests and smoke runs: seconds per hundred steps on CPU."""
-  return TrainConfig(
-      name='playground_quick', model='random', hidden_size=32, num_layers=2, num_heads=2,
-      num_kv_heads=1, intermediate_size=64, vision_hidden_size=32, vision_layers=1,
-      vision_heads=2, image_size=16, patch_size=8, pretrain_steps=50, finetune='full',
-      negatives=3, batch_size=8, max_length=64, eval_groups=16, test_groups=16, eval_batch_size=8,
-      steps=20, learning_rate=3e-3, warmup_steps=2, log_every=1, example_log_every=5,
-      eval_every=10, checkpoint_every=10,
-      playground={})  # every task family (images included): the smoke runs exercise all paths
+def fields(cfg: TrainConfig | None = None):
+  """``(path, field, value)`` for every leaf field, e.g. ``('optim.steps', Field, 200)``."""
+  cfg = cfg or TrainConfig()
+  for f in dataclasses.fields(TrainConfig):
+    if f.name in SECTIONS:
+      section = getattr(cfg, f.name)
+      for g in dataclasses.fields(section):
+        yield f'{f.name}.{g.name}', g, getattr(section, g.name)
+    else:
+      yield f.name, f, getattr(cfg, f.name)
 
 
-# The multimodal main job's base: the tower pre-trained, then frozen while the LM learns the
-# captions and 32 matching questions per group (random negatives) in 3000 steps (~7.5 min on one
-# core). Jointly trained, the ViT and projector collapse every image to one token; with
-# hard negatives in the questions, or fewer steps, image matching stays near chance
-# (docs/calibration.md, "Image families").
-MULTIMODAL_BASE = dict(pretrain_vision_steps=1000, pretrain_freeze_vision=True,
-                       pretrain_match_per_group=32, pretrain_match_negatives='random',
-                       pretrain_steps=3000)
+def free_on_resume() -> frozenset[str]:
+  """Paths that may differ between a run and its resumption: they change no trained value."""
+  return frozenset(p for p, f, _ in fields() if f.metadata.get('resume'))
 
 
-def playground_multimodal() -> TrainConfig:
-  """The main job (``make demo``): T->T, T->I, I->T and IT->IT on the playground, the LM head
-  trained on the frozen features of a base that reads its images (:data:`MULTIMODAL_BASE`),
-  each prompt the base's own matching question (the 'playground' prompt preset); 1024 test
-  queries per family."""
-  return dataclasses.replace(
-      playground(), name='playground_multimodal', finetune='head', cache_features=True,
-      prompt='playground', **MULTIMODAL_BASE,
-      playground={'tasks': ['t2t', 't2i', 'i2t', 'it2it'], 'num_eval_queries': 1024})
-
-
-NAMED_CONFIGS: dict[str, Callable[[], TrainConfig]] = {
-    'playground': playground,
-    'playground_quick': playground_quick,
-    'playground_multimodal': playground_multimodal,
-}
-
-
-def from_file(path: str) -> TrainConfig:
-  """Reads a config from a ``.json`` (e.g. a workdir's ``config.json``) or a ``.py`` file.
-
-  A ``.py`` file must define ``get_config()`` returning a :class:`TrainConfig` (or a dict of
-  fields).
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config file {path!r} does not exist')
-  if path.endswith('.json'):
-    with open(path) as f:
-      try:
-        data = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'config file {path!r} is not valid JSON: {e}') from None
-    return from_dict(data, source=path)
-  if path.endswith('.py'):
-    spec = importlib.util.spec_from_file_location('_decomp_user_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, 'get_config'):
-      raise ValueError(f'config file {path!r} defines no get_config()')
-    cfg = module.get_config()
-    if isinstance(cfg, Mapping):
-      cfg = from_dict(cfg, source=path)
-    if not isinstance(cfg, TrainConfig):
-      raise TypeError(f'{path}: get_config() returned {type(cfg).__name__}, not a TrainConfig')
-    return cfg
-  raise ValueError(f'config file {path!r}: expected a .json or .py file')
-
-
-def get_config(name_or_file: str = 'playground') -> TrainConfig:
-  """A named preset (``playground``, ``playground_quick``) or a config file."""
-  if name_or_file in NAMED_CONFIGS:
-    return NAMED_CONFIGS[name_or_file]()
-  if name_or_file.endswith(('.py', '.json')):
-    return from_file(name_or_file)
-  raise ValueError(
-      f'unknown config {name_or_file!r}: expected one of {sorted(NAMED_CONFIGS)} or a .py/.json '
-      'file')
-
-
-def _field_types() -> dict[str, Any]:
-  return typing.get_type_hints(TrainConfig)
-
-
-def _unknown_key_error(key: str, source: str) -> KeyError:
-  names = [f.name for f in dataclasses.fields(TrainConfig)]
-  close = difflib.get_close_matches(key, names, n=3)
-  hint = f'; did you mean {", ".join(close)}?' if close else ''
-  return KeyError(f'{source}: unknown config key {key!r}{hint}')
-
-
-def from_dict(data: Mapping[str, Any], *, source: str = 'config') -> TrainConfig:
-  """Builds a config from a mapping (as written to ``config.json``); unknown keys are errors."""
-  types = _field_types()
-  kwargs = {}
-  for key, value in data.items():
-    if key not in types:
-      raise _unknown_key_error(key, source)
-    if isinstance(value, list):
-      value = tuple(value)
-    kwargs[key] = value
-  return TrainConfig(**kwargs)
-
-
-OBJECTIVE_FIELDS = ('objective', 'weight', 'direction')
+def free_on_evaluation() -> frozenset[str]:
+  """Paths ``evaluate_workdir`` may change: how a run is evaluated, not what was trained."""
+  return frozenset(p for p, f, _ in fields() if f.metadata.get('evaluate'))
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-  """JSON-able dict of the config. Objective fields are recorded portably: a name registered in
-  code (or an objective object) by its import path, so another process resolves it."""
-  out = {}
-  for f in dataclasses.fields(cfg):
-    value = getattr(cfg, f.name)
-    if f.name in OBJECTIVE_FIELDS and value != '':
-      value = objectives_lib.portable_name(f.name, value)
+  """JSON-able nested dict of the config. Objective names registered in code are recorded by
+  their import path, so another process resolves them."""
+  out: dict[str, Any] = {}
+  for path, _, value in fields(cfg):
+    section, _, name = path.rpartition('.')
+    if section == 'objective' and name in ('name', 'weight', 'direction') and value != '':
+      value = objectives_lib.portable_name('objective' if name == 'name' else name, value)
     elif isinstance(value, tuple):
       value = list(value)
-    out[f.name] = value
+    (out.setdefault(section, {}) if section else out)[name] = value
   return out
 
 
-def canonical_dict(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-  """The config as written to ``config.json``, with every field present: a dict read from a run
-  written before a field existed gets that field's default, so configs of different code ages
-  compare equal when they train the same run."""
-  cfg = from_dict(config) if isinstance(config, Mapping) else config
-  return json.loads(json.dumps(to_dict(cfg)))
+def flat_dict(cfg: TrainConfig) -> dict[str, Any]:
+  """``{path: value}`` of every field, JSON-normalised (tuples as lists, objective names as
+  import paths): configs read from files and built in code compare equal."""
+  nested = json.loads(json.dumps(to_dict(cfg)))
+  return {path: (nested[path.split('.')[0]][path.split('.')[1]] if '.' in path else nested[path])
+          for path, _, _ in fields(cfg)}
 
 
 def config_hash(data: Mapping[str, Any]) -> str:
@@ -338,249 +558,83 @@ def config_hash(data: Mapping[str, Any]) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _coerce(key: str, text: str, current: Any, annotation: Any) -> Any:
-  """Parses ``text`` into the type of the field (or of its current value)."""
-  def bad(kind):
-    return ValueError(f'config key {key!r}: cannot read {text!r} as {kind}')
-  if annotation is Any and text.strip().lower() in ('true', 'false'):
-    return text.strip().lower() == 'true'  # a tri-state field ('auto', true, false)
-  if isinstance(current, bool) or annotation is bool:
-    lowered = text.strip().lower()
-    if lowered in ('1', 'true', 'yes', 'on'):
-      return True
-    if lowered in ('0', 'false', 'no', 'off'):
-      return False
-    raise bad('a boolean')
-  if isinstance(current, int) or annotation is int:
-    try:
-      return int(text)
-    except ValueError:
-      raise bad('an integer') from None
-  if isinstance(current, float) or annotation is float:
-    try:
-      return float(text)
-    except ValueError:
-      raise bad('a number') from None
-  if isinstance(current, (tuple, list)):
-    text = text.strip()
-    if text.startswith(('[', '(')):
-      try:
-        value = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        raise bad('a list') from None
-      return tuple(value)
-    return tuple(part.strip() for part in text.split(',') if part.strip())
-  if isinstance(current, dict):
-    try:
-      value = json.loads(text)
-    except json.JSONDecodeError:
-      raise bad('a JSON object') from None
-    if not isinstance(value, dict):
-      raise bad('a JSON object')
-    return value
-  return text  # str fields and objective names
-
-
-def _literal(text: str) -> Any:
-  """Value inside a dict field (``mesh.data=4``): a Python/JSON literal, else the raw string."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    lowered = text.lower()
-    if lowered in ('true', 'false'):
-      return lowered == 'true'
-    return text
-
-
-def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-  """Returns a copy of ``cfg`` with ``key=value`` overrides applied.
-
-  Values are parsed to the field's type; dict fields take JSON (``mesh={"data": 4}``) or a dotted
-  key (``mesh.data=4``, ``weight_kwargs.tau=0.1``); tuple fields take ``a,b`` or a list literal.
-  """
-  types = _field_types()
-  changes: dict[str, Any] = {}
-  for item in overrides:
-    if '=' not in item:
-      raise ValueError(f'override {item!r} is not of the form key=value')
-    key, text = item.split('=', 1)
-    key = key.strip()
-    field_name, _, sub = key.partition('.')
-    if field_name not in types:
-      raise _unknown_key_error(field_name, 'override')
-    current = changes.get(field_name, getattr(cfg, field_name))
-    if sub:
-      if not isinstance(current, dict):
-        raise ValueError(f'override {item!r}: {field_name!r} is not a dict field')
-      value = dict(current)
-      value[sub] = _literal(text)
-    else:
-      value = _coerce(field_name, text, current, types[field_name])
-    changes[field_name] = value
-  return dataclasses.replace(cfg, **changes)
-
-
 def label_words(cfg: TrainConfig) -> tuple[str, ...]:
-  """The label words the reranker reads: the prompt preset's, else ``cfg.label_words``."""
-  if cfg.prompt:
-    from decomp.models.presets import get_preset
-    return tuple(get_preset(cfg.prompt).label_words)
-  return tuple(cfg.label_words)
+  """The label words the reranker reads: the preset's, else ``readout.label_words``."""
+  return cfg.readout.words
 
 
 def make_objective(cfg: TrainConfig) -> objectives_lib.Objective:
-  """The :class:`~decomp.Objective` of a config: ``objective`` with its parts replaced by
-  ``weight`` / ``direction`` when given, and parameters bound.
+  """The :class:`~decomp.Objective` of a config: ``objective.name`` with its parts replaced by
+  ``objective.weight`` / ``objective.direction`` when given, and parameters bound.
 
-  ``temperature`` is bound to the weight when it takes one (``cl``, ``cl_rescaled``);
+  ``objective.temperature`` is bound to the weight when it takes one (``cl``, ``cl_rescaled``);
   ``weight_kwargs`` / ``direction_kwargs`` must all be accepted.
   """
+  oc = cfg.objective
   try:
-    base = objectives_lib.resolve_objective(cfg.objective)
-    objective = base.with_parts(weight=cfg.weight or None, direction=cfg.direction or None)
-    # The config's temperature reaches a weight that takes one, unless the weight binds its own.
+    base = objectives_lib.resolve_objective(oc.name)
+    objective = base.with_parts(weight=oc.weight or None, direction=oc.direction or None)
     weight_params = {} if 'temperature' in objective.weight.params else _params.accepted(
-        objective.weight.fn, {'temperature': cfg.temperature})
-    weight_params.update(cfg.weight_kwargs)
-    return objective.with_parts(weight_params=weight_params,
-                                direction_params=cfg.direction_kwargs)
+        objective.weight.fn, {'temperature': oc.temperature})
+    weight_params.update(oc.weight_kwargs)
+    objective = objective.with_parts(weight_params=weight_params,
+                                     direction_params=oc.direction_kwargs)
   except (ValueError, TypeError) as e:
-    raise ValueError(f'config objective={cfg.objective!r} (weight={cfg.weight!r}, '
-                     f'direction={cfg.direction!r}): {e}') from None
+    raise ConfigError(f'config objective={oc.name!r} (weight={oc.weight!r}, '
+                      f'direction={oc.direction!r}): {e}') from None
+  if not objective.has_loss:
+    raise ConfigError(f'config objective={objective.name!r} has no loss to log as `loss`: give '
+                      'its weight one (decomp.Weight(fn, loss=...)) or the objective '
+                      '(decomp.Objective(..., loss=...))')
+  if cfg.readout.label_head == 'random' and 'log_normalizer' in objective.needs:
+    # log p(yes) = z_y - log sum_v exp z_v needs z_y to be one of the vocabulary's logits.
+    raise ConfigError(f"config readout.label_head='random': objective {objective.name!r} reads "
+                      'the vocabulary log-normaliser, which a random label head does not score '
+                      'with')
+  return objective
 
 
 def validate(cfg: TrainConfig, *, num_devices: int | None = None,
              max_negatives: int | None = None, num_processes: int = 1) -> None:
-  """Checks a config before any compute; raises ValueError naming the bad key.
-
-  Args:
-    num_devices: global device count (checks the mesh and the batch split).
-    max_negatives: negatives the data offers per training group (checks ``negatives``).
-    num_processes: processes of a multi-host run (the batch must split over them).
-  """
-  def bad(key, message):
-    raise ValueError(f'config {key}={getattr(cfg, key)!r}: {message}')
-
-  objective = make_objective(cfg)
-  if not objective.has_loss:
-    bad('objective', f'{objective.name!r} has no loss to log as `loss`: give its weight one '
-                     '(decomp.Weight(fn, loss=...)) or the objective (decomp.Objective(..., '
-                     'loss=...))')
-  for key in ('steps', 'batch_size', 'max_length', 'eval_batch_size', 'keep_checkpoints'):
-    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-      bad(key, 'must be a positive integer')
-  for key in ('num_devices', 'log_every', 'example_log_every', 'eval_every', 'checkpoint_every',
-              'warmup_steps', 'eval_groups', 'test_groups', 'eval_list_size', 'pretrain_steps'):
-    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
-      bad(key, 'must be a non-negative integer')
-  if not isinstance(cfg.negatives, int) or cfg.negatives < 1:
-    bad('negatives', 'needs at least one negative per group')
-  if max_negatives is not None and cfg.negatives > max_negatives:
-    bad('negatives', f'the data offers only {max_negatives} negatives per group')
-  if not isinstance(cfg.doc_chunk, int) or isinstance(cfg.doc_chunk, bool) or not (
-      0 <= cfg.doc_chunk <= cfg.list_size):
-    bad('doc_chunk', f'expected 0 (the whole list at once) or 1..{cfg.list_size} (documents per '
-                     f'chunk of a list of 1 + negatives={cfg.negatives})')
-  if (not isinstance(cfg.accumulate_steps, int) or isinstance(cfg.accumulate_steps, bool)
-      or cfg.accumulate_steps < 1 or cfg.batch_size % cfg.accumulate_steps):
-    divisors = [d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0]
-    bad('accumulate_steps', f'expected a divisor of batch_size={cfg.batch_size}: {divisors}')
-  if cfg.length_buckets:
-    if any(not isinstance(b, int) or b < 1 for b in cfg.length_buckets):
-      bad('length_buckets', 'must be positive integers')
-    if max(cfg.length_buckets) < cfg.max_length:
-      bad('length_buckets', f'the longest bucket must hold max_length={cfg.max_length} '
-                            '(a prompt is truncated to max_length, then padded to a bucket)')
-    if num_processes > 1:
-      bad('length_buckets', 'pads each process\'s rows to their own bucket: use it with one '
-                            'process (the processes of a multi-host run must agree on shapes)')
-  if cfg.learning_rate <= 0:
-    bad('learning_rate', 'must be positive')
-  if cfg.temperature <= 0:
-    bad('temperature', 'must be positive')
-  if cfg.clip_norm < 0:
-    bad('clip_norm', 'must be >= 0 (0 = no clipping)')
-  if cfg.finetune not in FINETUNE_MODES:
-    bad('finetune', f'expected one of {FINETUNE_MODES}')
-  if cfg.finetune == 'lora' and cfg.lora_rank < 1:
-    bad('lora_rank', 'must be >= 1')
-  if cfg.layout not in LAYOUTS:
-    bad('layout', f'expected one of {LAYOUTS}')
-  for name, axes in cfg.axis_rules.items():
-    axes = (axes,) if isinstance(axes, str) or axes is None else tuple(axes)
-    unknown = [a for a in axes if a is not None and a not in cfg.mesh]
-    if unknown:
-      bad('axis_rules', f'logical name {name!r} maps to {unknown}, not axes of mesh {cfg.mesh}')
-  for key in ('dtype', 'param_dtype'):
-    if getattr(cfg, key) not in DTYPES:
-      bad(key, f'expected one of {DTYPES}')
-  if cfg.eval_score != 'auto' and cfg.eval_score not in objectives_lib.RANK_SCORES:
-    bad('eval_score', f"expected 'auto' or one of {sorted(objectives_lib.RANK_SCORES)}")
-  if cfg.vision not in ('auto', True, False):
-    bad('vision', "expected 'auto', true or false")
-  if cfg.train_pool < 0:
-    bad('train_pool', 'must be >= 0 (0 = the unbounded stream)')
-  if cfg.pretrain_qa_per_group < 0:
-    bad('pretrain_qa_per_group', 'must be >= 0')
-  if cfg.pretrain_match_per_group < 0:
-    bad('pretrain_match_per_group', 'must be >= 0')
-  if cfg.pretrain_vision_steps < 0:
-    bad('pretrain_vision_steps', 'must be >= 0')
-  if cfg.pretrain_match_negatives not in ('group', 'random'):
-    bad('pretrain_match_negatives', "expected 'group' or 'random'")
-  if cfg.pretrain_match_format not in ('words', 'chat'):
-    bad('pretrain_match_format', "expected 'words' or 'chat'")
-  if not isinstance(cfg.pretrain_freeze_vision, bool):
-    bad('pretrain_freeze_vision', 'expected true or false')
-  if len(cfg.label_words) < 2:
-    bad('label_words', 'needs at least the yes and the no word')
-  if cfg.cache_features and cfg.finetune != 'head':
-    bad('cache_features', f'needs finetune=head (with finetune={cfg.finetune!r} the body trains, '
-                          'so its hidden states change every step)')
-  if cfg.cache_features and num_processes > 1:
-    bad('cache_features', 'is single-process (each host would keep its own cache)')
-  if cfg.prompt:
-    from decomp.models.presets import PRESETS
-    if cfg.prompt not in PRESETS:
-      bad('prompt', f"expected '' (decomp's template) or a reranker preset {sorted(PRESETS)}")
-    elif tuple(cfg.label_words) not in (TrainConfig.label_words, PRESETS[cfg.prompt].label_words):
-      bad('label_words', f'prompt={cfg.prompt!r} reads its own label words '
-                         f'{PRESETS[cfg.prompt].label_words}; leave label_words unset')
-  if cfg.label_pooling not in LABEL_POOLINGS:
-    bad('label_pooling', f'expected one of {LABEL_POOLINGS}')
-  elif cfg.label_pooling == 'pairs' and len(cfg.label_words) % 2:
-    bad('label_words', "label_pooling='pairs' needs (positive, negative) word pairs: an even "
-                       f'count, got {len(cfg.label_words)}')
-  if cfg.label_head not in LABEL_HEADS:
-    bad('label_head', f'expected one of {LABEL_HEADS}')
-  elif cfg.label_head == 'random' and 'log_normalizer' in objective.needs:
-    # log p(yes) = z_y - log sum_v exp z_v needs z_y to be one of the vocabulary's logits.
-    bad('label_head', f"objective {objective.name!r} reads the vocabulary log-normaliser, which "
-                      "label_head='random' (no label token) does not score with")
-  # A fresh ViT's patches (a checkpoint's tower has its own, checked when the model is built).
-  fresh_vit = cfg.vision is True or (cfg.vision == 'auto' and cfg.model in ('random', 'playground'))
-  if fresh_vit and cfg.image_size % cfg.patch_size:
-    bad('image_size', f'must be a multiple of patch_size={cfg.patch_size}')
-  if num_devices is not None and cfg.num_devices:
-    if cfg.num_devices > num_devices:
-      bad('num_devices', f'only {num_devices} devices are available')
-    num_devices = cfg.num_devices
-  if num_devices is not None:
-    from decomp.train import mesh as mesh_lib
-    try:
-      sizes = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices)
-    except ValueError as e:
-      raise ValueError(f'config mesh={cfg.mesh!r}: {e}') from None
-    split = 1
-    for axis in mesh_lib.BATCH_AXES:
-      split *= sizes.get(axis, 1)
-    split = max(split, num_processes)
-    for key in ('batch_size', 'eval_batch_size'):
-      if getattr(cfg, key) % split:
-        bad(key, f'must be divisible by the {split} data-parallel shards of mesh {sizes}')
-    if (cfg.batch_size // max(cfg.accumulate_steps, 1)) % split:
-      bad('accumulate_steps', f'each of the {cfg.accumulate_steps} micro-batches of '
-                              f'batch_size={cfg.batch_size} must split over the {split} '
-                              f'data-parallel shards of mesh {sizes}')
-  elif num_processes > 1 and cfg.batch_size % num_processes:
-    bad('batch_size', f'must be divisible by the {num_processes} processes')
+  """The checks that need the run's surroundings (the sections check themselves on creation):
+  the objective resolves, the data offers the negatives, the mesh fits the devices and the
+  batches split over the data shards and processes. Raises ConfigError naming the field."""
+  make_objective(cfg)
+  data, parallel = cfg.data, cfg.parallel
+  if max_negatives is not None and data.negatives > max_negatives:
+    raise _bad('data.negatives', data.negatives,
+               f'the data offers only {max_negatives} negatives per group')
+  if data.length_buckets and num_processes > 1:
+    raise _bad('data.length_buckets', data.length_buckets, "pads each process's rows to their "
+               'own bucket: use it with one process (the processes of a multi-host run must '
+               'agree on shapes)')
+  if cfg.finetune.cache_features and num_processes > 1:
+    raise _bad('finetune.cache_features', True,
+               'is single-process (each host would keep its own cache)')
+  if num_devices is not None and parallel.num_devices:
+    if parallel.num_devices > num_devices:
+      raise _bad('parallel.num_devices', parallel.num_devices,
+                 f'only {num_devices} devices are available')
+    num_devices = parallel.num_devices
+  if num_devices is None:
+    if num_processes > 1 and data.batch_size % num_processes:
+      raise _bad('data.batch_size', data.batch_size,
+                 f'must be divisible by the {num_processes} processes')
+    return
+  from decomp.train import mesh as mesh_lib
+  try:
+    sizes = mesh_lib.resolve_mesh_shape(parallel.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(f'config parallel.mesh={parallel.mesh!r}: {e}') from None
+  split = 1
+  for axis in mesh_lib.BATCH_AXES:
+    split *= sizes.get(axis, 1)
+  split = max(split, num_processes)
+  if data.batch_size % split:
+    raise _bad('data.batch_size', data.batch_size,
+               f'must be divisible by the {split} data-parallel shards of mesh {sizes}')
+  if (data.batch_size // parallel.accumulate_steps) % split:
+    raise _bad('parallel.accumulate_steps', parallel.accumulate_steps,
+               f'each of the {parallel.accumulate_steps} micro-batches of batch_size='
+               f'{data.batch_size} must split over the {split} data-parallel shards of mesh '
+               f'{sizes}')

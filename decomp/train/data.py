@@ -66,13 +66,13 @@ def group_meta(groups: Sequence[data_types.Group], list_size: int) -> dict[str, 
 
 
 def playground_config(cfg: config_lib.TrainConfig):
-  """The run's PlaygroundConfig: defaults, the config's image size, then ``cfg.playground``.
+  """The run's PlaygroundConfig: defaults, the config's image size, then ``cfg.data.playground``.
 
   The world (and so the val/test benchmark) is fixed by ``playground.seed`` (default 0), not the
   run's seed: seeds differ in initialisation and training order only, over one benchmark.
   """
   from decomp.data.playground import PlaygroundConfig
-  options = {'seed': 0, 'image_size': cfg.image_size, **cfg.playground}
+  options = {'seed': 0, 'image_size': cfg.model.image_size, **cfg.data.playground}
   fields = {f.name for f in dataclasses.fields(PlaygroundConfig)}
   unknown = sorted(set(options) - fields)
   if unknown:
@@ -102,14 +102,14 @@ def _epoch_permutation(seed: int, epoch: int, pool_size: int) -> np.ndarray:
 
 
 class PlaygroundSource:
-  """Groups of the procedural playground (``cfg.playground`` are PlaygroundConfig overrides)."""
+  """Groups of the procedural playground (``cfg.data.playground`` are PlaygroundConfig overrides)."""
 
   def __init__(self, cfg: config_lib.TrainConfig):
     from decomp.data.playground import Playground
     self.playground = Playground(playground_config(cfg))
     self.max_negatives = self.playground.config.negatives
     self.seed = cfg.seed
-    self.train_pool = cfg.train_pool
+    self.train_pool = cfg.data.train_pool
     # Without a pool each run seed reads its own stretch of the unbounded train stream.
     self.train_offset = TRAIN_STREAM_STRIDE * cfg.seed
     self.has_images = any(task not in data_types.TEXT_ONLY_TASKS
@@ -149,11 +149,11 @@ class JsonlSource:
     return mrb.load_jsonl(path, **options)[0]
 
   def __init__(self, cfg: config_lib.TrainConfig, *, load_images: bool = True):
-    self.directory = cfg.data
+    self.directory = cfg.data.source
     self.seed = cfg.seed
-    self.train_pool = cfg.train_pool
+    self.train_pool = cfg.data.train_pool
     self._load = lambda path: self.read(
-        path, image_size=cfg.image_size if load_images else None, load_images=load_images,
+        path, image_size=cfg.model.image_size if load_images else None, load_images=load_images,
         shuffle_seed=cfg.seed)
     self._splits: dict[str, list[data_types.Group]] = {}
     train = self._split('train')
@@ -197,30 +197,28 @@ class FlagEmbeddingSource(JsonlSource):
     return flag.load_flag(path, **options)[0]
 
 
-class GroupData:
-  """Training and evaluation batches of a group source for one config and tokenizer.
+class Encoder:
+  """Groups -> model inputs for one config, tokenizer and image reader.
 
-  Training lists hold one positive and ``cfg.negatives`` negatives (``list_size``); evaluation
-  lists keep every candidate (or ``eval_list_size``). ``vision`` is what reads the images: the
-  model's LLaVA ViT shape (placeholders per image, preprocessing) or a Qwen-VL model's config
-  (every image resized to ``image_size`` square, cut into the tower's patches; M-RoPE
-  ``positions [B, n, 3, T]`` in the batch); None encodes image items by their caption.
+  ``vision`` is what reads the images: the model's LLaVA ViT shape (placeholders per image,
+  preprocessing) or a Qwen-VL model's config (every image resized to ``image_size`` square, cut
+  into the tower's patches; M-RoPE ``positions [B, n, 3, T]`` in the batch); None (or a source
+  without images: ``has_images=False``) encodes image items by their caption.
   """
 
-  def __init__(self, cfg: config_lib.TrainConfig, source, tokenizer,
-               vision: VisionConfig | QwenVLConfig | None = None):
+  def __init__(self, cfg: config_lib.TrainConfig, tokenizer,
+               vision: VisionConfig | QwenVLConfig | None = None, *, has_images: bool = True):
     self.cfg = cfg
-    self.source = source
-    self.max_negatives = source.max_negatives
     self.tokenizer = tokenizer
     self.vision = vision
+    self.has_images = has_images
     self.image_processor = None
     if isinstance(vision, QwenVLConfig):
       v = vision.vision
       self.image_processor = QwenImageProcessor(
           patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
           merge_size=v.spatial_merge_size)
-      self.image_tokens = (cfg.image_size // v.patch_size) ** 2 // v.spatial_merge_size ** 2
+      self.image_tokens = (cfg.model.image_size // v.patch_size) ** 2 // v.spatial_merge_size ** 2
     else:
       self.image_tokens = vision.num_patches if vision is not None else 0
 
@@ -233,20 +231,20 @@ class GroupData:
     """
     cfg = self.cfg
     kwargs = {}
-    if self.image_processor is not None and self.source.has_images:
-      size = cfg.image_size
+    if self.image_processor is not None and self.has_images:
+      size = cfg.model.image_size
       kwargs = dict(image_tokens=self.image_tokens, image_size=size, image_token=QWEN_IMAGE_PAD,
                     image_processor=lambda images: self.image_processor.fixed_size_patches(
                         images, size))
-    elif self.vision is not None and self.source.has_images:
-      kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.image_size,
+    elif self.vision is not None and self.has_images:
+      kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.model.image_size,
                     image_mean=self.vision.image_mean, image_std=self.vision.image_std)
     else:
       groups = [_drop_images(g) for g in groups]
     arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
-                           max_length=cfg.max_length, padding_side='left',
-                           pad_multiple=cfg.max_length, lengths=cfg.length_buckets or None,
-                           preset=cfg.prompt or None, **kwargs)
+                           max_length=cfg.data.max_length, padding_side='left',
+                           pad_multiple=cfg.data.max_length, lengths=cfg.data.length_buckets or None,
+                           preset=cfg.readout.preset or None, **kwargs)
     if self.image_processor is not None and 'pixel_values' in arrays:
       arrays['positions'] = self._mrope_positions(arrays)
     arrays['labels'] = arrays['labels'].astype(np.int32)
@@ -261,33 +259,53 @@ class GroupData:
     v = self.vision.vision
     ids, mask = arrays['input_ids'], arrays['attention_mask']
     b, n, t = ids.shape
-    side = self.cfg.image_size // v.patch_size
+    side = self.cfg.model.image_size // v.patch_size
     grid = np.tile([[1, side, side]], (int(arrays['image_valid'].sum()), 1))
     positions = rope_index(ids.reshape(b * n, t), mask.reshape(b * n, t), grid if len(grid)
                            else None, image_token_id=self.vision.image_token_id,
                            spatial_merge_size=v.spatial_merge_size)
     return np.ascontiguousarray(positions.reshape(3, b, n, t).transpose(1, 2, 0, 3))
 
+
+class GroupData:
+  """Training and evaluation batches of a group source for one config and tokenizer.
+
+  Training lists hold one positive and ``data.negatives`` negatives (``list_size``); evaluation
+  lists keep every candidate (or ``eval_list_size``). Groups are encoded by an :class:`Encoder`.
+  """
+
+  def __init__(self, cfg: config_lib.TrainConfig, source, tokenizer,
+               vision: VisionConfig | QwenVLConfig | None = None):
+    self.cfg = cfg
+    self.source = source
+    self.max_negatives = source.max_negatives
+    self.tokenizer = tokenizer
+    self.vision = vision
+    self.encoder = Encoder(cfg, tokenizer, vision, has_images=source.has_images)
+
+  def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
+    return self.encoder.encode(groups, list_size)
+
   def train_batch(self, start: int, count: int, process_index: int = 0,
                   process_count: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """This process's share of the global batch of groups ``start .. start+count-1``."""
     local = count // process_count
     first = start + process_index * local
-    groups = [take_negatives(self.source.train_group(i), self.cfg.negatives, positives=1)
+    groups = [take_negatives(self.source.train_group(i), self.cfg.data.negatives, positives=1)
               for i in range(first, first + local)]
     return self.encode(groups, self.cfg.list_size), group_meta(groups, self.cfg.list_size)
 
   def eval_groups(self, split: str, count: int) -> list[data_types.Group]:
     """The first ``count`` groups of a split (0: all), candidates cut to ``eval_list_size``."""
     groups = self.source.split_groups(split, count)
-    if self.cfg.eval_list_size:
-      groups = [take_negatives(g, self.cfg.eval_list_size - 1, positives=1) for g in groups]
+    if self.cfg.eval_log.eval_list_size:
+      groups = [take_negatives(g, self.cfg.eval_log.eval_list_size - 1, positives=1) for g in groups]
     return groups
 
   def eval_plans(self, split: str, count: int) -> list | None:
     """The playground plans of ``eval_groups(split, count)`` (what each negative gets wrong), or
     None for data without plans or with candidates cut (``eval_list_size``)."""
-    if self.cfg.eval_list_size or not hasattr(self.source, 'split_plans'):
+    if self.cfg.eval_log.eval_list_size or not hasattr(self.source, 'split_plans'):
       return None
     return self.source.split_plans(split, count)
 
@@ -309,12 +327,12 @@ def _drop_images(group: data_types.Group) -> data_types.Group:
 def make_source(cfg: config_lib.TrainConfig, *, load_images: bool = True):
   """The config's group source: the playground, or a directory of MRB-style JSONL splits (whose
   images are read only for a model that reads them)."""
-  if cfg.data == 'playground':
+  if cfg.data.source == 'playground':
     return PlaygroundSource(cfg)
-  if os.path.isdir(cfg.data):
-    source = FlagEmbeddingSource if is_flag_directory(cfg.data) else JsonlSource
+  if os.path.isdir(cfg.data.source):
+    source = FlagEmbeddingSource if is_flag_directory(cfg.data.source) else JsonlSource
     return source(cfg, load_images=load_images)
-  raise ValueError(f'config data={cfg.data!r}: expected "playground" or a directory with '
+  raise ValueError(f'config data={cfg.data.source!r}: expected "playground" or a directory with '
                    'train.jsonl / val.jsonl / test.jsonl')
 
 

@@ -33,7 +33,7 @@ METRICS = {
 
 def primary_score(cfg: config_lib.TrainConfig, objective: Objective) -> str:
   """The score a run is judged by: the config's ``eval_score``, or for 'auto' the objective's."""
-  return objective.rank_by if cfg.eval_score == 'auto' else cfg.eval_score
+  return objective.rank_by if cfg.eval_log.eval_score == 'auto' else cfg.eval_log.eval_score
 
 
 class Evaluator:
@@ -71,7 +71,7 @@ class Evaluator:
     key = (split, count)
     if key not in self._batches:
       groups = self._groups_of(split, count)
-      size = self.cfg.eval_batch_size
+      size = self.cfg.eval_log.eval_batch_size
       procs, rank = jax.process_count(), jax.process_index()
       n = self.data.eval_list_size(groups)
       batches = []

@@ -21,7 +21,6 @@ writes checkpoints cooperatively.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any, Mapping
@@ -37,15 +36,15 @@ from decomp.train import evaluate as evaluate_lib
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
 from decomp.train import nonfinite
+from decomp.train import overrides as overrides_lib
 from decomp.train import preflight
 from decomp.train import data as data_lib
+from decomp.train import recipes
+from decomp.train import run as run_lib
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 from decomp.train import workdir as workdir_lib
 from decomp.train.errors import NonFiniteError
-
-RESUMABLE_CHANGES = workdir_lib.RESUMABLE_CHANGES
-_check_resumable = workdir_lib.check_resumable
 
 
 def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -99,29 +98,19 @@ def _norms_due(cfg: config_lib.TrainConfig):
   checkpoint, so the divergence guard has checked the parameters of every checkpoint. Every
   step with ``on_nonfinite='skip_step'``: a non-finite update must be dropped on the step that
   made it, or the non-finite parameters would be kept."""
-  if cfg.on_nonfinite == 'skip_step' or cfg.log_every == 1:
+  if cfg.optim.on_nonfinite == 'skip_step' or cfg.eval_log.log_every == 1:
     return lambda step: True
-  return lambda step: (step % cfg.log_every == 0 or step == cfg.steps
-                       or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
+  return lambda step: (step % cfg.eval_log.log_every == 0 or step == cfg.optim.steps
+                       or bool(cfg.eval_log.checkpoint_every and step % cfg.eval_log.checkpoint_every == 0))
 
 
-def optimizer(cfg: config_lib.TrainConfig):
-  return step_lib.make_optimizer(
-      peak=cfg.learning_rate, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-      end_factor=cfg.end_learning_rate_factor, weight_decay=cfg.weight_decay, b1=cfg.b1,
-      b2=cfg.b2, clip_norm=cfg.clip_norm)
-
-
-def abstract_state(cfg: config_lib.TrainConfig, run, tx, mesh):
+def abstract_state(run, tx, mesh):
   """The whole train state as shapes + shardings (nothing allocated): params/frozen from the
   models' logical names, the optimizer state mirroring the params. Returns it and the optimizer
   state's shardings."""
-  opt_shardings = state_lib.optimizer_shardings(tx, run.params, mesh, run.rules)
-  abstract = {
-      'params': run.params, 'frozen': run.frozen,
-      'opt_state': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(tx.init, run.params), opt_shardings)}
-  return abstract, opt_shardings
+  opt_state = run_lib.abstract_opt_state(tx, run, mesh)
+  return ({'params': run.params, 'frozen': run.frozen, 'opt_state': opt_state},
+          jax.tree.map(lambda a: a.sharding, opt_state))
 
 
 def train(config: config_lib.TrainConfig | str, workdir: str, *,
@@ -138,42 +127,43 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     The dict written to ``workdir/results.json``: ``steps``, ``final`` (last step's log record),
     ``validation`` (last validation metrics), ``test`` (test metrics).
   """
-  cfg = config_lib.get_config(config) if isinstance(config, str) else config
-  cfg = config_lib.apply_overrides(cfg, overrides)
+  cfg = recipes.get_config(config) if isinstance(config, str) else config
+  cfg = overrides_lib.apply_overrides(cfg, overrides)
   primary = jax.process_index() == 0
-  preflight.check_config(cfg)
   objective = config_lib.make_objective(cfg)
-  tokenizer = state_lib.resolve_tokenizer(cfg)
-  state_lib.check_applies(cfg)
-  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).image_input)
+  # The model's shapes and tokenizer come from JSON alone: a playground base is built only once
+  # every check has passed.
+  shape_directory = run_lib.checkpoint_directory_of(cfg)
+  tokenizer = state_lib.resolve_tokenizer(cfg, shape_directory)
+  shapes = state_lib.model_shapes(cfg, tokenizer, shape_directory)
+  data = data_lib.make_data(cfg, tokenizer, shapes.image_input)
   config_lib.validate(cfg, num_devices=jax.device_count(), max_negatives=data.max_negatives,
                       num_processes=jax.process_count())
   preflight.check_splits(cfg, data)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = preflight.check_workdir(workdir)
   lock = workdir_lib.WorkdirLock(workdir)
   if primary:  # one run per workdir (the processes of a multi-host run share it)
     lock.acquire()
   try:
-    return _train_locked(cfg, workdir, data, tokenizer, objective, primary)
+    workdir_lib.check_resumable(workdir, cfg)
+    # The entry point resolves model=playground to its base's directory (built once, cached).
+    from decomp.playground.base import model_directory
+    return _train_locked(cfg, workdir, data, tokenizer, objective, primary, model_directory(cfg))
   finally:
     lock.release()
 
 
 def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, objective,
-                  primary: bool) -> dict:
+                  primary: bool, directory: str | None) -> dict:
   """``train`` once the config and data are checked and the workdir is locked."""
-  workdir_lib.check_resumable(workdir, cfg)
+  mesh = run_lib.make_mesh(cfg)
+  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+  tx, schedule = step_lib.optimizer_for(cfg)
 
-  devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
-  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
-  tx, schedule = optimizer(cfg)
-
-  abstract, opt_shardings = abstract_state(cfg, run, tx, mesh)
+  abstract, opt_shardings = abstract_state(run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
 
-  checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.keep_checkpoints)
+  checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.eval_log.keep_checkpoints)
   try:
     state, start, skipped_steps = _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
                                                  opt_shardings)
@@ -192,10 +182,10 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   def jitted_step(global_norms: bool):
     return jax.jit(
         nonfinite.guard_step(step_lib.make_train_step(
-            run.graphdef, tx, schedule, objective, cl_temperature=cfg.temperature,
-            example_grad_norms=cfg.example_grad_norms, doc_chunk=cfg.doc_chunk,
-            micro_batches=cfg.accumulate_steps, global_norms=global_norms),
-            skip=cfg.on_nonfinite == 'skip_step'),
+            run.graphdef, tx, schedule, objective, cl_temperature=cfg.objective.temperature,
+            example_grad_norms=cfg.eval_log.example_grad_norms, doc_chunk=cfg.parallel.doc_chunk,
+            micro_batches=cfg.parallel.accumulate_steps, global_norms=global_norms),
+            skip=cfg.optim.on_nonfinite == 'skip_step'),
         in_shardings=(state_shardings['params'], state_shardings['frozen'],
                       state_shardings['opt_state'], replicated, None),
         # Metrics are small: replicated, so every process can read them (multi-host).
@@ -206,7 +196,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   train_steps = {True: jitted_step(True), False: jitted_step(False)}
   norms_due = _norms_due(cfg)
   features = None
-  if cfg.cache_features:
+  if cfg.finetune.cache_features:
     from decomp.train.features import FeatureCache
     # A copy: the step donates the params' buffers (the body's features do not read them).
     features = FeatureCache(run, params=jax.tree.map(jnp.copy, state['params']),
@@ -218,7 +208,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
   example_log = logs.ExampleLogger(workdir, process_index=jax.process_index())
-  progress = _Progress(primary and not cfg.quiet, cfg.steps, start)
+  progress = _Progress(primary and not cfg.eval_log.quiet, cfg.optim.steps, start)
   params, frozen, opt_state = state['params'], state['frozen'], state['opt_state']
   last_record: dict = {}
   validation: dict = {}
@@ -240,21 +230,29 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     record = {'step': step, **{k: float(v) for k, v in scalars.items()},
               'examples_per_s': meta['doc_id'].size * jax.process_count() / elapsed,
               'tokens_per_s': tokens * jax.process_count() / elapsed, 'step_time_s': elapsed}
-    if cfg.on_nonfinite == 'skip_step':
+    if cfg.optim.on_nonfinite == 'skip_step':
       skipped_steps += bool(bad)
       record.update(skipped=bool(bad), skipped_steps=skipped_steps)
+      if skipped_steps > cfg.optim.max_skipped_fraction * cfg.optim.steps:
+        step_log.log(record)
+        raise NonFiniteError(
+            f'the run skipped {skipped_steps} non-finite steps by step {step}, more than '
+            f'optim.max_skipped_fraction={cfg.optim.max_skipped_fraction} of its '
+            f'{cfg.optim.steps} steps: it is diverging (learning_rate='
+            f'{cfg.optim.learning_rate}); lower the learning rate, or raise the fraction',
+            step=step, quantities=tuple(bad) or ('loss',))
     last_record = record
-    if step % cfg.log_every == 0 or step == cfg.steps or bad:
+    if step % cfg.eval_log.log_every == 0 or step == cfg.optim.steps or bad:
       step_log.log(record)
-    if bad and cfg.on_nonfinite == 'error':
+    if bad and cfg.optim.on_nonfinite == 'error':
       _diverged(cfg, step, bad, checkpoints)
-    if cfg.example_log_every and (step % cfg.example_log_every == 0 or step == cfg.steps):
+    if cfg.eval_log.example_log_every and (step % cfg.eval_log.example_log_every == 0 or step == cfg.optim.steps):
       example_log.write(step, _per_example_columns(step, per_doc, meta))
     progress.update(record)
 
   try:
-    for step in range(start + 1, cfg.steps + 1):
-      arrays, meta = data.train_batch((step - 1) * cfg.batch_size, cfg.batch_size,
+    for step in range(start + 1, cfg.optim.steps + 1):
+      arrays, meta = data.train_batch((step - 1) * cfg.data.batch_size, cfg.data.batch_size,
                                       jax.process_index(), jax.process_count())
       # Under jit the losses cannot check label values: the host does, on every batch.
       arrays['labels'] = _lists.binary_labels(arrays['labels'], arrays['where'],
@@ -269,18 +267,18 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
         finish(pending)
       checkpoints.poll()
       pending = (step, metrics, meta, tokens)
-      if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+      if cfg.eval_log.eval_every and step % cfg.eval_log.eval_every == 0 and step != cfg.optim.steps:
         finish(pending)
         pending = None
-        validation = {'step': step, **evaluator.run('val', params, frozen, cfg.eval_groups)}
+        validation = {'step': step, **evaluator.run('val', params, frozen, cfg.eval_log.eval_groups)}
         eval_log.log(validation)
         last_time = time.perf_counter()  # throughput counts training only
-      if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+      if (cfg.eval_log.checkpoint_every and step % cfg.eval_log.checkpoint_every == 0) or step == cfg.optim.steps:
         if pending is not None:
           finish(pending)
           pending = None
         checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state},
-                         {'data_index': step * cfg.batch_size, 'skipped_steps': skipped_steps})
+                         {'data_index': step * cfg.data.batch_size, 'skipped_steps': skipped_steps})
         last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
@@ -288,19 +286,19 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     checkpoints.wait()
     if features is not None:
       features.flush()
-    if cfg.eval_every:
-      validation = {'step': cfg.steps, **evaluator.run('val', params, frozen, cfg.eval_groups)}
+    if cfg.eval_log.eval_every:
+      validation = {'step': cfg.optim.steps, **evaluator.run('val', params, frozen, cfg.eval_log.eval_groups)}
       # A finished run started again re-evaluates but logs the final validation only once.
-      if primary and not any(e.get('step') == cfg.steps for e in logs.read_evals(workdir)):
+      if primary and not any(e.get('step') == cfg.optim.steps for e in logs.read_evals(workdir)):
         eval_log.log(validation)
-    test = evaluator.run('test', params, frozen, cfg.test_groups) if cfg.final_eval else {}
+    test = evaluator.run('test', params, frozen, cfg.eval_log.test_groups) if cfg.eval_log.final_eval else {}
     if features is not None:
       features.flush()
     if not last_record and primary:
       records = logs.read_steps(workdir)
       last_record = records[-1] if records else {}
-    results = {'steps': cfg.steps, 'final': last_record, 'validation': validation, 'test': test,
-               'config': cfg.name}
+    results = {'steps': cfg.optim.steps, 'final': last_record, 'validation': validation,
+               'test': test, 'config': cfg.name, 'skipped_steps': skipped_steps}
     if primary:
       logs.write_json_atomic(os.path.join(workdir, logs.RESULTS_FILE), results)
     return results
@@ -324,11 +322,11 @@ def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
   if checkpoints.skipped:
     checkpoints.set_aside(checkpoints.skipped)
   start = int(meta['step'])
-  if start > cfg.steps:
-    raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.steps}')
-  if meta.get('data_index') != start * cfg.batch_size:
+  if start > cfg.optim.steps:
+    raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.optim.steps}')
+  if meta.get('data_index') != start * cfg.data.batch_size:
     raise ValueError(f'checkpoint {start} of {workdir}: data_index {meta.get("data_index")} '
-                     f'does not match step {start} x batch {cfg.batch_size}')
+                     f'does not match step {start} x batch {cfg.data.batch_size}')
   return state, start, int(meta.get('skipped_steps', 0))
 
 
@@ -338,65 +336,45 @@ def _diverged(cfg: config_lib.TrainConfig, step: int, quantities: tuple[str, ...
   kept = f'the last good checkpoint is step {latest}' if latest else 'no checkpoint was saved'
   raise NonFiniteError(
       f'the run diverged: step {step} gave non-finite {" and ".join(quantities)} '
-      f'(learning_rate={cfg.learning_rate}); {kept}, results.json is not written. Lower the '
+      f'(learning_rate={cfg.optim.learning_rate}); {kept}, results.json is not written. Lower the '
       'learning rate, or set on_nonfinite=skip_step to skip such updates',
       step=step, quantities=quantities)
-
-
-# Config keys ``evaluate_workdir`` may change: what is evaluated, not what was trained.
-EVALUATION_CHANGES = ('eval_groups', 'test_groups', 'eval_list_size', 'eval_batch_size',
-                      'eval_score', 'num_devices', 'mesh', 'layout', 'quiet')
-# Playground keys it may change: the size of the evaluation splits (the world stays the same).
-PLAYGROUND_EVALUATION_CHANGES = ('num_eval_queries',)
 
 
 def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = None,
                      overrides: tuple[str, ...] = (), output: str | None = None) -> dict:
   """Evaluates a checkpoint of a finished (or interrupted) run again, e.g. on a larger test set.
 
-  The run's ``config.json`` rebuilds the model; ``overrides`` may change only how it is evaluated
-  (``EVALUATION_CHANGES``, and ``playground.num_eval_queries``: more queries from the same
-  world). Training state is read, never written.
+  The run opens with :meth:`Run.open <decomp.train.run.Run.open>`; ``overrides`` may change only
+  how it is evaluated (:func:`config.free_on_evaluation`, and ``playground.num_eval_queries``:
+  more queries from the same world). Training state is read, never written.
 
   Args:
     workdir: a training run's directory.
     split: ``'val'`` or ``'test'``.
     step: the checkpoint to read (default: the latest).
     overrides: ``key=value`` strings, e.g. ``('playground.num_eval_queries=2048',)``.
-    output: a file name inside ``workdir`` to write the results to (JSON), or None.
+    output: a plain file name (no directory part) to write the results to inside ``workdir``
+      (JSON), or None.
 
   Returns:
     The evaluation dict (as ``results.json['test']``) plus ``step`` and ``overrides``.
   """
-  workdir = os.path.abspath(workdir)
-  trained = config_lib.from_file(os.path.join(workdir, logs.CONFIG_FILE))
-  cfg = config_lib.apply_overrides(trained, overrides)
-  for field in dataclasses.fields(cfg):
-    old, new = getattr(trained, field.name), getattr(cfg, field.name)
-    if field.name == 'playground' and old != new:
-      changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-      if not changed <= set(PLAYGROUND_EVALUATION_CHANGES):
-        raise ValueError(f'evaluate_workdir: playground keys {sorted(changed)} change the world '
-                         f'the run was trained in; only {PLAYGROUND_EVALUATION_CHANGES} may change')
-    elif old != new and field.name not in EVALUATION_CHANGES:
-      raise ValueError(f'evaluate_workdir: {field.name!r} changes what was trained '
-                       f'({old!r} -> {new!r}); only {EVALUATION_CHANGES} may change')
   if split not in ('val', 'test'):
     raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-  objective = config_lib.make_objective(cfg)
-  tokenizer = state_lib.resolve_tokenizer(cfg)
-  data = data_lib.make_data(cfg, tokenizer, state_lib.data_shapes(cfg, tokenizer).image_input)
-  devices = jax.devices()[:cfg.num_devices] if cfg.num_devices else None
-  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-  run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
-  tx, _ = optimizer(cfg)
-  abstract, _ = abstract_state(cfg, run, tx, mesh)
-  with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
-    state, meta = checkpoints.restore(abstract, step)
-  count = cfg.test_groups if split == 'test' else cfg.eval_groups
-  results = {'step': int(meta['step']), 'overrides': list(overrides),
-             **evaluate_lib.Evaluator(cfg, run, data, mesh, objective).run(
-                 split, state['params'], state['frozen'], count)}
+  if output is not None and (not output or os.path.basename(output) != output
+                             or output in ('.', '..')):
+    raise ValueError(f'output {output!r}: give a plain file name, written inside the workdir')
+  try:
+    run = run_lib.Run.open(workdir, step, overrides=overrides)
+  except ValueError as e:
+    raise ValueError(f'evaluate_workdir: {e}') from None
+  cfg = run.config
+  data = data_lib.make_data(cfg, run.tokenizer, run.encoder.vision)
+  count = cfg.eval_log.test_groups if split == 'test' else cfg.eval_log.eval_groups
+  results = {'step': run.step, 'overrides': list(overrides),
+             **evaluate_lib.Evaluator(cfg, run.model, data, run.mesh, run.objective).run(
+                 split, run.params, run.frozen, count)}
   if output and jax.process_index() == 0:
-    logs.write_json_atomic(os.path.join(workdir, output), results)
+    logs.write_json_atomic(os.path.join(run.workdir, output), results)
   return results

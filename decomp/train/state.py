@@ -1,15 +1,16 @@
 """From a TrainConfig to the reranker it trains: tokenizer, spec, and the sharded train state.
 
-* :func:`tokenizer_and_shapes` resolves the tokenizer and the model's shapes from JSON alone
-  (no weights, no base build), so the data can be built first;
+* :func:`resolve_tokenizer` and :func:`model_shapes` read the tokenizer and the model's shapes
+  from JSON alone (no weights), so the data can be built first;
 * :func:`reranker_spec` -> :class:`~decomp.models.build.RerankerSpec` (what the model is);
 * :func:`build_model_state` -> :class:`ModelState`: the reranker split into ``graphdef``,
   trainable ``params`` and ``frozen`` state, created directly sharded
   (``nnx.eval_shape`` -> shardings from logical names -> ``jit(init, out_shardings=...)``).
 
-Models: ``'random'`` (random weights of the config's shape), ``'playground'`` (the cached base
-checkpoint of :mod:`decomp.train.pretrain`), or a base-checkpoint directory (HF decoder
-``config.json`` + safetensors + tokenizer, optionally ``multimodal.*`` with a ViT + projector).
+The engine knows two kinds of model: a checkpoint directory (HF decoder ``config.json`` +
+safetensors + tokenizer, optionally ``multimodal.*`` with a ViT + projector), or none (``None``:
+random weights of the config's shape). ``model=playground`` is resolved to its directory by the
+entry points (:func:`decomp.playground.base.model_directory`), never here.
 """
 
 from __future__ import annotations
@@ -34,58 +35,47 @@ from decomp.objectives import Objective
 from decomp.train import cache
 from decomp.train import config as config_lib
 
-# Config fields that shape a 'random' / 'playground' model; a checkpoint directory has its own.
-SHAPE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size',
-                'vision_hidden_size', 'vision_layers', 'vision_heads', 'patch_size')
-
-
-def model_dir(cfg: config_lib.TrainConfig, *, build: bool = True) -> str | None:
-  """The checkpoint directory the config trains from (None for random weights). The playground
-  base is built (once, cached) unless ``build=False``."""
-  if cfg.model == 'random':
-    return None
-  if cfg.model == 'playground':
-    if not build:
-      return None
-    from decomp.train import pretrain
-    return pretrain.base_checkpoint(cfg)
-  if not os.path.isdir(cfg.model):
-    raise FileNotFoundError(f'config model={cfg.model!r}: not "playground", "random" or an '
+def checkpoint_directory(cfg: config_lib.TrainConfig) -> str:
+  """``model.path`` as a checkpoint directory (checked: it exists and holds a model)."""
+  path = cfg.model.path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'config model.path={path!r}: not "playground", "random" or an '
                             'existing directory')
-  return cfg.model
+  return path
 
 
-def resolve_tokenizer(cfg: config_lib.TrainConfig):
-  """``cfg.tokenizer``, else the model directory's tokenizer, else the playground's."""
-  directory = model_dir(cfg, build=False)
-  has_own = directory and any(os.path.exists(os.path.join(directory, f))
-                              for f in ('tokenizer.json', 'tokenizer_config.json'))
-  return load_tokenizer(cfg.tokenizer or (directory if has_own else
-                                          cache.playground_tokenizer_dir()))
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
+
+
+def resolve_tokenizer(cfg: config_lib.TrainConfig, directory: str | None):
+  """``model.tokenizer``, else the checkpoint directory's own tokenizer, else (random weights)
+  the built-in tokenizer of random shapes (which the playground base saves too). A checkpoint directory without tokenizer files is refused: another
+  tokenizer would silently map the text to the wrong embeddings."""
+  if cfg.model.tokenizer:
+    return load_tokenizer(cfg.model.tokenizer)
+  if directory is None:
+    return load_tokenizer(cache.playground_tokenizer_dir())
+  if not any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES):
+    raise FileNotFoundError(f'{directory} holds no tokenizer ({", ".join(TOKENIZER_FILES)}): '
+                            'copy the model\'s tokenizer files there or set model.tokenizer=DIR')
+  return load_tokenizer(directory)
 
 
 def decoder_config(cfg: config_lib.TrainConfig, vocab_size: int) -> DecoderConfig:
-  """The decoder shape of a 'random' / playground model (Qwen2 layout)."""
-  for key in ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size'):
-    if getattr(cfg, key) < 1:
-      raise ValueError(f'config {key}={getattr(cfg, key)!r}: must be a positive integer')
-  if cfg.hidden_size % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads:
-    raise ValueError(f'config hidden_size={cfg.hidden_size}, num_heads={cfg.num_heads}, '
-                     f'num_kv_heads={cfg.num_kv_heads}: hidden_size must divide into num_heads '
-                     'heads, and num_heads into num_kv_heads groups')
+  """The decoder shape of a random-shape model (Qwen2 layout; ``model`` checked its fields)."""
   return DecoderConfig(
-      architecture='qwen2', vocab_size=vocab_size, hidden_size=cfg.hidden_size,
-      intermediate_size=cfg.intermediate_size, num_layers=cfg.num_layers,
-      num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.hidden_size // cfg.num_heads, attention_bias=True,
-      max_position_embeddings=max(512, cfg.max_length), tie_word_embeddings=False)
+      architecture='qwen2', vocab_size=vocab_size, hidden_size=cfg.model.hidden_size,
+      intermediate_size=cfg.model.intermediate_size, num_layers=cfg.model.num_layers,
+      num_heads=cfg.model.num_heads, num_kv_heads=cfg.model.num_kv_heads,
+      head_dim=cfg.model.hidden_size // cfg.model.num_heads, attention_bias=True,
+      max_position_embeddings=max(512, cfg.data.max_length), tie_word_embeddings=False)
 
 
 def vision_config(cfg: config_lib.TrainConfig) -> VisionConfig:
-  return VisionConfig(family='siglip', hidden_size=cfg.vision_hidden_size,
-                      intermediate_size=4 * cfg.vision_hidden_size,
-                      num_layers=cfg.vision_layers, num_heads=cfg.vision_heads,
-                      image_size=cfg.image_size, patch_size=cfg.patch_size)
+  return VisionConfig(family='siglip', hidden_size=cfg.model.vision_hidden_size,
+                      intermediate_size=4 * cfg.model.vision_hidden_size,
+                      num_layers=cfg.model.vision_layers, num_heads=cfg.model.vision_heads,
+                      image_size=cfg.model.image_size, patch_size=cfg.model.patch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,27 +97,25 @@ class ModelShapes:
 def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
                  directory: str | None = None) -> ModelShapes:
   """The shapes of the config's model, from the checkpoint's JSON files when ``directory`` is
-  given, else from the config (random init, or the playground base before it is built: its
-  shapes are the config's).
+  given, else from the config (random weights; the shape a playground base is built with).
 
   What a model has follows what it is: a checkpoint with a vision tower reads images; a text
   checkpoint does not unless ``vision=true`` asks for a fresh ViT + projector.
   """
   if directory is None:
-    vision = vision_config(cfg) if cfg.vision is not False else None
-    return ModelShapes(decoder_config(cfg, len(tokenizer)), vision,
-                       vision is not None and cfg.model == 'playground')
+    vision = vision_config(cfg) if cfg.model.vision is not False else None
+    return ModelShapes(decoder_config(cfg, len(tokenizer)), vision, False)
   vl = vl_config(directory)
   if vl is not None:
     if len(tokenizer) > vl.text.vocab_size:
       raise ValueError(f'{directory}: the tokenizer has {len(tokenizer)} tokens but the model '
                        f'only {vl.text.vocab_size} embeddings')
-    return ModelShapes(vl.text, None, False, vl=vl, vl_reads_images=cfg.vision is not False)
+    return ModelShapes(vl.text, None, False, vl=vl, vl_reads_images=cfg.model.vision is not False)
   dconfig, vconfig = checkpoint_shapes(directory)
-  pretrained = vconfig is not None and cfg.vision is not False
-  if cfg.vision is False:
+  pretrained = vconfig is not None and cfg.model.vision is not False
+  if cfg.model.vision is False:
     vconfig = None
-  elif cfg.vision is True and vconfig is None:
+  elif cfg.model.vision is True and vconfig is None:
     vconfig = vision_config(cfg)  # asked for: a fresh ViT + projector on a text checkpoint
   if len(tokenizer) > dconfig.vocab_size:
     raise ValueError(f'{directory}: the tokenizer has {len(tokenizer)} tokens but the model '
@@ -135,49 +123,28 @@ def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
   return ModelShapes(dconfig, vconfig, pretrained)
 
 
-def data_shapes(cfg: config_lib.TrainConfig, tokenizer) -> ModelShapes:
-  """The model's shapes as far as the data needs them, without building any base."""
-  return model_shapes(cfg, tokenizer, model_dir(cfg, build=False))
-
-
-def check_applies(cfg: config_lib.TrainConfig) -> None:
-  """Refuses config fields that do not apply to the chosen model (a checkpoint has its own
-  shape: setting one of the random/playground shape fields would be silently ignored)."""
-  if cfg.model in ('random', 'playground'):
-    return
-  defaults = config_lib.TrainConfig()
-  preset = config_lib.NAMED_CONFIGS.get(cfg.name)
-  reference = preset() if preset else defaults
-  changed = [k for k in SHAPE_FIELDS
-             if getattr(cfg, k) not in (getattr(reference, k), getattr(defaults, k))]
-  if changed:
-    raise ValueError(f'config {", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed)}: shape '
-                     f'fields of random/playground models do not apply to model={cfg.model!r}, '
-                     'whose checkpoint fixes its shape')
-
-
 def reranker_spec(cfg: config_lib.TrainConfig, tokenizer, shapes: ModelShapes,
                   objective: Objective, directory: str | None) -> RerankerSpec:
   """What the config's reranker is: shapes, label tokens, readout options, adapters."""
   vconfig = shapes.vision
-  if vconfig is not None and vconfig.image_size != cfg.image_size:
-    raise ValueError(f'config image_size={cfg.image_size} but the checkpoint ViT reads '
+  if vconfig is not None and vconfig.image_size != cfg.model.image_size:
+    raise ValueError(f'config image_size={cfg.model.image_size} but the checkpoint ViT reads '
                      f'{vconfig.image_size}px images')
-  if cfg.lora_vision and (shapes.vl is None or cfg.finetune != 'lora'):
+  if cfg.finetune.lora_vision and (shapes.vl is None or cfg.finetune.mode != 'lora'):
     raise ValueError('config lora_vision=true: vision adapters need finetune=lora and a Qwen-VL '
-                     f'checkpoint (model={cfg.model!r})')
+                     f'checkpoint (model={cfg.model.path!r})')
   if shapes.vl is not None and shapes.vl_reads_images:
     check_vl_images(cfg, shapes.vl, tokenizer)
-  lora = (LoraSpec(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_vision)
-          if cfg.finetune == 'lora' else None)
+  lora = (LoraSpec(cfg.finetune.lora_rank, cfg.finetune.lora_alpha, tuple(cfg.finetune.lora_targets), cfg.finetune.lora_vision)
+          if cfg.finetune.mode == 'lora' else None)
   labels = tuple(label_token_ids(tokenizer, config_lib.label_words(cfg)))
   return RerankerSpec(
       decoder=shapes.decoder, label_ids=labels, vl=shapes.vl,
       vision=vconfig, image_token_id=image_token_id(tokenizer) if vconfig is not None else None,
       checkpoint=directory, vision_pretrained=shapes.vision_pretrained and directory is not None,
-      label_pooling=cfg.label_pooling, label_head=cfg.label_head,
-      projection='projection' in objective.needs, lora=lora, dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype)
+      label_pooling=cfg.readout.label_pooling, label_head=cfg.readout.label_head,
+      projection='projection' in objective.needs, lora=lora, dtype=cfg.model.dtype,
+      param_dtype=cfg.model.param_dtype)
 
 
 def check_vl_images(cfg: config_lib.TrainConfig, vl: QwenVLConfig, tokenizer) -> None:
@@ -189,8 +156,8 @@ def check_vl_images(cfg: config_lib.TrainConfig, vl: QwenVLConfig, tokenizer) ->
                      f'the {vl.hf_architecture} checkpoint expects image_token_id '
                      f'{vl.image_token_id}')
   factor = vl.vision.patch_size * vl.vision.spatial_merge_size
-  if cfg.image_size % factor:
-    raise ValueError(f'config image_size={cfg.image_size}: the {vl.hf_architecture} tower reads '
+  if cfg.model.image_size % factor:
+    raise ValueError(f'config image_size={cfg.model.image_size}: the {vl.hf_architecture} tower reads '
                      f'images whose side is a multiple of patch_size x spatial_merge_size = '
                      f'{factor}')
 
@@ -208,10 +175,10 @@ def rules_for(layout: str) -> Mapping[str, Any]:
 def trainable(cfg: config_lib.TrainConfig):
   """The nnx filter of what the config trains (a random label head and the projection direction
   always train: they start random)."""
-  if cfg.finetune == 'head':
+  if cfg.finetune.mode == 'head':
     base = nnx.All(nnx.Param, is_lm_head)
   else:
-    base = trainable_filter(lora=cfg.finetune == 'lora', train_lm_head=cfg.train_lm_head)
+    base = trainable_filter(lora=cfg.finetune.mode == 'lora', train_lm_head=cfg.finetune.lm_head)
   return nnx.Any(base, nnx.All(nnx.Param, nnx.PathContains('projection')),
                  nnx.All(nnx.Param, nnx.PathContains('random_label_rows')))
 
@@ -235,19 +202,18 @@ class ModelState:
   initialize: Callable[[], tuple[Any, Any]]
 
 
-def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: Objective, *,
-                      build_base: bool = True) -> ModelState:
+def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: Objective,
+                      directory: str | None) -> ModelState:
   """The reranker of ``cfg`` as sharded ``params``/``frozen`` states on ``mesh``.
 
-  Random weights come from ``nnx.Rngs(cfg.seed)``; pretrained ones from :func:`model_dir`.
-  LoRA adapters, a fresh projector (when the checkpoint has none), a random label head and the
-  projection direction are initialised from the seed too, inside the same jitted init.
-  ``build_base=False``: a run restored from its own checkpoint needs the playground base's
-  shapes, not its weights, so the base is not built for it (``initialize`` then starts random).
+  Random weights come from ``nnx.Rngs(cfg.seed)``; pretrained ones from ``directory`` (a
+  checkpoint directory; None: the config's random shape, as for a run restored from its own
+  checkpoint, which needs the shapes only). LoRA adapters, a fresh projector (when the checkpoint
+  has none), a random label head and the projection direction are initialised from the seed
+  too, inside the same jitted init.
   """
-  rules = {**rules_for(cfg.layout), **{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in cfg.axis_rules.items()}}
-  directory = model_dir(cfg, build=build_base)
+  rules = {**rules_for(cfg.parallel.layout), **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in cfg.parallel.axis_rules.items()}}
   spec = reranker_spec(cfg, tokenizer, model_shapes(cfg, tokenizer, directory), objective,
                        directory)
   keep = trainable(cfg)
@@ -259,8 +225,7 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: O
   abstract = nnx.eval_shape(lambda: make_reranker(spec, nnx.Rngs(cfg.seed)))
   graphdef, abs_params, abs_frozen = nnx.split(abstract, keep, ...)
   if not jax.tree.leaves(abs_params):
-    raise ValueError(f'config finetune={cfg.finetune!r}, train_lm_head={cfg.train_lm_head}: '
-                     'nothing to train')
+    raise ValueError(f'config finetune.trains={cfg.finetune.trains!r}: nothing to train')
   params_sh = sharding_lib.model_shardings(abs_params, mesh, rules)
   frozen_sh = sharding_lib.model_shardings(abs_frozen, mesh, rules)
   with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)

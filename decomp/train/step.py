@@ -21,53 +21,13 @@ from decomp import chunked
 from decomp.diagnostics import diagnostics as doc_diagnostics
 from decomp.losses import cl_loss, sft_loss
 from decomp.objectives import RANK_SCORES, Objective
+from decomp.optim import clip_by_global_norm, learning_rate_schedule, make_optimizer
 from decomp.readout import Readout
 
 Array = Any
 Batch = Mapping[str, Array]
 
 QUANTILES = (0.1, 0.5, 0.9)
-
-
-def learning_rate_schedule(*, peak: float, steps: int, warmup_steps: int,
-                           end_factor: float) -> optax.Schedule:
-  """Linear warm-up from 0 to ``peak``, then cosine decay to ``peak * end_factor`` at ``steps``."""
-  warmup_steps = min(warmup_steps, max(steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=max(steps, warmup_steps + 1), end_value=peak * end_factor)
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-  """``optax.clip_by_global_norm`` (the same arithmetic and the same empty state, so optimiser
-  states and checkpoints are interchangeable) that takes the gradient's global norm as an extra
-  argument ``grad_norm`` when the caller has it: the update step computes that norm once, for
-  its log and the guard, instead of twice."""
-
-  def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
-    del params, extra_args
-    g_norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
-    keep = g_norm < max_norm
-    updates = jax.tree.map(
-        lambda t: jax.lax.select(keep, t, (t / g_norm.astype(t.dtype)) * max_norm), updates)
-    return updates, state
-
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-
-
-def make_optimizer(*, peak: float, steps: int, warmup_steps: int, end_factor: float,
-                   weight_decay: float, b1: float, b2: float,
-                   clip_norm: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with warm-up + cosine schedule, after global-norm clipping (``clip_norm=0``: none).
-
-  The chain takes the gradient's global norm as the extra argument ``grad_norm`` (see
-  :func:`clip_by_global_norm`); without it the clip computes the norm itself.
-  """
-  schedule = learning_rate_schedule(peak=peak, steps=steps, warmup_steps=warmup_steps,
-                                    end_factor=end_factor)
-  parts = [clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-  return optax.chain(*parts), schedule
 
 
 def _masked_stats(values: Array, mask: Array, prefix: str) -> dict[str, Array]:
@@ -245,3 +205,11 @@ def make_eval_step(graphdef: nnx.GraphDef):
     return {name: score(out) for name, score in RANK_SCORES.items()}
 
   return eval_fn
+
+
+def optimizer_for(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser of a :class:`~decomp.train.config.TrainConfig` (its ``optim`` section)."""
+  o = cfg.optim
+  return make_optimizer(peak=o.learning_rate, steps=o.steps, warmup_steps=o.warmup_steps,
+                        end_factor=o.end_learning_rate_factor, weight_decay=o.weight_decay,
+                        b1=o.b1, b2=o.b2, clip_norm=o.clip_norm)

@@ -27,12 +27,10 @@ from decomp.train.errors import WorkdirLockedError
 
 LOCK_FILE = 'run.lock'
 
-# Config keys that may differ between a run and its resumption: they change no trained value.
-# (``steps`` is not among them: it sets the learning-rate schedule of every step.)
-# ``on_nonfinite`` may change so that a diverged run can be resumed skipping the bad updates.
-RESUMABLE_CHANGES = ('quiet', 'eval_every', 'log_every', 'example_log_every',
-                     'checkpoint_every', 'keep_checkpoints', 'test_groups', 'eval_groups',
-                     'final_eval', 'name', 'on_nonfinite')
+# Which config fields may differ between a run and its resumption is metadata on the fields
+# (``knob(resume=True)``, read by ``config.free_on_resume``): they change no trained value.
+# ``optim.steps`` is not among them (it sets the learning-rate schedule of every step);
+# ``optim.on_nonfinite`` is, so that a diverged run can be resumed skipping the bad updates.
 
 _log = logging.getLogger(__name__)
 
@@ -57,10 +55,11 @@ def check_resumable(workdir: str, cfg: config_lib.TrainConfig) -> None:
                        'the config they were trained with is unknown; put its config.json back '
                        'or use a new workdir')
     return
-  old = config_lib.canonical_dict(logs.read_json(path))
-  new = config_lib.canonical_dict(cfg)
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+  from decomp.train.overrides import from_file
+  old = config_lib.flat_dict(from_file(path))
+  new = config_lib.flat_dict(cfg)
+  free = config_lib.free_on_resume()
+  diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
   if diff:
     details = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)
     raise ValueError(f'{workdir} holds a run with a different config ({details}); use a new '

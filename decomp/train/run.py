@@ -1,0 +1,204 @@
+"""One way to open a trained run: ``Run.open(workdir, step=None)``.
+
+The sequence config -> objective -> tokenizer -> shapes -> mesh -> model definition -> restore is
+written here once; training's resume (:mod:`decomp.train.loop`), ``evaluate_workdir``,
+``decomp.rerank`` and the figures start from it. Opening reads the model item of a checkpoint
+(parameters and frozen weights) and never builds an optimizer, a data source or a playground
+base (its shape is the config's; the checkpoint holds every weight).
+
+>>> run = Run.open('runs/probe/sft_s0')                      # doctest: +SKIP
+>>> run.score_pairs(['Find the cat'], ['a cat'], ['a red cat'])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from decomp.data.types import Group, Item
+from decomp.objectives import Objective
+from decomp.train import checkpoint as ckpt_lib
+from decomp.train import config as config_lib
+from decomp.train import data as data_lib
+from decomp.train import logs
+from decomp.train import mesh as mesh_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import state as state_lib
+from decomp.train import step as step_lib
+
+
+def checkpoint_directory_of(cfg: config_lib.TrainConfig) -> str | None:
+  """The checkpoint directory a run's *shapes* come from: None for a random-shape model
+  (``random``, and ``playground``, whose base has the config's shape), else ``model.path``."""
+  return None if cfg.model.is_random_shape else state_lib.checkpoint_directory(cfg)
+
+
+def make_mesh(cfg: config_lib.TrainConfig):
+  devices = jax.devices()[:cfg.parallel.num_devices] if cfg.parallel.num_devices else None
+  return mesh_lib.make_mesh(cfg.parallel.mesh, devices)
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run, ready to score: its config, model definition and restored weights.
+
+  Attributes:
+    config: the run's :class:`~decomp.train.config.TrainConfig` (from ``config.json``).
+    objective: its objective; ``score`` names the ranking score it is judged by.
+    tokenizer, encoder: the run's tokenizer and its group encoder (:class:`data.Encoder`).
+    model: the :class:`~decomp.train.state.ModelState` (graphdef, shardings, spec).
+    params, frozen: the restored weights; ``step``: the checkpoint's step.
+  """
+  workdir: str
+  config: config_lib.TrainConfig
+  objective: Objective
+  tokenizer: Any
+  encoder: data_lib.Encoder
+  model: state_lib.ModelState
+  mesh: Any
+  params: Any
+  frozen: Any
+  step: int
+  score: str
+
+  @classmethod
+  def open(cls, workdir: str, step: int | None = None, *, overrides: Sequence[str] = (),
+           mesh=None) -> 'Run':
+    """Opens ``workdir`` at checkpoint ``step`` (default: the newest intact one).
+
+    Args:
+      overrides: ``key=value`` changes of how the run is evaluated only
+        (:func:`config.free_on_evaluation`, e.g. ``eval_batch_size``, ``mesh.data``).
+      mesh: a device mesh (default: the config's mesh on the available devices).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no checkpoint; CorruptCheckpointError; ValueError
+        (an override that changes what was trained).
+    """
+    workdir = os.path.abspath(workdir)
+    cfg = read_config(workdir)
+    if overrides:
+      cfg = evaluation_config(cfg, overrides)
+    objective = config_lib.make_objective(cfg)
+    directory = checkpoint_directory_of(cfg)
+    tokenizer = state_lib.resolve_tokenizer(cfg, directory)
+    shapes = state_lib.model_shapes(cfg, tokenizer, directory)
+    mesh = mesh if mesh is not None else make_mesh(cfg)
+    model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+    target = {'params': model.params, 'frozen': model.frozen}
+    if _is_legacy(workdir, step):  # one item with the optimizer state: shape it to restore
+      tx, _ = step_lib.optimizer_for(cfg)
+      target['opt_state'] = abstract_opt_state(tx, model, mesh)
+    with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
+      state, meta = checkpoints.restore(target, step)
+    from decomp.train.evaluate import primary_score
+    encoder = data_lib.Encoder(cfg, tokenizer, shapes.image_input)
+    return cls(workdir=workdir, config=cfg, objective=objective, tokenizer=tokenizer,
+               encoder=encoder, model=model, mesh=mesh, params=state['params'],
+               frozen=state['frozen'], step=int(meta['step']),
+               score=primary_score(cfg, objective))
+
+  @classmethod
+  def from_model_dir(cls, directory: str, *, preset: str = '', max_length: int = 512,
+                     dtype: str = 'float32', score: str | None = None, mesh=None) -> 'Run':
+    """A model directory (HF layout: config.json + safetensors + tokenizer) as an untrained run:
+    the same engine, prompt encoder and scoring as a trained run, its weights loaded as they
+    are. ``preset`` names a :data:`decomp.models.presets.PRESETS` prompt ('' = decomp's own
+    template); ``score`` defaults to ``'sft'`` (``z_y - z_n``, the logit of P(yes))."""
+    cfg = config_lib.replace(
+        config_lib.TrainConfig(name='model_dir'),
+        model={'path': os.path.abspath(directory), 'dtype': dtype},
+        readout={'preset': preset}, data={'max_length': max_length, 'playground': {}},
+        parallel={'mesh': {'data': -1, 'model': 1}})
+    objective = config_lib.make_objective(cfg)
+    directory = state_lib.checkpoint_directory(cfg)
+    tokenizer = state_lib.resolve_tokenizer(cfg, directory)
+    shapes = state_lib.model_shapes(cfg, tokenizer, directory)
+    mesh = mesh if mesh is not None else make_mesh(cfg)
+    model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+    params, frozen = model.initialize()
+    return cls(workdir='', config=cfg, objective=objective, tokenizer=tokenizer,
+               encoder=data_lib.Encoder(cfg, tokenizer, shapes.image_input), model=model,
+               mesh=mesh, params=params, frozen=frozen, step=0, score=score or 'sft')
+
+  @property
+  def image_size(self) -> int | None:
+    """The side images are read at (None: the model reads no images)."""
+    return self.config.model.image_size if self.encoder.vision is not None else None
+
+  def scores_fn(self):
+    """``arrays -> {score name: [B, n]}``: the jitted evaluation forward pass."""
+    return jax.jit(step_lib.make_eval_step(self.model.graphdef))
+
+  def score_pairs(self, instructions: Sequence[str], queries: Sequence[Any],
+                  documents: Sequence[Any], *, score: str | None = None) -> np.ndarray:
+    """Scores (instruction, query, document) triples in one batch: ``[len(documents)]``."""
+    groups = [Group(query_id=str(i), task='', instruction=ins, query=_item(q),
+                    docs=(_item(d),), labels=(0,), doc_ids=('',), doc_kinds=('',))
+              for i, (ins, q, d) in enumerate(zip(instructions, queries, documents))]
+    arrays = self.encoder.encode(groups, 1)
+    out = self.scores_fn()(self.params, self.frozen, arrays)
+    return np.asarray(out[score or self.score], np.float32).reshape(-1)
+
+
+def _item(x) -> Item:
+  if isinstance(x, Item):
+    return x
+  if isinstance(x, str):
+    return Item(text=x)
+  if isinstance(x, np.ndarray):
+    return Item(image=x)
+  raise TypeError(f'a query or document must be a str, an image array or an Item, got '
+                  f'{type(x).__name__}')
+
+
+def read_config(workdir: str) -> config_lib.TrainConfig:
+  """The config a workdir was trained with (``config.json``; older flat ones are migrated)."""
+  path = os.path.join(workdir, logs.CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} holds no {logs.CONFIG_FILE}: not a decomp run')
+  return overrides_lib.from_file(path)
+
+
+def evaluation_config(trained: config_lib.TrainConfig,
+                      overrides: Sequence[str]) -> config_lib.TrainConfig:
+  """``trained`` with ``overrides`` that may change only how the run is evaluated: the fields of
+  :func:`config.free_on_evaluation` and ``data.playground.num_eval_queries`` (more queries from
+  the same world). Anything else raises ValueError naming it."""
+  cfg = overrides_lib.apply_overrides(trained, overrides)
+  old, new = config_lib.flat_dict(trained), config_lib.flat_dict(cfg)
+  free = config_lib.free_on_evaluation()
+  for path in old:
+    if old[path] == new[path] or path in free:
+      continue
+    if path == 'data.playground':
+      changed = {k for k in set(old[path]) | set(new[path])
+                 if old[path].get(k) != new[path].get(k)}
+      if changed <= {'num_eval_queries'}:
+        continue
+      raise ValueError(f'playground keys {sorted(changed)} change the world the run was '
+                       "trained in; only 'num_eval_queries' may change")
+    raise ValueError(f'{path!r} changes what was trained ({old[path]!r} -> {new[path]!r}); only '
+                     f'{sorted(free)} may change')
+  return cfg
+
+
+def abstract_opt_state(tx, model: state_lib.ModelState, mesh):
+  """The optimizer state of ``model``'s params as shapes + shardings (nothing allocated)."""
+  shardings = state_lib.optimizer_shardings(tx, model.params, mesh, model.rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      jax.eval_shape(tx.init, model.params), shardings)
+
+
+def _is_legacy(workdir: str, step: int | None) -> bool:
+  directory = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
+  steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(
+      directory) else []
+  if not steps:
+    return False
+  chosen = step if step is not None else max(steps)
+  return os.path.isdir(os.path.join(directory, str(chosen), ckpt_lib.LEGACY_ITEM))
