@@ -255,8 +255,12 @@ def _run_overrides(arm: Arm, seed: int, overrides: Sequence[str]) -> list[str]:
 
 
 def _canonical(config) -> dict[str, Any]:
-  from decomp.train import config as config_lib  # only here: the runner itself needs no JAX
-  return {k: v for k, v in config_lib.canonical_dict(config).items() if k != "quiet"}
+  # Imported only here: the runner itself needs no JAX.
+  from decomp.train import config as config_lib
+  from decomp.train import overrides as overrides_lib
+  if isinstance(config, Mapping):
+    config = overrides_lib.from_dict(config)
+  return {k: v for k, v in config_lib.flat_dict(config).items() if k != "eval_log.quiet"}
 
 
 def _config_key(config) -> str:
@@ -265,8 +269,9 @@ def _config_key(config) -> str:
 
 
 def _run_config(arm: Arm, seed: int, config: str, overrides: Sequence[str]):
-  from decomp.train import config as config_lib
-  return config_lib.apply_overrides(config_lib.get_config(config),
+  from decomp.train import overrides as overrides_lib
+  from decomp.train import recipes
+  return overrides_lib.apply_overrides(recipes.get_config(config),
                                     _run_overrides(arm, seed, overrides))
 
 

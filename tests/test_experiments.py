@@ -1,6 +1,8 @@
 """The sweep runner's statistics and the end-to-end path of the main job: sweep -> summary ->
 figures, on a tiny real sweep (two arms, two seeds, a few steps of the quick config)."""
 
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 import json
 import os
 import sys
@@ -162,7 +164,7 @@ def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
   from decomp.train import config as config_lib
 
   def fake_run(workdir, arm, seed, extra=()):
-    cfg = config_lib.apply_overrides(config_lib.get_config("playground_quick"),
+    cfg = overrides_lib.apply_overrides(recipes.get_config("playground_quick"),
                                      [*sweep._run_overrides(arm, seed, []), *extra])
     os.makedirs(workdir)
     stored = config_lib.to_dict(cfg)
@@ -201,11 +203,11 @@ def test_arm_dict_overrides_merge_and_stale_runs_are_refused(tmp_path):
 
   arm = sweep.Arm("neg15", {"negatives": 15, "playground": {"negatives": 15}})
   cfg = sweep._run_config(arm, 0, "playground", [])
-  default = config_lib.get_config("playground").playground
-  assert cfg.playground == {**default, "negatives": 15}
-  assert cfg.playground["tasks"] == ["t2t"]
+  default = recipes.get_config("playground").data.playground
+  assert cfg.data.playground == {**default, "negatives": 15}
+  assert cfg.data.playground["tasks"] == ["t2t"]
 
-  stale = config_lib.apply_overrides(config_lib.get_config("playground"), [
+  stale = overrides_lib.apply_overrides(recipes.get_config("playground"), [
       "negatives=15", 'playground={"negatives": 15}', "seed=0"])
   workdir = sweep.run_dir(str(tmp_path), arm, 0)
   os.makedirs(workdir)

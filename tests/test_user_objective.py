@@ -2,6 +2,7 @@
 arm next to SFT (CIs, a row in summary.md), logging its own loss as `loss`, without the
 vocabulary log-normaliser it does not declare, and its workdir's config.json re-launches it."""
 
+from decomp.train import overrides as overrides_lib
 import json
 import os
 import subprocess
@@ -67,7 +68,7 @@ def test_registered_hybrid_runs_as_a_sweep_arm(tmp_path, monkeypatch):
 
   # It reads no vocabulary log-normaliser (none declared), so the engine builds none.
   from decomp.train import config as config_lib
-  assert config_lib.make_objective(config_lib.from_file(str(run / "config.json"))).needs == set()
+  assert config_lib.make_objective(overrides_lib.from_file(str(run / "config.json"))).needs == set()
 
   # The workdir's config.json re-launches the same run in a fresh process.
   again = tmp_path / "again"

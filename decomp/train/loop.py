@@ -133,7 +133,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   objective = config_lib.make_objective(cfg)
   # The model's shapes and tokenizer come from JSON alone: a playground base is built only once
   # every check has passed.
-  shape_directory = run_lib.checkpoint_directory_of(cfg)
+  shape_directory = state_lib.shape_directory(cfg)
   tokenizer = state_lib.resolve_tokenizer(cfg, shape_directory)
   shapes = state_lib.model_shapes(cfg, tokenizer, shape_directory)
   data = data_lib.make_data(cfg, tokenizer, shapes.image_input)

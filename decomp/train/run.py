@@ -31,12 +31,6 @@ from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 
 
-def checkpoint_directory_of(cfg: config_lib.TrainConfig) -> str | None:
-  """The checkpoint directory a run's *shapes* come from: None for a random-shape model
-  (``random``, and ``playground``, whose base has the config's shape), else ``model.path``."""
-  return None if cfg.model.is_random_shape else state_lib.checkpoint_directory(cfg)
-
-
 def make_mesh(cfg: config_lib.TrainConfig):
   devices = jax.devices()[:cfg.parallel.num_devices] if cfg.parallel.num_devices else None
   return mesh_lib.make_mesh(cfg.parallel.mesh, devices)
@@ -84,7 +78,7 @@ class Run:
     if overrides:
       cfg = evaluation_config(cfg, overrides)
     objective = config_lib.make_objective(cfg)
-    directory = checkpoint_directory_of(cfg)
+    directory = state_lib.shape_directory(cfg)
     tokenizer = state_lib.resolve_tokenizer(cfg, directory)
     shapes = state_lib.model_shapes(cfg, tokenizer, directory)
     mesh = mesh if mesh is not None else make_mesh(cfg)

@@ -47,10 +47,27 @@ def checkpoint_directory(cfg: config_lib.TrainConfig) -> str:
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
 
 
-def resolve_tokenizer(cfg: config_lib.TrainConfig, directory: str | None):
+def shape_directory(cfg: config_lib.TrainConfig) -> str | None:
+  """The checkpoint directory a config's *shapes* and tokenizer come from: None for a
+  random-shape model (``random``, and ``playground``, whose base has the config's shape and the
+  built-in tokenizer), else ``model.path``."""
+  return None if cfg.model.is_random_shape else checkpoint_directory(cfg)
+
+
+def data_shapes(cfg: config_lib.TrainConfig, tokenizer) -> 'ModelShapes':
+  """The model's shapes as far as the data needs them, from JSON alone (no base is built)."""
+  return model_shapes(cfg, tokenizer, shape_directory(cfg))
+
+
+_SHAPE_DIRECTORY = object()
+
+
+def resolve_tokenizer(cfg: config_lib.TrainConfig, directory=_SHAPE_DIRECTORY):
   """``model.tokenizer``, else the checkpoint directory's own tokenizer, else (random weights)
   the built-in tokenizer of random shapes (which the playground base saves too). A checkpoint directory without tokenizer files is refused: another
   tokenizer would silently map the text to the wrong embeddings."""
+  if directory is _SHAPE_DIRECTORY:
+    directory = shape_directory(cfg)
   if cfg.model.tokenizer:
     return load_tokenizer(cfg.model.tokenizer)
   if directory is None:

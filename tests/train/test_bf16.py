@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import data as data_lib
 from decomp.train import mesh as mesh_lib
 from decomp.train import state as state_lib
@@ -14,7 +16,7 @@ from decomp.train import step as step_lib
 
 
 def _one_step(dtype):
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'vision=false', 'num_layers=2', 'batch_size=4', 'negatives=3', 'max_length=48',
       f'dtype={dtype}', 'param_dtype=float32', 'playground.tasks=["t2t"]'])
   mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
@@ -22,7 +24,7 @@ def _one_step(dtype):
   objective = config_lib.make_objective(cfg)
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
   params, frozen = run.initialize()
-  arrays, _ = data_lib.make_data(cfg, tokenizer).train_batch(0, cfg.batch_size)
+  arrays, _ = data_lib.make_data(cfg, tokenizer).train_batch(0, cfg.data.batch_size)
   tx, schedule = step_lib.make_optimizer(peak=1e-3, steps=10, warmup_steps=0, end_factor=1.0,
                                          weight_decay=0.0, b1=0.9, b2=0.999, clip_norm=1.0)
   fn = jax.jit(step_lib.make_train_step(run.graphdef, tx, schedule, objective))

@@ -7,6 +7,8 @@ import pytest
 from decomp.data.types import Group, Item
 from decomp.models import prompt as prompt_lib
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train import state as state_lib
 from decomp.train.loop import train
@@ -17,7 +19,7 @@ LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'qui
 
 
 def quick(*overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  return overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                     [*LEAN, *overrides])
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train.loop import train
 
@@ -20,7 +22,7 @@ LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'qui
 
 
 def quick(*overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  return overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                     [*LEAN, *overrides])
 
 
@@ -79,7 +81,7 @@ def test_bad_chunk_and_accumulation_values_are_named(override, message):
 
 
 def test_micro_batches_must_split_over_the_data_shards():
-  cfg = config_lib.apply_overrides(quick('accumulate_steps=4'), ['mesh={"data": 4}',
+  cfg = overrides_lib.apply_overrides(quick('accumulate_steps=4'), ['mesh={"data": 4}',
                                                                  'num_devices=4'])
   with pytest.raises(ValueError, match='each of the 4 micro-batches of batch_size=8 must split'):
     config_lib.validate(cfg, num_devices=8)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
 from decomp.train import state as state_lib
@@ -15,7 +17,7 @@ from decomp.train.loop import train
 
 
 def _cfg(*overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  return overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'finetune=head', 'steps=6', 'eval_every=3', 'checkpoint_every=3', 'example_log_every=3',
       'quiet=true', 'train_pool=16', 'playground={"tasks": ["t2t", "i2t"]}', *overrides])
 

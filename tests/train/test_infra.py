@@ -11,6 +11,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
 
@@ -18,47 +20,48 @@ from decomp.train import mesh as mesh_lib
 # --- config ---------------------------------------------------------------------------------------
 
 def test_overrides_coerce_types():
-  cfg = config_lib.get_config('playground_quick')
-  cfg = config_lib.apply_overrides(cfg, [
+  cfg = recipes.get_config('playground_quick')
+  cfg = overrides_lib.apply_overrides(cfg, [
       'steps=7', 'learning_rate=1e-2', 'quiet=true', 'weight=cl', 'mesh.data=4', 'mesh.model=2',
-      'lora_targets=q_proj,v_proj', 'weight_kwargs={"tau": 0.2}', 'seed=3'])
-  assert cfg.steps == 7 and isinstance(cfg.steps, int)
-  assert cfg.learning_rate == 0.01 and cfg.quiet is True and cfg.weight == 'cl'
-  assert cfg.mesh == {'data': 4, 'model': 2}
-  assert cfg.lora_targets == ('q_proj', 'v_proj')
-  assert cfg.weight_kwargs == {'tau': 0.2} and cfg.seed == 3
+      'finetune=lora', 'lora_targets=q_proj,v_proj', 'weight_kwargs={"tau": 0.2}', 'seed=3'])
+  assert cfg.optim.steps == 7 and isinstance(cfg.optim.steps, int)
+  assert cfg.optim.learning_rate == 0.01 and cfg.eval_log.quiet is True and cfg.objective.weight == 'cl'
+  assert cfg.parallel.mesh == {'data': 4, 'model': 2}
+  assert cfg.finetune.lora_targets == ('q_proj', 'v_proj')
+  assert cfg.objective.weight_kwargs == {'tau': 0.2} and cfg.seed == 3
   # The preset itself is untouched.
-  assert config_lib.get_config('playground_quick').steps != 7
+  assert recipes.get_config('playground_quick').optim.steps != 7
 
 
 @pytest.mark.parametrize('override, message', [
     ('stpes=3', "unknown config key 'stpes'; did you mean steps"),
-    ('steps=three', "config key 'steps': cannot read 'three' as an integer"),
+    ('steps=three', "config optim.steps: cannot read 'three' as an integer"),
     ('quiet=maybe', 'as a boolean'),
     ('steps', 'not of the form key=value'),
-    ('steps.x=1', 'not a dict field'),
+    ('steps.x=1', 'not a mapping field'),
 ])
 def test_bad_overrides(override, message):
   with pytest.raises((KeyError, ValueError), match=message):
-    config_lib.apply_overrides(config_lib.TrainConfig(), [override])
+    overrides_lib.apply_overrides(config_lib.TrainConfig(), [override])
 
 
 def test_config_json_round_trip(tmp_path):
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground'), ['weight=tau_mask',
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground'), ['weight=tau_mask',
                                                                           'weight_kwargs.tau=0.2'])
   path = tmp_path / 'config.json'
   logs.write_json_atomic(str(path), config_lib.to_dict(cfg))
-  assert config_lib.from_file(str(path)) == cfg
+  assert overrides_lib.from_file(str(path)) == cfg
   (tmp_path / 'cfg.py').write_text(
-      'from decomp.train.config import TrainConfig\n'
-      'def get_config():\n  return TrainConfig(steps=5, negatives=2)\n')
-  got = config_lib.get_config(str(tmp_path / 'cfg.py'))
-  assert (got.steps, got.negatives, got.list_size) == (5, 2, 3)
+      'from decomp.train import config\n'
+      'def get_config():\n'
+      '  return config.replace(config.TrainConfig(), optim={"steps": 5}, data={"negatives": 2})\n')
+  got = recipes.get_config(str(tmp_path / 'cfg.py'))
+  assert (got.optim.steps, got.data.negatives, got.list_size) == (5, 2, 3)
   (tmp_path / 'bad.json').write_text('{"steps": 5, "bogus": 1}')
-  with pytest.raises(KeyError, match='bad.json.*bogus'):
-    config_lib.from_file(str(tmp_path / 'bad.json'))
+  with pytest.raises(KeyError, match='bad.json.*bogus'):  # a flat (pre-section) file, migrated
+    overrides_lib.from_file(str(tmp_path / 'bad.json'))
   with pytest.raises(ValueError, match='unknown config'):
-    config_lib.get_config('nope')
+    recipes.get_config('nope')
 
 
 @pytest.mark.parametrize('override, kwargs, message', [
@@ -68,12 +71,12 @@ def test_config_json_round_trip(tmp_path):
     (['weight=decomp.weights:sft'], {}, "no loss to log as `loss`"),
     (['objective=decomp.weights:sft'], {}, "objective must be a registered name"),
     (['negatives=9'], {'max_negatives': 5}, 'offers only 5 negatives'),
-    (['negatives=0'], {}, 'at least one negative'),
+    (['negatives=0'], {}, 'data.negatives=0: must be >= 1'),
     (['mesh.data=3'], {'num_devices': 8}, 'does not divide|uses 3 devices'),
     (['mesh={"data": -1, "model": 3}'], {'num_devices': 8}, 'does not divide the 8 devices'),
     (['batch_size=6', 'mesh.data=4'], {'num_devices': 4}, 'batch_size=6.*divisible'),
     (['layout=pipeline'], {}, 'layout'),
-    (['finetune=some'], {}, 'finetune'),
+    (['finetune=some'], {}, 'finetune.trains'),
     (['dtype=float8'], {}, 'dtype'),
     (['steps=0'], {}, 'steps=0'),
     (['train_pool=-1'], {}, 'train_pool=-1'),
@@ -81,21 +84,21 @@ def test_config_json_round_trip(tmp_path):
     (['axis_rules={"embed": "fsdp"}'], {}, "'embed' maps to \\['fsdp'\\], not axes of mesh"),
 ])
 def test_validate_rejects(override, kwargs, message):
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), override)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=message):  # when the section is built, or by validate
+    cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), override)
     config_lib.validate(cfg, **kwargs)
 
 
 def test_validate_accepts_presets_and_import_paths():
-  for name in config_lib.NAMED_CONFIGS:
-    config_lib.validate(config_lib.get_config(name), num_devices=8, max_negatives=8)
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  for name in recipes.NAMED_CONFIGS:
+    config_lib.validate(recipes.get_config(name), num_devices=8, max_negatives=8)
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                    ['direction=decomp.directions:cl'])
   config_lib.validate(cfg)
-  assert config_lib.to_dict(cfg)['direction'] == 'decomp.directions:cl'
+  assert config_lib.to_dict(cfg)['objective']['direction'] == 'decomp.directions:cl'
   assert config_lib.make_objective(cfg).rank_by == 'sft'  # a bare function declares nothing
   # temperature reaches the CL weight only.
-  cl_cfg = dataclasses.replace(cfg, weight='cl', temperature=0.5)
+  cl_cfg = config_lib.replace(cfg, objective={'weight': 'cl', 'temperature': 0.5})
   assert config_lib.make_objective(cl_cfg).weight.params == {'temperature': 0.5}
 
 
@@ -105,7 +108,7 @@ def test_train_pool_is_one_training_set_visited_in_each_seeds_order():
   from decomp.train import data as data_lib
 
   def first_groups(count, *overrides):
-    cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), list(overrides))
+    cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), list(overrides))
     source = data_lib.make_source(cfg)
     return [source.train_group(i).query_id for i in range(count)]
 
@@ -201,7 +204,8 @@ def test_checkpoint_round_trip_with_shardings(tmp_path):
   mesh = mesh_lib.make_mesh({'data': 4, 'model': 2})
   w = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, P('data', 'model')))
   state = {'params': {'w': w, 'b': jnp.ones(3, jnp.bfloat16)},
-           'rng': jax.random.key_data(jax.random.key(7)), 'count': jnp.int32(3)}
+           'frozen': {'rng': jax.random.key_data(jax.random.key(7))},
+           'opt_state': {'count': jnp.int32(3)}}
   with ckpt_lib.Checkpoints(str(tmp_path), keep=2) as ckpts:
     assert ckpts.latest_step() is None
     for step in (5, 10, 15):
@@ -219,7 +223,11 @@ def test_checkpoint_round_trip_with_shardings(tmp_path):
   assert restored['params']['w'].sharding.spec == P(None, 'data')
   np.testing.assert_array_equal(restored['params']['w'], np.arange(32.0).reshape(8, 4) * 15)
   assert restored['params']['b'].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(restored['rng'], state['rng'])
+  np.testing.assert_array_equal(restored['frozen']['rng'], state['frozen']['rng'])
+  # The model item restores alone (Run.open never shapes an optimizer).
+  with ckpt_lib.Checkpoints(str(tmp_path)) as ckpts:
+    alone, _ = ckpts.restore({k: abstract[k] for k in ('params', 'frozen')})
+  assert set(alone) == {'params', 'frozen'}
   # A restore target that does not match names the checkpoint.
   abstract['params']['w'] = jax.ShapeDtypeStruct((5, 4), jnp.float32, sharding=other)
   with ckpt_lib.Checkpoints(str(tmp_path)) as ckpts:
@@ -241,13 +249,13 @@ def test_cli_reports_bad_config(tmp_path, capsys):
   assert not (tmp_path / 'w').exists()
 
 
-def test_package_is_callable_and_keeps_submodules(tmp_path):
+def test_package_exports_plain_functions_and_keeps_submodules(tmp_path):
   import decomp
   import decomp.train as package
   import decomp.train.logs as logs_module
   from decomp.train.loop import train
   assert package.train is train and logs_module is logs
-  assert decomp.train is package and callable(decomp.train)
-  with pytest.raises(ValueError, match="unknown weight 'nope'"):  # delegates to train()
-    decomp.train(config_lib.apply_overrides(config_lib.TrainConfig(), ['weight=nope']),
-                 str(tmp_path / 'w'))
+  assert decomp.train is package and not callable(decomp.train)
+  with pytest.raises(ValueError, match="unknown weight 'nope'"):
+    decomp.train.train(overrides_lib.apply_overrides(config_lib.TrainConfig(), ['weight=nope']),
+                       str(tmp_path / 'w'))

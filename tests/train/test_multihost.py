@@ -10,6 +10,8 @@ import numpy as np
 
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train.loop import train
 
@@ -36,7 +38,7 @@ def test_two_processes_match_one(tmp_path):
       for i in range(2)]
 
   single = str(tmp_path / 'single')
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                    [*OVERRIDES, 'num_devices=4'])
   expected = train(cfg, single)
 

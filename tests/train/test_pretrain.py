@@ -10,13 +10,16 @@ from safetensors.numpy import load_file
 
 from decomp.models import hf
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
-from decomp.train import pretrain
+from decomp.playground import base as pretrain
+from decomp.playground import sequences
 from decomp.train.loop import train
 
 
 def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch):
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'model=playground', 'pretrain_steps=30', 'pretrain_batch_size=16', 'quiet=true'])
   monkeypatch.setenv('DECOMP_CACHE', str(tmp_path / 'cache_a'))
   path = pretrain.base_checkpoint(cfg)
@@ -28,8 +31,8 @@ def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch)
   assert len(losses) == 30 and losses[-5:].mean() < losses[:5].mean() - 0.5, losses
   # HF layout: the models' own loader reads it; the shape is the config's.
   decoder = hf.load_pretrained(path)
-  assert (decoder.config.hidden_size, decoder.config.num_layers) == (cfg.hidden_size,
-                                                                      cfg.num_layers)
+  assert (decoder.config.hidden_size, decoder.config.num_layers) == (cfg.model.hidden_size,
+                                                                      cfg.model.num_layers)
   # Cached: a second call returns the same directory without building, and says nothing.
   assert info['source_fingerprint'] == pretrain.source_fingerprint()
   mtime = os.path.getmtime(os.path.join(path, 'model.safetensors'))
@@ -55,7 +58,7 @@ def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch)
 
   # Fine-tuning starts from these weights: the trained run's frozen base equals the checkpoint.
   workdir = str(tmp_path / 'run')
-  train(config_lib.apply_overrides(cfg, ['steps=2', 'finetune=lora', 'eval_every=0',
+  train(overrides_lib.apply_overrides(cfg, ['steps=2', 'finetune=lora', 'eval_every=0',
                                           'final_eval=false', 'example_log_every=0']), workdir)
   from decomp.train.checkpoint import load_state
   state, _ = load_state(workdir)
@@ -80,14 +83,14 @@ def test_attribute_questions_are_true_then_false_and_in_vocabulary():
   from decomp.data.playground import Playground, text, world
   from decomp.train import state as state_lib
 
-  cfg = config_lib.get_config('playground')
-  playground = Playground(pretrain.pretraining_world(cfg))
+  cfg = recipes.get_config('playground')
+  playground = Playground(sequences.pretraining_world(cfg))
   tokenizer = state_lib.resolve_tokenizer(cfg)
   rng = np.random.default_rng(0)
   texts, checked = [], 0
   for index in range(20):
     plan = playground.plan('train', index)
-    questions = pretrain.attribute_questions(plan, playground.config, rng, 4)
+    questions = sequences.attribute_questions(plan, playground.config, rng, 4)
     assert [q.rsplit(' ', 1)[1] for _, q in questions] == ['yes', 'no', 'yes', 'no']
     for _, question in questions:
       description, asked = question.split(' . Does it match ')
@@ -104,10 +107,10 @@ def test_attribute_questions_are_true_then_false_and_in_vocabulary():
   assert checked >= 20
   ids = tokenizer(texts, add_special_tokens=False)['input_ids']
   assert all(tokenizer.unk_token_id not in seq for seq in ids)
-  assert max(len(seq) for seq in ids) < pretrain.TEXT_TOKENS
+  assert max(len(seq) for seq in ids) < sequences.TEXT_TOKENS
   # The recipe names the questions only when used, so bases built without them keep their keys.
   assert 'pretrain_qa_per_group' not in pretrain.recipe(cfg)
-  assert pretrain.recipe(config_lib.apply_overrides(cfg, ['pretrain_qa_per_group=2']))[
+  assert pretrain.recipe(overrides_lib.apply_overrides(cfg, ['pretrain_qa_per_group=2']))[
       'pretrain_qa_per_group'] == 2
 
 
@@ -121,14 +124,14 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
   from decomp.data.playground import Playground, world
   from decomp.train import state as state_lib
 
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground'),
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground'),
                                    ['pretrain_match_per_group=4'])
-  playground = Playground(pretrain.pretraining_world(cfg))
+  playground = Playground(sequences.pretraining_world(cfg))
   rng = np.random.default_rng(0)
   kinds, checked = set(), 0
   for index in range(24):
     plan = playground.plan('train', index)
-    questions = pretrain.matching_items(plan, playground.config, rng, 4)
+    questions = sequences.matching_items(plan, playground.config, rng, 4)
     assert [answer for _, _, answer in questions] == ['yes', 'no'] * 2
     for query, doc, answer in questions:
       kind = ('edit' if query.image is not None and query.text else
@@ -140,13 +143,13 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
         colour = world.VALUES['colour'][plan.target[world.ATTRIBUTES.index('colour')]]
         assert _colour_of(query.text) == _colour_of(doc.text) == {colour}, (query, doc)
         checked += 1
-  assert kinds == set(pretrain.MATCH_KINDS) and checked >= 3
+  assert kinds == set(sequences.MATCH_KINDS) and checked >= 3
 
   # In a pre-training batch a question is the 'playground' preset's prompt, its loss the answer
   # alone, weighted ANSWER_WEIGHT; an image sits where its side puts it.
   tokenizer = state_lib.resolve_tokenizer(cfg)
   shapes = state_lib.model_shapes(cfg, tokenizer)
-  stream = pretrain._Sequences(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
+  stream = sequences.PretrainStream(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
   batch = stream.batch(96)
   yes, no = tokenizer.convert_tokens_to_ids(['yes', 'no'])
   image_id = tokenizer.convert_tokens_to_ids('<image>')
@@ -155,7 +158,7 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
     positions = np.flatnonzero(batch['loss_mask'][row])
     ids = batch['input_ids'][row]
     assert tokenizer.unk_token_id not in ids[batch['attention_mask'][row] > 0]
-    if len(positions) == 1 and batch['loss_mask'][row, positions[0]] == pretrain.ANSWER_WEIGHT:
+    if len(positions) == 1 and batch['loss_mask'][row, positions[0]] == sequences.ANSWER_WEIGHT:
       assert tokenizer.decode(ids[:positions[0] + 1]).endswith('. does it match ?')
       assert ids[positions[0] + 1] in (yes, no)
       assert ids[positions[0] + 2] == tokenizer.eos_token_id
@@ -166,12 +169,12 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
       assert set(batch['loss_mask'][row, positions]) == {1.0} and len(positions) > 3
   assert 24 <= answered < 96
   # The recipe names the knobs only when used, so earlier bases keep their keys.
-  plain = config_lib.get_config('playground')
+  plain = recipes.get_config('playground')
   assert {'pretrain_match_per_group', 'pretrain_vision_steps'}.isdisjoint(pretrain.recipe(plain))
   assert pretrain.recipe(cfg)['pretrain_match_per_group'] == 4
   for key in ('pretrain_match_per_group', 'pretrain_vision_steps'):
     with pytest.raises(ValueError, match=key):
-      config_lib.validate(config_lib.apply_overrides(plain, [f'{key}=-1']), num_devices=1)
+      config_lib.validate(overrides_lib.apply_overrides(plain, [f'{key}=-1']), num_devices=1)
 
 
 def test_tower_pretraining_teaches_the_attributes_and_the_base_reports_both_accuracies(tmp_path):
@@ -179,10 +182,10 @@ def test_tower_pretraining_teaches_the_attributes_and_the_base_reports_both_accu
   from decomp.models.vision import VisionEncoder
   from decomp.train import state as state_lib
 
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'model=playground', 'pretrain_steps=4', 'pretrain_batch_size=8', 'quiet=true',
       'pretrain_vision_steps=300', 'pretrain_match_per_group=2'])
-  untrained = config_lib.apply_overrides(cfg, ['pretrain_vision_steps=0'])
+  untrained = overrides_lib.apply_overrides(cfg, ['pretrain_vision_steps=0'])
   vision = VisionEncoder(state_lib.vision_config(cfg), rngs=nnx.Rngs(0))
   before = pretrain.pretrain_tower(untrained, vision, eval_images=256)
   after = pretrain.pretrain_tower(cfg, vision, eval_images=256)
@@ -191,10 +194,10 @@ def test_tower_pretraining_teaches_the_attributes_and_the_base_reports_both_accu
   assert before['train_scenes']['colour'] < 0.4 < 0.8 < after['train_scenes']['colour']
   assert before['train_scenes']['position'] < 0.4 < 0.8 < after['train_scenes']['position']
 
-  info = pretrain.build(config_lib.apply_overrides(cfg, ['pretrain_vision_steps=5']),
+  info = pretrain.build(overrides_lib.apply_overrides(cfg, ['pretrain_vision_steps=5']),
                         str(tmp_path / 'base'))
   assert set(info['tower_accuracy']) == {'train_scenes', 'held_out_pairs'}
-  assert set(info['matching_accuracy']) == set(pretrain.MATCH_KINDS)
+  assert set(info['matching_accuracy']) == set(sequences.MATCH_KINDS)
   assert all(0.0 <= v <= 1.0 for v in info['matching_accuracy'].values())
 
 
@@ -202,25 +205,25 @@ def test_chat_matching_questions_are_written_in_the_rerankers_layout():
   from decomp.models.prompt import RerankPrompt
   from decomp.train import state as state_lib
 
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground'), [
       'pretrain_match_per_group=4', 'pretrain_match_format=chat'])
   tokenizer = state_lib.resolve_tokenizer(cfg)
   shapes = state_lib.model_shapes(cfg, tokenizer)
   patches = shapes.vision.num_patches
-  stream = pretrain._Sequences(cfg, tokenizer, patches, shapes.vision)
+  stream = sequences.PretrainStream(cfg, tokenizer, patches, shapes.vision)
   batch = stream.batch(96)
-  assert batch['input_ids'].shape[1] == cfg.max_length + 2
+  assert batch['input_ids'].shape[1] == cfg.data.max_length + 2
   # The reranker's own template after the user turn: the answer follows exactly these tokens.
   _, _, suffix, _, _ = RerankPrompt(tokenizer, image_tokens=patches).segments(
-      pretrain.MATCH_INSTRUCTION)
-  system = tokenizer(pretrain.MATCH_INSTRUCTION, add_special_tokens=False)['input_ids']
+      sequences.MATCH_INSTRUCTION)
+  system = tokenizer(sequences.MATCH_INSTRUCTION, add_special_tokens=False)['input_ids']
   yes, no = tokenizer.convert_tokens_to_ids(['yes', 'no'])
   image_id = tokenizer.convert_tokens_to_ids('<image>')
   answers, with_image = [], 0
   for row in range(96):
     positions = np.flatnonzero(batch['loss_mask'][row])
     ids = list(batch['input_ids'][row])
-    if not (len(positions) == 1 and batch['loss_mask'][row, positions[0]] == pretrain.ANSWER_WEIGHT):
+    if not (len(positions) == 1 and batch['loss_mask'][row, positions[0]] == sequences.ANSWER_WEIGHT):
       continue
     end = positions[0] + 1
     assert ids[end - len(suffix):end] == list(suffix)
@@ -233,18 +236,18 @@ def test_chat_matching_questions_are_written_in_the_rerankers_layout():
     answers.append(ids[end])
   assert len(answers) >= 24 and with_image >= 8 and set(answers) == {yes, no}
   assert pretrain.recipe(cfg)['pretrain_match_format'] == 'chat'
-  assert 'pretrain_match_format' not in pretrain.recipe(config_lib.get_config('playground'))
+  assert 'pretrain_match_format' not in pretrain.recipe(recipes.get_config('playground'))
   with pytest.raises(ValueError, match='pretrain_match_format'):
-    config_lib.validate(config_lib.apply_overrides(cfg, ['pretrain_match_format=xml']),
+    config_lib.validate(overrides_lib.apply_overrides(cfg, ['pretrain_match_format=xml']),
                         num_devices=1)
 
 
 def test_a_frozen_vision_path_keeps_its_weights_and_the_base_reports_image_reading(tmp_path):
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'model=playground', 'pretrain_steps=6', 'pretrain_batch_size=8', 'quiet=true'])
-  untrained = pretrain.build(config_lib.apply_overrides(cfg, ['pretrain_steps=0']),
+  untrained = pretrain.build(overrides_lib.apply_overrides(cfg, ['pretrain_steps=0']),
                              str(tmp_path / 'init'))
-  frozen = pretrain.build(config_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']),
+  frozen = pretrain.build(overrides_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']),
                           str(tmp_path / 'frozen'))
   joint = pretrain.build(cfg, str(tmp_path / 'joint'))
   weights = {name: load_file(str(tmp_path / name / 'multimodal.safetensors'))
@@ -254,7 +257,7 @@ def test_a_frozen_vision_path_keeps_its_weights_and_the_base_reports_image_readi
   assert any(not np.array_equal(weights['joint'][k], weights['init'][k]) for k in weights['init'])
   decoders = [load_file(str(tmp_path / n / 'model.safetensors')) for n in ('init', 'frozen')]
   assert any(not np.array_equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
-  assert pretrain.recipe(config_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']))[
+  assert pretrain.recipe(overrides_lib.apply_overrides(cfg, ['pretrain_freeze_vision=true']))[
       'pretrain_freeze_vision'] is True
   assert 'pretrain_freeze_vision' not in pretrain.recipe(cfg)
   # Captions after their own image and after another row's: both finite, both recorded; an
@@ -271,7 +274,7 @@ def test_matching_questions_with_random_negatives_never_ask_about_the_hard_ones(
   import types
   from decomp.data.playground import Playground, world
 
-  playground = Playground(pretrain.pretraining_world(config_lib.get_config('playground')))
+  playground = Playground(sequences.pretraining_world(recipes.get_config('playground')))
   colour = world.ATTRIBUTES.index('colour')
   target = np.array(playground.plan('train', 0).target)
   hard, easy = target.copy(), target.copy()
@@ -283,18 +286,18 @@ def test_matching_questions_with_random_negatives_never_ask_about_the_hard_ones(
 
   def false_colours(negatives):
     rng = np.random.default_rng(0)
-    items = pretrain.matching_items(plan, playground.config, rng, 40, ('text-text',), negatives)
+    items = sequences.matching_items(plan, playground.config, rng, 40, ('text-text',), negatives)
     return {c for _, doc, answer in items if answer == 'no' for c in _colour_of(doc.text)}
 
   assert false_colours('random') == {names['easy']}
   assert false_colours('group') == {names['easy'], names['hard']}
   with pytest.raises(ValueError, match='no random negative'):
-    pretrain.matching_items(types.SimpleNamespace(
+    sequences.matching_items(types.SimpleNamespace(
         target=target, doc_scenes=(target, hard), doc_kinds=('positive', 'hard')),
         playground.config, np.random.default_rng(0), 2, ('text-text',), 'random')
   with pytest.raises(ValueError, match='pretrain_match_negatives'):
-    config_lib.validate(config_lib.apply_overrides(
-        config_lib.get_config('playground'), ['pretrain_match_negatives=hard']), num_devices=1)
+    config_lib.validate(overrides_lib.apply_overrides(
+        recipes.get_config('playground'), ['pretrain_match_negatives=hard']), num_devices=1)
 
 
 def test_a_reranker_in_the_playground_prompt_reads_the_bases_own_question():
@@ -304,7 +307,7 @@ def test_a_reranker_in_the_playground_prompt_reads_the_bases_own_question():
   from decomp.train import data as data_lib
   from decomp.train import state as state_lib
 
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground'), [
       'prompt=playground', 'playground.tasks=["t2i","i2t","it2it"]', 'pretrain_match_per_group=2'])
   tokenizer = state_lib.resolve_tokenizer(cfg)
   shapes = state_lib.model_shapes(cfg, tokenizer)
@@ -312,11 +315,11 @@ def test_a_reranker_in_the_playground_prompt_reads_the_bases_own_question():
   groups = [source.train_group(i) for i in range(3)]
   encoded = data_lib.GroupData(cfg, source, tokenizer, shapes.vision).encode(
       groups, max(len(g.docs) for g in groups))
-  stream = pretrain._Sequences(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
-  assert get_preset(cfg.prompt).label_words == ('yes', 'no')
+  stream = sequences.PretrainStream(cfg, tokenizer, shapes.vision.num_patches, shapes.vision)
+  assert get_preset(cfg.readout.preset).label_words == ('yes', 'no')
   for g, group in enumerate(groups):
     for d, doc in enumerate(group.docs):
       mask = encoded['attention_mask'][g, d].astype(bool)
       ours = encoded['input_ids'][g, d][mask].tolist()
-      theirs = stream.prompt.encode_pair('', group.query, doc, max_length=cfg.max_length)
+      theirs = stream.prompt.encode_pair('', group.query, doc, max_length=cfg.data.max_length)
       assert ours == theirs, (group.task, tokenizer.decode(ours), tokenizer.decode(theirs))

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train import state as state_lib
 from decomp.train.loop import train
@@ -15,7 +17,7 @@ from decomp.train.loop import train
 def qwen3_dir(tmp_path_factory):
   import torch
   from transformers import Qwen3Config, Qwen3ForCausalLM
-  tokenizer = state_lib.resolve_tokenizer(config_lib.get_config('playground'))
+  tokenizer = state_lib.resolve_tokenizer(recipes.get_config('playground'))
   config = Qwen3Config(vocab_size=len(tokenizer) + 8, hidden_size=64, intermediate_size=96,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=24, tie_word_embeddings=True, initializer_range=0.05)
@@ -27,7 +29,7 @@ def qwen3_dir(tmp_path_factory):
 
 
 def _cfg(path, *overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground'), [
+  return overrides_lib.apply_overrides(recipes.get_config('playground'), [
       f'model={path}', 'steps=6', 'batch_size=4', 'eval_batch_size=4', 'num_devices=1',
       'mesh={"data": 1}', 'negatives=3', 'eval_every=0',
       'checkpoint_every=3', 'keep_checkpoints=3', 'test_groups=8', 'eval_groups=8',

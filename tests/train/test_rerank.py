@@ -15,6 +15,8 @@ from decomp.data import beir, flag, sources
 from decomp.data import tokenizer as tokenizer_lib
 from decomp.data.types import Item
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train.loop import train
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -74,7 +76,7 @@ def world(tmp_path_factory):
   held_out = beir.training_groups(collection, negatives=3)
   data = sources.export_mrb(str(root / 'mrb'), {'train': train_groups, 'val': held_out,
                                                  'test': held_out})
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                    [*LEAN, f'data={data}'])
   workdir = str(root / 'run')
   train(cfg, workdir)
@@ -123,7 +125,7 @@ def test_rerank_command_prints_pytrec_evals_ndcg(world):
 
 
 def test_model_directory_scorer_matches_the_reranker(tmp_path):
-  """A base/HF model directory (decoder + tokenizer) scores through the playground preset."""
+  """A base/HF model directory (decoder + tokenizer) scores through decomp's own template."""
   import shutil
 
   from flax import nnx
@@ -135,7 +137,7 @@ def test_model_directory_scorer_matches_the_reranker(tmp_path):
   from decomp.models.reranker import Reranker, load_tokenizer
   from decomp.train import cache
   from decomp.train import state as state_lib
-  cfg = config_lib.get_config('playground_quick')
+  cfg = recipes.get_config('playground_quick')
   tok_dir = cache.playground_tokenizer_dir()
   tokenizer = load_tokenizer(tok_dir)
   decoder = Decoder(state_lib.decoder_config(cfg, len(tokenizer)), rngs=nnx.Rngs(1))
@@ -143,7 +145,7 @@ def test_model_directory_scorer_matches_the_reranker(tmp_path):
   save_pretrained(decoder, model_dir)
   for name in os.listdir(tok_dir):
     shutil.copy(os.path.join(tok_dir, name), model_dir)
-  scorer = rerank_lib.load_scorer(model_dir, 'playground', batch_size=4)
+  scorer = rerank_lib.load_scorer(model_dir, None, batch_size=4)
   docs = ['a red square', 'the blue circle is small', 'green', 'a bar', 'another answer']
   got = rerank_lib.rerank(scorer, 'which shape is red', docs, instruction='Find the shape.')
   reranker = Reranker(decoder, label_token_ids(tokenizer, ('yes', 'no')), rngs=nnx.Rngs(0))
@@ -156,4 +158,4 @@ def test_model_directory_scorer_matches_the_reranker(tmp_path):
   np.testing.assert_allclose(got, np.asarray(out.yes - out.no)[0], rtol=1e-4, atol=1e-5)
   assert len(set(np.round(got, 5))) == len(docs)
   with pytest.raises(ValueError, match='unknown preset'):
-    rerank_lib.load_scorer(model_dir, 'qwen3-reranker')
+    rerank_lib.load_scorer(model_dir, 'nope')

@@ -12,15 +12,17 @@ from decomp.models import hf
 from decomp.models.build import RerankerSpec, make_reranker
 from decomp.train import cache
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import state as state_lib
 
 
 @pytest.fixture(scope='module')
 def text_checkpoint(tmp_path_factory):
   """A random Qwen2-layout text checkpoint with the playground tokenizer beside it."""
-  cfg = config_lib.get_config('playground_quick')
+  cfg = recipes.get_config('playground_quick')
   tokenizer = state_lib.resolve_tokenizer(cfg)
-  shapes = state_lib.model_shapes(dataclasses.replace(cfg, vision=False), tokenizer)
+  shapes = state_lib.model_shapes(config_lib.replace(cfg, model={'vision': False}), tokenizer)
   model = make_reranker(RerankerSpec(decoder=shapes.decoder, label_ids=(1, 2)), nnx.Rngs(0))
   path = str(tmp_path_factory.mktemp('text_ckpt'))
   hf.save_pretrained(model.decoder, path)
@@ -29,7 +31,7 @@ def text_checkpoint(tmp_path_factory):
 
 
 def _cfg(path, *overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground'),
+  return overrides_lib.apply_overrides(recipes.get_config('playground'),
                                     [f'model={path}', *overrides])
 
 
@@ -40,17 +42,29 @@ def test_a_text_checkpoint_reads_no_images_unless_asked(text_checkpoint):
   asked = state_lib.data_shapes(_cfg(text_checkpoint, 'vision=true'), tokenizer)
   assert asked.vision is not None and not asked.vision_pretrained  # a fresh ViT + projector
   # The playground reads images by default; its base is not built to know its shapes.
-  playground = config_lib.get_config('playground_quick')
+  playground = recipes.get_config('playground_quick')
   assert state_lib.data_shapes(playground, tokenizer).vision is not None
 
 
 def test_shape_fields_that_do_not_apply_are_refused(text_checkpoint):
-  state_lib.check_applies(_cfg(text_checkpoint))
+  _cfg(text_checkpoint)
   with pytest.raises(ValueError, match=r"hidden_size=256.*do not apply to model="):
-    state_lib.check_applies(_cfg(text_checkpoint, 'hidden_size=256'))
+    _cfg(text_checkpoint, 'hidden_size=256')
+
+
+def test_a_checkpoint_without_a_tokenizer_is_refused(text_checkpoint, tmp_path):
+  import shutil
+  bare = tmp_path / 'bare'
+  shutil.copytree(text_checkpoint, bare)
+  for name in os.listdir(bare):
+    if name.startswith(('tokenizer', 'vocab', 'merges', 'special_tokens')):
+      os.remove(bare / name)
+  with pytest.raises(FileNotFoundError, match='holds no tokenizer'):
+    state_lib.resolve_tokenizer(_cfg(str(bare)))
+  assert len(state_lib.resolve_tokenizer(_cfg(str(bare), f'tokenizer={text_checkpoint}')))
 
 
 def test_the_tokenizer_comes_from_the_checkpoint_or_the_playground(text_checkpoint):
   own = state_lib.resolve_tokenizer(_cfg(text_checkpoint))
-  assert len(own) == len(state_lib.resolve_tokenizer(config_lib.get_config('playground')))
+  assert len(own) == len(state_lib.resolve_tokenizer(recipes.get_config('playground')))
   assert os.path.isdir(cache.playground_tokenizer_dir())

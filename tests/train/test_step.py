@@ -12,6 +12,8 @@ from flax import nnx
 
 from decomp.losses import cl_loss, sft_loss
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import data as data_lib
 from decomp.train import mesh as mesh_lib
 from decomp.train import nonfinite
@@ -21,7 +23,7 @@ from decomp.train import step as step_lib
 
 def _tiny_run(*overrides):
   """``(cfg, run with initialised params, first training batch)`` of a 1-layer text reranker."""
-  cfg = config_lib.apply_overrides(config_lib.get_config('playground_quick'), [
+  cfg = overrides_lib.apply_overrides(recipes.get_config('playground_quick'), [
       'vision=false', 'num_layers=1', 'finetune=full', 'batch_size=4', 'negatives=3',
       'max_length=48', *overrides])
   mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
@@ -30,7 +32,7 @@ def _tiny_run(*overrides):
   run = state_lib.build_model_state(cfg, mesh, tokenizer, config_lib.make_objective(cfg))
   params, frozen = run.initialize()
   run = dataclasses.replace(run, params=params, frozen=frozen)
-  arrays, _ = data.train_batch(0, cfg.batch_size)
+  arrays, _ = data.train_batch(0, cfg.data.batch_size)
   return cfg, run, {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
@@ -61,7 +63,7 @@ def _readout(run, params, batch, needs=frozenset()):
 
 def _step(cfg, run, weight, direction, **kwargs):
   objective = config_lib.make_objective(
-      dataclasses.replace(cfg, weight=weight, direction=direction))
+      config_lib.replace(cfg, objective={'weight': weight, 'direction': direction}))
   tx, schedule = step_lib.make_optimizer(peak=1e-2, steps=10, warmup_steps=0, end_factor=1.0,
                                          weight_decay=0.0, b1=0.9, b2=0.999, clip_norm=0.0)
   fn = step_lib.make_train_step(run.graphdef, tx, schedule, objective, **kwargs)
@@ -99,7 +101,7 @@ def test_pure_pair_gradient_equals_plain_loss(model_and_batch, pair):
   """URL(W_X, D_X) has the gradient of loss X for every parameter, LM head included."""
   cfg, run, batch = model_and_batch
   objective = config_lib.make_objective(
-      dataclasses.replace(cfg, objective=pair, weight='', direction=''))
+      config_lib.replace(cfg, objective={'name': pair, 'weight': '', 'direction': ''}))
   readout = lambda params: _readout(run, params, batch)
 
   def surrogate(params):
@@ -144,7 +146,7 @@ def test_global_norms_are_exact_and_the_clip_reuses_the_gradient_norm(model_and_
   clip that reuses the step's gradient norm gives optax's clipped update and keeps its
   optimiser-state layout (checkpoints stay interchangeable)."""
   cfg, run, batch = model_and_batch
-  objective = config_lib.make_objective(dataclasses.replace(cfg, weight='sft', direction='sft'))
+  objective = config_lib.make_objective(config_lib.replace(cfg, objective={'weight': 'sft', 'direction': 'sft'}))
   kw = dict(peak=1e-2, steps=10, warmup_steps=0, end_factor=1.0, weight_decay=0.1, b1=0.9,
             b2=0.999)
   tx, schedule = step_lib.make_optimizer(clip_norm=1e-3, **kw)  # small: the clip acts
@@ -177,11 +179,11 @@ def test_global_norms_are_exact_and_the_clip_reuses_the_gradient_norm(model_and_
 
 def test_the_loop_computes_norms_on_logged_and_checkpointed_steps():
   from decomp.train import loop
-  cfg = dataclasses.replace(config_lib.get_config('playground_quick'), steps=10, log_every=3,
-                            checkpoint_every=4, on_nonfinite='error')
+  cfg = config_lib.replace(recipes.get_config('playground_quick'), optim={'steps': 10},
+                           eval_log={'log_every': 3, 'checkpoint_every': 4})
   assert [s for s in range(1, 11) if loop._norms_due(cfg)(s)] == [3, 4, 6, 8, 9, 10]
-  for every_step in (dataclasses.replace(cfg, on_nonfinite='skip_step'),
-                     dataclasses.replace(cfg, log_every=1)):
+  for every_step in (config_lib.replace(cfg, optim={'on_nonfinite': 'skip_step'}),
+                     config_lib.replace(cfg, eval_log={'log_every': 1})):
     assert all(loop._norms_due(every_step)(s) for s in range(1, 11))
 
 
@@ -211,7 +213,7 @@ def test_random_label_head_trains_and_is_read_by_every_score():
   """label_head='random' (the paper's D_Rand): the random rows are trained even with the LM head
   frozen, the step's readout-from-h reads them, and the logged SFT direction is r_y - r_n."""
   cfg, run, batch = _tiny_run('label_head=random')
-  assert not cfg.train_lm_head
+  assert not cfg.finetune.lm_head
   params, frozen = run.params, run.frozen
   model = nnx.merge(run.graphdef, params, frozen)
   rows = np.asarray(model.random_label_rows[...])

@@ -15,6 +15,8 @@ import pytest
 from decomp.data.playground import ATTRIBUTES
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import logs
 from decomp.train import data as data_lib
 from decomp.train.loop import evaluate_workdir, train
@@ -26,7 +28,7 @@ LEAN = ['vision=false', 'num_layers=1', 'eval_every=0', 'final_eval=false', 'qui
 
 
 def quick(*overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground_quick'),
+  return overrides_lib.apply_overrides(recipes.get_config('playground_quick'),
                                     ['quiet=true', *overrides])
 
 
@@ -45,7 +47,7 @@ def test_workdir_layout_and_step_log(quick_run):
   workdir, cfg, results, _ = quick_run
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'eval.jsonl', 'examples',
                                          'results.json', 'steps.jsonl']
-  assert config_lib.from_file(os.path.join(workdir, 'config.json')) == cfg
+  assert overrides_lib.from_file(os.path.join(workdir, 'config.json')) == cfg
   records = logs.read_steps(workdir)
   assert [r['step'] for r in records] == list(range(1, 13))
   for r in records:
@@ -57,7 +59,7 @@ def test_workdir_layout_and_step_log(quick_run):
   assert all(0 < r['w_neg_q10'] <= r['w_neg_q50'] <= r['w_neg_q90'] < 1 for r in records)
   # Warm-up then cosine: lr 0 at the first step, the peak after warm-up.
   assert records[0]['learning_rate'] == 0.0
-  assert records[cfg.warmup_steps]['learning_rate'] == pytest.approx(cfg.learning_rate)
+  assert records[cfg.optim.warmup_steps]['learning_rate'] == pytest.approx(cfg.optim.learning_rate)
   assert records[0]['update_norm'] == 0.0 and records[1]['update_norm'] > 0
   assert [c for c in ckpt_lib.Checkpoints(workdir).all_steps()] == [6, 12]
   assert results == logs.read_json(os.path.join(workdir, 'results.json'))
@@ -74,7 +76,7 @@ def test_per_example_log_columns(quick_run):
   data = logs.read_examples(workdir)
   expected = set(logs.EXAMPLE_COLUMNS) - {'grad_norm'}
   assert set(data) == expected
-  rows = cfg.batch_size * cfg.list_size
+  rows = cfg.data.batch_size * cfg.list_size
   np.testing.assert_array_equal(np.unique(data['step']), [4, 8, 12])
   assert len(data['step']) == 3 * rows
   assert all(len(v) == 3 * rows for v in data.values())
@@ -82,7 +84,7 @@ def test_per_example_log_columns(quick_run):
   for step in (4, 8, 12):
     sel = data['step'] == step
     queries = np.unique(data['query_id'][sel])
-    assert len(queries) == cfg.batch_size
+    assert len(queries) == cfg.data.batch_size
     assert all(data['label'][sel & (data['query_id'] == q)].sum() == 1 for q in queries)
   assert all(d.startswith(q) for d, q in zip(data['doc_id'], data['query_id']))
   assert set(data['doc_kind'][data['label'] == 1]) == {'positive'}
@@ -130,12 +132,12 @@ def test_finished_run_started_again_changes_nothing(quick_run):
   assert again['test']['ndcg@10'] == results['test']['ndcg@10']
   assert [e['step'] for e in logs.read_evals(workdir)] == [6, 12]
   with pytest.raises(ValueError, match='different config.*seed: 0 -> 1'):
-    train(config_lib.apply_overrides(cfg, ['seed=1']), workdir)
+    train(overrides_lib.apply_overrides(cfg, ['seed=1']), workdir)
 
 
 def test_resume_check_fills_fields_added_since_the_run(tmp_path):
   """A workdir written before a config field existed resumes under that field's default."""
-  from decomp.train.loop import _check_resumable
+  from decomp.train.workdir import check_resumable as _check_resumable
   cfg = quick()
   stored = config_lib.to_dict(cfg)
   del stored['label_pooling']  # as written by a version without the field
@@ -143,7 +145,7 @@ def test_resume_check_fills_fields_added_since_the_run(tmp_path):
     json.dump(stored, f)
   _check_resumable(str(tmp_path), cfg)
   with pytest.raises(ValueError, match="label_pooling: 'first' -> 'pairs'"):
-    _check_resumable(str(tmp_path), config_lib.apply_overrides(cfg, ['label_pooling=pairs']))
+    _check_resumable(str(tmp_path), overrides_lib.apply_overrides(cfg, ['label_pooling=pairs']))
 
 
 def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
@@ -154,7 +156,7 @@ def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
   files = sorted(os.listdir(workdir))
   steps_log = open(os.path.join(workdir, 'steps.jsonl')).read()
   again = evaluate_workdir(workdir)
-  assert again['step'] == cfg.steps and again['num_queries'] == 24
+  assert again['step'] == cfg.optim.steps and again['num_queries'] == 24
   for score in ('sft', 'cl'):
     assert again[score]['queries'] == pytest.approx(results['test'][score]['queries'], abs=1e-6)
   # An earlier checkpoint scores differently (the model moved between steps 6 and 12).

@@ -12,6 +12,8 @@ import pytest
 from flax import nnx
 
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 from decomp.train import data as data_lib
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
@@ -55,7 +57,7 @@ def make_vl_checkpoint(path: str, variant: str, seed: int = 0) -> str:
   """A random tiny Qwen-VL checkpoint with the playground's words + Qwen's vision tokens."""
   from decomp.models import save_pretrained
   from decomp.models.qwen_vl import QwenVL, QwenVLConfig
-  tokenizer = state_lib.resolve_tokenizer(config_lib.get_config('playground'))
+  tokenizer = state_lib.resolve_tokenizer(recipes.get_config('playground'))
   tokenizer.add_special_tokens({'additional_special_tokens': SPECIAL})
   config = QwenVLConfig.from_hf(_hf_config(variant, tokenizer.get_vocab(), len(tokenizer) + 8))
   model = QwenVL(config, rngs=nnx.Rngs(seed))
@@ -87,7 +89,7 @@ def image_data(tmp_path_factory):
 
 
 def _cfg(model, data, *overrides):
-  return config_lib.apply_overrides(config_lib.get_config('playground'), [
+  return overrides_lib.apply_overrides(recipes.get_config('playground'), [
       f'model={model}', f'data={data}', 'image_size=8', 'steps=4', 'batch_size=4',
       'eval_batch_size=4', 'num_devices=1', 'mesh={"data": 1}', 'negatives=3', 'eval_every=0',
       'checkpoint_every=2', 'keep_checkpoints=3', 'test_groups=0', 'example_log_every=1',
