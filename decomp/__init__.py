@@ -8,7 +8,7 @@ from decomp import metrics
 from decomp import objectives
 from decomp import weights
 from decomp._lists import check_has_positive
-from decomp.diagnostics import diagnostics, label_readout_fn
+from decomp.update_magnitudes import diagnostics, label_readout_fn
 from decomp.directions import DIRECTIONS, Direction
 from decomp.losses import cl_loss, kd_loss, sft_loss
 from decomp.metrics import aggregate, ap, mrr, ndcg, precision, recall

@@ -1,5 +1,7 @@
 """Training configuration: one frozen section per lifecycle, each checking its own fields.
 
+(Over 400 lines: the sections' field comments are the reference of every knob, kept together.)
+
 A run is fully described by a :class:`TrainConfig`: ``model`` (a checkpoint directory or a
 random shape), ``readout`` (prompt preset and label words), ``finetune`` (what trains),
 ``objective``, ``data``, ``optim``, ``parallel``, ``eval_log``, and ``base``, the playground
@@ -19,7 +21,7 @@ short keys the docs use (``learning_rate=3e-4``, ``model=DIR``, ``finetune=lora`
 >>> apply_overrides(cfg, ['b1=2'])
 Traceback (most recent call last):
 ...
-ValueError: config optim.b1=2.0: must be < 1
+decomp.train.knobs.ConfigError: config optim.b1=2.0: must be < 1
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any, Mapping
 from decomp import _params
 from decomp import objectives as objectives_lib
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS
+from decomp.train.knobs import (ConfigError, Section, bad_value, check_playground_options, defaults,
+                                knob)
 
 LAYOUTS = ('data', 'fsdp', 'tensor')
 # What trains: the adapters, every weight but the LM head, the LM head alone; '+lm_head' adds
@@ -41,95 +45,6 @@ LAYOUTS = ('data', 'fsdp', 'tensor')
 FINETUNE_MODES = ('full', 'full+lm_head', 'lora', 'lora+lm_head', 'head')
 DTYPES = ('float32', 'bfloat16', 'float16')
 NONFINITE_POLICIES = ('error', 'skip_step')
-
-
-def knob(default, *, min=None, max=None, below=None, above=None, choices=None,
-         resume: bool = False, evaluate: bool = False, shape: bool = False):
-  """A config field with its checks and meaning.
-
-  Args:
-    min / max: inclusive bounds; above / below: exclusive bounds (numbers must be finite).
-    choices: the allowed values.
-    resume: may differ between a run and its resumption (changes no trained value).
-    evaluate: may differ when a finished run is evaluated again (``evaluate_workdir``).
-    shape: a random model's shape (a checkpoint fixes its own: refused with a directory).
-  """
-  meta = dict(min=min, max=max, below=below, above=above, choices=choices, resume=resume,
-              evaluate=evaluate, shape=shape)
-  if isinstance(default, (dict, list)):
-    return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)),
-                             metadata=meta)
-  return dataclasses.field(default=default, metadata=meta)
-
-
-def defaults(section: type) -> dict[str, Any]:
-  """``{field: default}`` of a section class (without building one)."""
-  return {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
-          for f in dataclasses.fields(section)}
-
-
-class ConfigError(ValueError):
-  """A config value that cannot run (named: ``config section.field=value: why``)."""
-
-
-def _bad(path: str, value: Any, message: str) -> ConfigError:
-  return ConfigError(f'config {path}={value!r}: {message}')
-
-
-def _check_type(path: str, value: Any, annotation: Any) -> None:
-  origin = typing.get_origin(annotation)
-  if annotation is Any:
-    return
-  if annotation is bool:
-    if not isinstance(value, bool):
-      raise _bad(path, value, 'expected true or false')
-  elif annotation is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise _bad(path, value, 'expected an integer')
-  elif annotation is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise _bad(path, value, 'expected a number')
-    if not math.isfinite(value):
-      raise _bad(path, value, 'must be a finite number')
-  elif annotation is str:
-    if not isinstance(value, str):
-      raise _bad(path, value, 'expected a string')
-  elif origin is tuple:
-    item = typing.get_args(annotation)[0]
-    if not isinstance(value, tuple):
-      raise _bad(path, value, 'expected a list')
-    for element in value:
-      _check_type(path, element, item)
-  elif origin is dict or annotation is dict:
-    if not isinstance(value, dict):
-      raise _bad(path, value, 'expected a mapping')
-
-
-class Section:
-  """Checks every field of a frozen section dataclass against its type and its knob metadata,
-  then the section's own cross-field rules (``_check``)."""
-
-  def __post_init__(self):
-    hints = typing.get_type_hints(type(self))
-    for f in dataclasses.fields(self):
-      value = getattr(self, f.name)
-      path = f'{self.SECTION}.{f.name}' if self.SECTION else f.name
-      _check_type(path, value, hints[f.name])
-      meta = f.metadata
-      if meta.get('choices') is not None and value not in meta['choices']:
-        raise _bad(path, value, f'expected one of {list(meta["choices"])}')
-      for key, ok, word in (('min', lambda v, b: v >= b, '>='), ('max', lambda v, b: v <= b, '<='),
-                            ('above', lambda v, b: v > b, '>'), ('below', lambda v, b: v < b, '<')):
-        bound = meta.get(key)
-        if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
-          raise _bad(path, value, f'must be {word} {bound}')
-    self._check()
-
-  def _check(self) -> None:
-    pass
-
-  def bad(self, name: str, message: str) -> ConfigError:
-    return _bad(f'{self.SECTION}.{name}', getattr(self, name), message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,32 +195,6 @@ class ObjectiveConfig(Section):
     if 'temperature' in self.weight_kwargs and self.temperature != 1.0:
       raise self.bad('weight_kwargs', 'sets temperature and so does objective.temperature: '
                      'give it once')
-
-
-def _playground_types() -> dict[str, Any]:
-  from decomp.data.playground import PlaygroundConfig
-  return typing.get_type_hints(PlaygroundConfig)
-
-
-def check_playground_options(options: Mapping[str, Any]) -> None:
-  """The ``data.playground`` overrides name fields of PlaygroundConfig with values of their
-  types (a list where the field is a tuple)."""
-  types = _playground_types()
-  unknown = sorted(set(options) - set(types))
-  if unknown:
-    raise ConfigError(f'config data.playground: unknown PlaygroundConfig keys {unknown}; known: '
-                      f'{sorted(types)}')
-  for key, value in options.items():
-    annotation = types[key]
-    if typing.get_origin(annotation) is tuple:
-      ok = isinstance(value, (list, tuple)) and all(
-          isinstance(v, typing.get_args(annotation)[0]) for v in value)
-    elif annotation is float:
-      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-      ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
-    if not ok:
-      raise ConfigError(f'config data.playground.{key}={value!r}: expected {annotation}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,11 +355,11 @@ class TrainConfig(Section):
   def _check(self):
     for name, section in SECTIONS.items():
       if not isinstance(getattr(self, name), section):
-        raise _bad(name, getattr(self, name), f'expected a {section.__name__}')
+        raise bad_value(name, getattr(self, name), f'expected a {section.__name__}')
     base_default = defaults(BaseConfig)
     changed = [k for k, v in base_default.items() if getattr(self.base, k) != v]
     if self.model.path != 'playground' and changed:
-      raise _bad(f'base.{changed[0]}', getattr(self.base, changed[0]),
+      raise bad_value(f'base.{changed[0]}', getattr(self.base, changed[0]),
                  f"the playground base's recipe applies to model=playground only, not "
                  f'model={self.model.path!r}')
     if not self.model.is_random_shape:
@@ -478,16 +367,16 @@ class TrainConfig(Section):
       changed = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata['shape']
                  and getattr(self.model, f.name) != model_default[f.name]]
       if changed:
-        raise _bad(f'model.{changed[0]}', getattr(self.model, changed[0]),
+        raise bad_value(f'model.{changed[0]}', getattr(self.model, changed[0]),
                    f'shape fields of random/playground models do not apply to model='
                    f'{self.model.path!r}, whose checkpoint fixes its shape')
     if self.parallel.doc_chunk > self.data.list_size:
-      raise _bad('parallel.doc_chunk', self.parallel.doc_chunk, f'expected 0 (the whole list '
+      raise bad_value('parallel.doc_chunk', self.parallel.doc_chunk, f'expected 0 (the whole list '
                  f'at once) or 1..{self.data.list_size} (documents per chunk of a list of 1 + '
                  f'negatives={self.data.negatives})')
     if self.data.batch_size % self.parallel.accumulate_steps:
       divisors = [d for d in range(1, self.data.batch_size + 1) if self.data.batch_size % d == 0]
-      raise _bad('parallel.accumulate_steps', self.parallel.accumulate_steps,
+      raise bad_value('parallel.accumulate_steps', self.parallel.accumulate_steps,
                  f'expected a divisor of batch_size={self.data.batch_size}: {divisors}')
 
   @property
@@ -602,23 +491,23 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
   make_objective(cfg)
   data, parallel = cfg.data, cfg.parallel
   if max_negatives is not None and data.negatives > max_negatives:
-    raise _bad('data.negatives', data.negatives,
+    raise bad_value('data.negatives', data.negatives,
                f'the data offers only {max_negatives} negatives per group')
   if data.length_buckets and num_processes > 1:
-    raise _bad('data.length_buckets', data.length_buckets, "pads each process's rows to their "
+    raise bad_value('data.length_buckets', data.length_buckets, "pads each process's rows to their "
                'own bucket: use it with one process (the processes of a multi-host run must '
                'agree on shapes)')
   if cfg.finetune.cache_features and num_processes > 1:
-    raise _bad('finetune.cache_features', True,
+    raise bad_value('finetune.cache_features', True,
                'is single-process (each host would keep its own cache)')
   if num_devices is not None and parallel.num_devices:
     if parallel.num_devices > num_devices:
-      raise _bad('parallel.num_devices', parallel.num_devices,
+      raise bad_value('parallel.num_devices', parallel.num_devices,
                  f'only {num_devices} devices are available')
     num_devices = parallel.num_devices
   if num_devices is None:
     if num_processes > 1 and data.batch_size % num_processes:
-      raise _bad('data.batch_size', data.batch_size,
+      raise bad_value('data.batch_size', data.batch_size,
                  f'must be divisible by the {num_processes} processes')
     return
   from decomp.train import mesh as mesh_lib
@@ -631,10 +520,10 @@ def validate(cfg: TrainConfig, *, num_devices: int | None = None,
     split *= sizes.get(axis, 1)
   split = max(split, num_processes)
   if data.batch_size % split:
-    raise _bad('data.batch_size', data.batch_size,
+    raise bad_value('data.batch_size', data.batch_size,
                f'must be divisible by the {split} data-parallel shards of mesh {sizes}')
   if (data.batch_size // parallel.accumulate_steps) % split:
-    raise _bad('parallel.accumulate_steps', parallel.accumulate_steps,
+    raise bad_value('parallel.accumulate_steps', parallel.accumulate_steps,
                f'each of the {parallel.accumulate_steps} micro-batches of batch_size='
                f'{data.batch_size} must split over the {split} data-parallel shards of mesh '
                f'{sizes}')

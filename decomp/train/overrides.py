@@ -24,8 +24,8 @@ import os
 import typing
 from typing import Any, Mapping, Sequence
 
-from decomp.train.config import (SECTIONS, ConfigError, TrainConfig, _playground_types,
-                                 fields)
+from decomp.train.config import SECTIONS, TrainConfig, fields
+from decomp.train.knobs import ConfigError, playground_types
 
 # A section given a plain value sets this field of it.
 SECTION_VALUE = {'model': 'path', 'data': 'source', 'finetune': 'trains', 'objective': 'name',
@@ -152,7 +152,7 @@ def _literal(text: str) -> Any:
 
 
 def _playground_value(key: str, text: str) -> Any:
-  types = _playground_types()
+  types = playground_types()
   if key not in types:
     raise ConfigError(f'config data.playground: unknown PlaygroundConfig key {key!r}; known: '
                       f'{sorted(types)}')

@@ -15,10 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# Functions imported by module path: ``decomp.diagnostics`` is also a function's name in the
-# package namespace.
 from decomp import chunked
-from decomp.diagnostics import diagnostics as doc_diagnostics
+from decomp.update_magnitudes import diagnostics as doc_diagnostics
 from decomp.losses import cl_loss, sft_loss
 from decomp.objectives import RANK_SCORES, Objective
 from decomp.optim import clip_by_global_norm, learning_rate_schedule, make_optimizer
