@@ -110,32 +110,6 @@ def build_once(path: str, build: Callable[[str], Any],
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return path
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  with open(path + '.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder exits, even if killed
-    try:
-      if usable():  # built (or repaired) by another process while this one waited
-        return path
-      tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(path) + '.')
-      try:
-        build(tmp)
-        with open(os.path.join(tmp, MANIFEST), 'w') as f:
-          json.dump(_digests(tmp), f, indent=1)
-        if os.path.isdir(path):
-          _log.warning('cache entry %s is corrupt (%s); rebuilt it', path,
-                       entry_problem(path, check))
-          broken = f'{tmp}.corrupt-{time.strftime("%Y%m%dT%H%M%S")}'
-          os.rename(path, broken)
-          os.rename(tmp, path)
-          shutil.rmtree(broken, ignore_errors=True)
-        else:
-          os.rename(tmp, path)
-      finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
-  return path
 
 
 def playground_tokenizer_dir() -> str:
