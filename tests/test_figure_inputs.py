@@ -28,7 +28,8 @@ def _write_run(workdir, seed):
            query_id=np.array(["q0"] * 4 + ["q1"] * 4), label=np.tile([1, 0, 0, 0], 2),
            weight=rng.normal(size=rows), update=rng.random(rows),
            doc_kind=np.tile(["positive", "hard", "random", "hard"], 2),
-           task=np.array(["t2t"] * rows), sft_score=rng.random(rows), cl_score=rng.normal(size=rows))
+           task=np.array(["t2t"] * rows), sft_score=rng.random(rows),
+           cl_score=rng.normal(size=rows))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"test": {"score": "sft"}}, f)
 

@@ -16,7 +16,8 @@ from decomp.data.types import TASK_MODALITY, TASKS, Group, Item
 
 __all__ = [
     "Collection", "DataProblem", "ImageTooLarge", "MAX_IMAGE_PIXELS", "Problems", "load_beir",
-    "load_flag", "read_flag", "read_qrels", "read_run", "rerank_groups", "training_groups", "write_run",
+    "load_flag", "read_flag", "read_qrels", "read_run", "rerank_groups", "training_groups",
+    "write_run",
     "Group", "Item", "LABEL_WORDS", "LoadStats", "Playground", "PlaygroundConfig",
     "SPECIAL_TOKENS", "TASKS", "TASK_MODALITY", "build_tokenizer", "load_image",
     "load_jsonl", "read_jsonl", "render_examples_png", "write_jsonl",
