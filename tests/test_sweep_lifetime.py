@@ -20,6 +20,11 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import sweep  # noqa: E402
 
+# Run processes start through a preexec function (process group, parent-death signal), i.e. a
+# fork; JAX warns about any fork once an earlier test in this process has started its backend.
+# The sweep's own process never starts one (it only validates configs).
+pytestmark = pytest.mark.filterwarnings(r"ignore:os.fork\(\) was called:RuntimeWarning")
+
 FAKE_TRAIN = """
 import json, os, sys, time
 workdir = sys.argv[sys.argv.index("--workdir") + 1]
