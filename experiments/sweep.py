@@ -10,15 +10,24 @@ Every ``experiments/<name>.py`` describes its arms (a name and config overrides 
 
 A run whose ``results.json`` exists is complete and is not run again, so an interrupted sweep
 continues where it stopped (an interrupted *run* resumes from its last checkpoint).
+
+Before any run starts, every arm's config is built and validated (a bad ``--set`` is one
+``error:`` line, exit 2). The run processes die with the sweep (each in its own process group,
+with a parent-death signal on Linux, and stopped when the sweep exits or is interrupted). A
+workdir still locked by a live run is waited for; a failed run is named with the ``error:`` line
+of its ``train.log``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -365,16 +374,166 @@ def summarize_dir(sweep_dir: str) -> dict[str, Any]:
                    title=description.get("title", ""))
 
 
+class SweepError(Exception):
+  """A sweep that cannot start (``exit_code`` 2) or whose runs failed (1); each line of the
+  message names one problem."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+def validate_runs(arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
+                  overrides: Sequence[str] = ()) -> None:
+  """Builds and validates every arm's config (``apply_overrides`` + ``validate``) before any run
+  starts; raises :class:`SweepError` (exit code 2) naming what is wrong."""
+  from decomp.train import config as config_lib
+  problems: dict[str, list[str]] = {}
+  for arm in arms:
+    try:
+      config_lib.validate(_run_config(arm, seeds[0] if seeds else 0, config, overrides))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+      message = e.args[0] if isinstance(e, KeyError) and e.args else e
+      problems.setdefault(" ".join(str(message).split()), []).append(arm.name)
+  if not problems:
+    return
+  lines = [f"{message} ({'every arm' if len(names) == len(arms) else 'arms ' + ', '.join(names)})"
+           for message, names in problems.items()]
+  raise SweepError("invalid config, no run started: " + "\n".join(lines), 2)
+
+
+# The module each run executes (``python -m TRAIN_MODULE --workdir ...``).
+TRAIN_MODULE = "decomp.train"
+# decomp.train.workdir.LOCK_FILE, repeated so the runner need not import the training stack.
+RUN_LOCK_FILE = "run.lock"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_GRACE_S = 10.0  # how long a run may take to exit on SIGTERM before it is killed
+
+
+def _child_setup(parent: int, core: int | None) -> Callable[[], None]:
+  """What a run process does between fork and exec: its own process group (so the sweep stops
+  it and anything it started as one), SIGTERM when the sweep dies, even by SIGKILL (Linux), and
+  its CPU core."""
+  libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+  def setup():
+    os.setpgid(0, 0)
+    if libc is not None:
+      libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+      if os.getppid() != parent:  # the sweep died before the signal was armed
+        os._exit(1)
+    if core is not None:
+      os.sched_setaffinity(0, {core})
+
+  return setup
+
+
+def _stop_runs(procs: Sequence[subprocess.Popen]) -> None:
+  """SIGTERM to every live run's process group, SIGKILL to what outlives ``STOP_GRACE_S``."""
+  live = [p for p in procs if p.poll() is None]
+  for sig in (signal.SIGTERM, signal.SIGKILL):
+    for proc in live:
+      try:
+        os.killpg(proc.pid, sig)
+      except ProcessLookupError:
+        pass
+    deadline = time.time() + (STOP_GRACE_S if sig == signal.SIGTERM else 5.0)
+    for proc in live:
+      try:
+        proc.wait(timeout=max(0.0, deadline - time.time()))
+      except subprocess.TimeoutExpired:
+        pass
+    live = [p for p in live if p.poll() is None]
+    if not live:
+      return
+
+
+def lock_holder(workdir: str) -> str | None:
+  """Who holds ``workdir``'s run lock (its pid/host record), or None when no live process does:
+  the lock is an ``flock`` the kernel frees when its holder dies, so a lock file left by a dead
+  run (a stale lock) reads as free and the next run takes it over."""
+  try:
+    fd = os.open(os.path.join(workdir, RUN_LOCK_FILE), os.O_RDONLY)
+  except FileNotFoundError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    record = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    os.close(fd)
+    return record or "a run that is starting"
+  except OSError:  # no locks on this file system: nothing to wait for
+    os.close(fd)
+    return None
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  os.close(fd)
+  return None
+
+
+def _wait_for_lock(workdir: str, timeout: float, log: Callable[[str], None]) -> str | None:
+  """Waits up to ``timeout`` seconds for a live run to release ``workdir``; returns the holder
+  that still has it, or None."""
+  holder = lock_holder(workdir)
+  if holder is None:
+    return None
+  log(f"  {workdir} is locked by {holder}; waiting up to {timeout:.0f} s for it to end")
+  deadline = time.time() + timeout
+  while holder is not None and time.time() < deadline:
+    time.sleep(0.2)
+    holder = lock_holder(workdir)
+  return holder
+
+
+def failure_reason(log_path: str, offset: int, code: int) -> str:
+  """Why a run failed, from what it appended to ``train.log`` after byte ``offset``: its last
+  ``error:`` line, else its last line, else the exit status."""
+  try:
+    with open(log_path, "rb") as f:
+      f.seek(offset)
+      lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+  except OSError:
+    lines = []
+  errors = [l for l in lines if l.startswith("error:")]
+  if errors:
+    return errors[-1][len("error:"):].strip()
+  if code < 0:
+    return f"killed by {signal.Signals(-code).name}"
+  return lines[-1] if lines else f"exit {code} with nothing in {log_path}"
+
+
+def _raise_on_signals():
+  """SIGTERM and SIGHUP end the sweep as Ctrl-C does (so its runs are stopped); returns the
+  previous handlers."""
+  def handler(signum, frame):
+    raise SystemExit(128 + signum)
+  if sys.platform == "win32" or not hasattr(signal, "SIGHUP"):
+    return {}
+  try:
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+  except ValueError:  # not the main thread: the caller handles its own signals
+    return {}
+
+
 def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, config: str,
               overrides: Sequence[str] = (), jobs: int = 1, quiet: bool = True,
-              reuse: Sequence[str] = (), log: Callable[[str], None] = print) -> None:
+              reuse: Sequence[str] = (), log: Callable[[str], None] = print,
+              lock_wait: float = 60.0) -> None:
   """Runs every (arm, seed) whose results.json is missing, ``jobs`` at a time.
 
   Each run is a ``python -m decomp.train`` process (a crash or a kill of one run loses nothing of
   the others; its checkpoints let it resume). With ``jobs > 1`` each process is pinned to its own
   CPU core: small models use one core better than two processes share two. ``reuse``: sweep
   directories whose completed runs of an identical config are linked, not trained again.
+
+  Every arm's config is validated first. The runs end with the sweep (its exit, Ctrl-C, SIGTERM,
+  SIGHUP, or its death by SIGKILL on Linux). A workdir locked by a live run (say, of a sweep
+  killed a moment ago) is waited for up to ``lock_wait`` seconds.
+
+  Raises:
+    SweepError: the configs are invalid (nothing started), or runs failed (each named with the
+      reason from its ``train.log``).
   """
+  validate_runs(arms, seeds, config=config, overrides=overrides)
   os.makedirs(sweep_dir, exist_ok=True)
   if not os.path.exists(os.path.join(sweep_dir, SWEEP_FILE)):
     write_description(sweep_dir, arms, seeds, config=config, overrides=overrides)
@@ -390,51 +549,67 @@ def run_sweep(sweep_dir: str, arms: Sequence[Arm], seeds: Sequence[int], *, conf
   if done:
     log(f"{done} run(s) already complete in {sweep_dir}; {len(todo)} to go")
   cores = os.cpu_count() or 1
-  running: list[tuple[subprocess.Popen, Arm, int, float]] = []
+  running: list[tuple[subprocess.Popen, Arm, int, float, int]] = []
   failures = []
   env = dict(os.environ)
   env.setdefault("DECOMP_COMPILATION_CACHE", os.path.join(sweep_dir, ".jax_cache"))
 
   def reap(block: bool):
     for item in list(running):
-      proc, arm, seed, start = item
+      proc, arm, seed, start, offset = item
       if proc.poll() is None and not block:
         continue
       code = proc.wait()
       running.remove(item)
-      status = "done" if code == 0 else f"FAILED (exit {code})"
-      log(f"  {arm.name} seed {seed}: {status} in {time.time() - start:.0f} s")
-      if code != 0:
-        failures.append((arm.name, seed, code))
+      if code == 0:
+        log(f"  {arm.name} seed {seed}: done in {time.time() - start:.0f} s")
+      else:
+        log_path = os.path.join(run_dir(sweep_dir, arm, seed), "train.log")
+        reason = failure_reason(log_path, offset, code)
+        log(f"  {arm.name} seed {seed}: FAILED (exit {code}) in {time.time() - start:.0f} s: "
+            f"{reason}")
+        failures.append(f"{arm.name} seed {seed} failed (exit {code}): {reason} (see {log_path})")
       if block:
         return
 
-  for index, (arm, seed) in enumerate(todo):
-    while len(running) >= jobs:
-      reap(block=False)
-      if len(running) >= jobs:
-        time.sleep(0.2)
-    workdir = run_dir(sweep_dir, arm, seed)
-    os.makedirs(workdir, exist_ok=True)
-    cmd = [sys.executable, "-m", "decomp.train", "--workdir", workdir, "--config", config,
-           "--set", *_run_overrides(arm, seed, overrides)]
-    if quiet:
-      cmd.append("--quiet")
-    if jobs > 1 and hasattr(os, "sched_setaffinity"):
-      core = index % cores
-      preexec = lambda core=core: os.sched_setaffinity(0, {core})
-    else:
-      preexec = None
-    log(f"  {arm.name} seed {seed}: started ({index + 1}/{len(todo)})")
-    with open(os.path.join(workdir, "train.log"), "ab") as out:
-      proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                              preexec_fn=preexec)
-    running.append((proc, arm, seed, time.time()))
-  while running:
-    reap(block=True)
+  previous = _raise_on_signals()
+  try:
+    for index, (arm, seed) in enumerate(todo):
+      while len(running) >= jobs:
+        reap(block=False)
+        if len(running) >= jobs:
+          time.sleep(0.2)
+      workdir = run_dir(sweep_dir, arm, seed)
+      os.makedirs(workdir, exist_ok=True)
+      holder = _wait_for_lock(workdir, lock_wait, log)
+      if holder is not None:
+        log(f"  {arm.name} seed {seed}: NOT STARTED, its workdir is still locked by {holder}")
+        failures.append(f"{arm.name} seed {seed} cannot resume: {workdir} is still locked by "
+                        f"{holder} after {lock_wait:.0f} s (another sweep running it?)")
+        continue
+      cmd = [sys.executable, "-m", TRAIN_MODULE, "--workdir", workdir, "--config", config,
+             "--set", *_run_overrides(arm, seed, overrides)]
+      if quiet:
+        cmd.append("--quiet")
+      core = index % cores if jobs > 1 and hasattr(os, "sched_setaffinity") else None
+      log(f"  {arm.name} seed {seed}: started ({index + 1}/{len(todo)})")
+      with open(os.path.join(workdir, "train.log"), "ab") as out:
+        offset = out.tell()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_child_setup(os.getpid(), core))
+      running.append((proc, arm, seed, time.time(), offset))
+    while running:
+      reap(block=True)
+  finally:
+    if running:  # interrupted (Ctrl-C, SIGTERM, an error here): no run outlives the sweep
+      log(f"  stopping {len(running)} run(s); re-running the sweep resumes them")
+      _stop_runs([item[0] for item in running])
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   if failures:
-    raise RuntimeError(f"{len(failures)} run(s) failed: {failures}; see train.log in their "
-                       "workdirs (re-running the sweep resumes them)")
+    raise SweepError("\n".join(
+        [f"{len(failures)} run(s) failed; completed runs are kept, and re-running the sweep "
+         "resumes the others from their last checkpoint once the cause is fixed:", *failures]), 1)
 
 
 def parse_args(description: str, default_out: str, argv=None) -> argparse.Namespace:
@@ -476,8 +651,16 @@ def main(description: str, name: str, arms: Iterable[Arm], *, argv=None,
   if not args.summary_only:
     start = time.time()
     print(f"{name}: {len(arms)} arms x {len(seeds)} seeds -> {args.out}")
-    run_sweep(args.out, arms, seeds, config=args.config, overrides=overrides, jobs=args.jobs,
-              reuse=args.reuse)
+    try:
+      run_sweep(args.out, arms, seeds, config=args.config, overrides=overrides, jobs=args.jobs,
+                reuse=args.reuse)
+    except SweepError as e:
+      for line in str(e).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+      raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+      print(f"error: {name}: interrupted; re-running the sweep resumes it", file=sys.stderr)
+      raise SystemExit(130) from None
     print(f"{name}: runs finished in {time.time() - start:.0f} s")
   summary = summarize(args.out, arms, seeds, contrasts=contrasts, title=title or name)
   print()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zipfile
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,9 +34,49 @@ def colour(index: int, count: int) -> str:
   return matplotlib.colors.to_hex(plt.get_cmap("tab20")(index % 20))
 
 
+class UnreadableFile(Exception):
+  """A sweep file the figures cannot read; ``str()`` is ``'<path>: <what is wrong>'``."""
+
+  def __init__(self, path: str, problem: str):
+    super().__init__(f"{path}: {problem}")
+    self.path = path
+    self.problem = problem
+
+
+# Files the readers passed over so that a figure could still be drawn from the rest
+# ({path: problem}); make_all.py reports each once.
+SKIPPED: dict[str, str] = {}
+
+
+def skip(error: UnreadableFile) -> None:
+  SKIPPED.setdefault(error.path, error.problem)
+
+
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """The JSON in ``path``; raises :class:`UnreadableFile` naming it when it is missing, not text
+  or not JSON."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UnreadableFile(path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+                         ) from None
+  except UnicodeDecodeError as e:
+    raise UnreadableFile(path, f"not UTF-8 text (byte {e.start})") from None
+  except OSError as e:
+    raise UnreadableFile(path, e.strerror or str(e)) from None
+
+
+def read_json_or_skip(path: str, default: Any = None) -> Any:
+  """:func:`read_json`, or ``default`` when the file is absent or unreadable (recorded in
+  :data:`SKIPPED`)."""
+  if not os.path.exists(path):
+    return default
+  try:
+    return read_json(path)
+  except UnreadableFile as e:
+    skip(e)
+    return default
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -52,13 +94,23 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def read_examples(workdir: str) -> dict[str, np.ndarray]:
-  """All per-example shards of a run, concatenated column by column."""
+  """All per-example shards of a run, concatenated column by column; a shard that cannot be read
+  (truncated, not an npz, columns of unequal length) is left out and recorded in
+  :data:`SKIPPED`."""
   shards = sorted(glob.glob(os.path.join(workdir, "examples", "*.npz")))
   columns: dict[str, list[np.ndarray]] = {}
   for path in shards:
-    with np.load(path) as data:
-      for key in data.files:
-        columns.setdefault(key, []).append(data[key])
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        shard = {key: data[key] for key in data.files}
+      if len({len(v) for v in shard.values()}) > 1:
+        raise ValueError("its columns have different lengths")
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as e:
+      skip(UnreadableFile(path, f"unreadable examples shard ({type(e).__name__}: {e}); "
+                          "left out"))
+      continue
+    for key, value in shard.items():
+      columns.setdefault(key, []).append(value)
   return {k: np.concatenate(v) for k, v in columns.items()}
 
 
@@ -69,13 +121,16 @@ def arms(sweep_dir: str) -> list[dict]:
   after its objective, with one run.
   """
   if os.path.exists(os.path.join(sweep_dir, "steps.jsonl")):
-    config = run_config(sweep_dir) if os.path.exists(os.path.join(sweep_dir, "config.json")) else {}
+    config = read_json_or_skip(os.path.join(sweep_dir, "config.json"), {})
     name = config.get("objective") or os.path.basename(os.path.normpath(sweep_dir))
     return [{"name": name, "label": name, "overrides": {}, "runs": [sweep_dir]}]
+  if not os.path.isdir(sweep_dir):
+    raise UnreadableFile(sweep_dir, "no such directory" if not os.path.exists(sweep_dir)
+                         else "not a directory")
   path = os.path.join(sweep_dir, "sweep.json")
-  if os.path.exists(path):
-    described = read_json(path)["arms"]
-  else:  # a directory of arms without a description: take them alphabetically
+  description = read_json_or_skip(path, {})
+  described = description.get("arms") if isinstance(description, dict) else None
+  if not described:  # a directory of arms without (a readable) description: alphabetically
     described = [{"name": d, "label": d, "overrides": {}} for d in sorted(os.listdir(sweep_dir))
                  if os.path.isdir(os.path.join(sweep_dir, d))]
   # Arms added beside the sweep's own (e.g. a user's hybrid trained into the same folder).
@@ -90,7 +145,7 @@ def arms(sweep_dir: str) -> list[dict]:
     if runs:
       out.append({**arm, "runs": runs})
   if not out:
-    raise FileNotFoundError(f"{sweep_dir}: no runs with logs (expected <arm>/seed<k>/steps.jsonl)")
+    raise UnreadableFile(sweep_dir, "no runs with logs (expected <arm>/seed<k>/steps.jsonl)")
   return out
 
 

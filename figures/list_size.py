@@ -56,7 +56,7 @@ def run_weights(workdir: str) -> dict[str, float] | None:
 def collect(sweep_dir: str) -> dict[str, dict[int, dict]]:
   """``{series: {k: {'ndcg': (mean, ci), stat: (mean, ci), ...}}}``."""
   summary_path = os.path.join(sweep_dir, "summary.json")
-  summary = common.read_json(summary_path)["arms"] if os.path.exists(summary_path) else {}
+  summary = common.read_json_or_skip(summary_path, {}).get("arms", {})
   out: dict[str, dict[int, dict]] = {}
   for arm in common.arms(sweep_dir):
     match = ARM.match(arm["name"])
@@ -88,7 +88,7 @@ def _mean_ci(values: np.ndarray) -> tuple[float | None, float]:
 def make(sweep_dir: str, out_dir: str) -> list[str]:
   try:
     data = collect(sweep_dir)
-  except FileNotFoundError:
+  except common.UnreadableFile:  # no runs: the other figures name the problem
     return []
   data = {s: v for s, v in data.items() if len(v) > 1}
   if not data:

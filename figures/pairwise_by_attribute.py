@@ -42,7 +42,8 @@ def _accuracies(record: dict) -> dict[str, float] | None:
 def _test(workdir: str) -> dict[str, dict] | None:
   """A run's test pairwise block (``{category: {'accuracy', 'pairs'}}``), or None."""
   path = os.path.join(workdir, "results.json")
-  return _pairwise(common.read_json(path).get("test", {})) if os.path.exists(path) else None
+  results = common.read_json_or_skip(path, {})
+  return _pairwise(results.get("test", {})) if results else None
 
 
 def _curve(workdir: str) -> dict[int, dict[str, float]]:

@@ -24,7 +24,7 @@ from common import plt  # noqa: E402
 def make(sweep_dir: str, out_dir: str, max_points: int = 4000) -> list[str]:
   by_weight: dict[str, list] = {}
   for _, arm, workdir in common.iter_runs(sweep_dir):
-    config = common.run_config(workdir)
+    config = common.read_json_or_skip(os.path.join(workdir, "config.json"), {})
     weight = config.get("weight")
     if weight not in ("sft", "cl", "cl_rescaled"):
       continue

@@ -23,12 +23,12 @@ document or without a negative candidate (skipped).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Mapping
 
-from decomp.data.mrb import parse_item
-from decomp.data.reading import LoadStats, Problems, RowError, read_rows
+from decomp.data.mrb import MAX_IMAGE_PIXELS, parse_item
+from decomp.data.reading import (LoadStats, Problems, RowError, check_file_name, read_json_file,
+                                  read_rows)
 from decomp.data.trec import Qrels, Run, read_qrels, read_run
 from decomp.data.types import TASK_MODALITY, Group, Item
 from decomp.metrics import rank_run
@@ -74,18 +74,14 @@ def _meta(directory: str) -> dict:
   path = os.path.join(directory, META_FILE)
   if not os.path.exists(path):
     return {}
-  try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
-  except (json.JSONDecodeError, OSError) as e:
-    raise ValueError(f"{path}: unreadable ({e})") from e
+  meta = read_json_file(path)
   if not isinstance(meta, dict) or set(meta) - {"name", "task", "instruction"}:
     raise ValueError(f"{path}: expected an object with keys name, task, instruction")
   return meta
 
 
 def _read_items(path: str, keep, *, kind: str, errors: str, stats: CollectionStats,
-                image_size, load_images) -> tuple[dict, dict, set]:
+                image_size, load_images, **images) -> tuple[dict, dict, set]:
   """Streams a BEIR corpus/queries file: ``(items kept, instructions, all ids)``."""
   folder = os.path.dirname(os.path.abspath(path))
   file_stats = stats.files.setdefault(path, LoadStats())
@@ -113,7 +109,7 @@ def _read_items(path: str, keep, *, kind: str, errors: str, stats: CollectionSta
       raise RowError("field 'title' must be a string", "bad item")
     text = " ".join(t for t in (title, text) if t and t.strip()) or None
     item = parse_item({"text": text, "image": row.get("image")}, kind, folder, image_size,
-                      load_images)
+                      load_images, **images)
     instruction = row.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
       raise RowError("field 'instruction' must be a string", "bad field")
@@ -132,12 +128,13 @@ def load_beir(directory: str, *, split: str = "test", run: str | Run | None = No
               top_k: int | None = 100, name: str | None = None, task: str | None = None,
               instruction: str | None = None, errors: str = "raise", strict: bool = False,
               load_images: bool = True, image_size: int | None = None,
-              keep_judged_documents: bool = True) -> Collection:
+              keep_judged_documents: bool = True, allow_outside_paths: bool = False,
+              max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Collection:
   """Reads a BEIR-layout directory and, optionally, a run of first-stage candidates.
 
   Args:
     directory: the collection (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
-    split: which qrels file.
+    split: which qrels file (a plain name: ``qrels/<split>.tsv``).
     run: a TREC run file (or ``{qid: {docid: score}}``) of candidates; None: none.
     top_k: candidates kept per query (trec_eval's order); None keeps all.
     name, task, instruction: override ``collection.json`` (defaults: the folder's name, the
@@ -147,8 +144,11 @@ def load_beir(directory: str, *, split: str = "test", run: str | Run | None = No
     image_size: resize images to a square of this side (None keeps them).
     keep_judged_documents: keep every document the qrels judge (training positives), not only
       the run's candidates.
+    allow_outside_paths, max_image_pixels: as :func:`decomp.data.mrb.read_jsonl` (image paths
+      stay in the collection's folder; images above the pixel limit are refused).
   """
   directory = os.path.abspath(directory)
+  check_file_name(split, "split")
   meta = _meta(directory)
   name = name or meta.get("name") or os.path.basename(directory)
   task = task or meta.get("task") or name
@@ -176,7 +176,8 @@ def load_beir(directory: str, *, split: str = "test", run: str | Run | None = No
   wanted_docs = {d for docs in (run or {}).values() for d in docs}
   if keep_judged_documents or run is None:
     wanted_docs |= {d for judged in qrels.values() for d in judged}
-  kw = dict(errors=errors, stats=stats, image_size=image_size, load_images=load_images)
+  kw = dict(errors=errors, stats=stats, image_size=image_size, load_images=load_images,
+            allow_outside_paths=allow_outside_paths, max_image_pixels=max_image_pixels)
   queries, instructions, _ = _read_items(paths["queries"], wanted_queries.__contains__,
                                          kind="query", **kw)
   corpus, _, corpus_ids = _read_items(paths["corpus"], wanted_docs.__contains__,

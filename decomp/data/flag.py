@@ -26,15 +26,15 @@ from typing import Iterator
 
 import numpy as np
 
-from decomp.data.mrb import parse_item
+from decomp.data.mrb import MAX_IMAGE_PIXELS, parse_item
 from decomp.data.reading import LoadStats, Problems, RowError, read_rows
 from decomp.data.types import TASK_MODALITY, Group
 
 
-def _entry(value, where: str, folder: str, image_size, load_images):
+def _entry(value, where: str, folder: str, image_size, load_images, **images):
   if isinstance(value, str):
     value = {"text": value}
-  return parse_item(value, where, folder, image_size, load_images)
+  return parse_item(value, where, folder, image_size, load_images, **images)
 
 
 def _scores(row, field: str, count: int):
@@ -50,8 +50,10 @@ def _scores(row, field: str, count: int):
 
 def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
                    image_size: int | None = None, load_images: bool = True,
-                   shuffle: np.random.Generator | None = None) -> Group:
+                   shuffle: np.random.Generator | None = None, allow_outside_paths: bool = False,
+                   max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Group:
   """One decoded row -> :class:`Group`; raises :class:`RowError` (no file/line prefix)."""
+  images = dict(allow_outside_paths=allow_outside_paths, max_image_pixels=max_image_pixels)
   if not isinstance(row, dict):
     raise RowError(f"a row must be a JSON object, got {type(row).__name__}", "not an object")
   for key in ("query", "pos", "neg"):
@@ -62,7 +64,7 @@ def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
     query = {"text": query}
   if isinstance(query, dict) and "image" in row:
     query = {**query, "image": row["image"]}
-  query = parse_item(query, "query", folder, image_size, load_images)
+  query = parse_item(query, "query", folder, image_size, load_images, **images)
   docs, labels, ids, kinds = [], [], [], []
   for field, label, kind, prefix in (("pos", 1, "positive", "p"), ("neg", 0, "hard", "n")):
     values = row[field]
@@ -71,7 +73,7 @@ def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
     if not values:
       raise RowError(f"{field!r} is empty", f"empty {field}")
     for i, value in enumerate(values):
-      docs.append(_entry(value, f"{field}[{i}]", folder, image_size, load_images))
+      docs.append(_entry(value, f"{field}[{i}]", folder, image_size, load_images, **images))
       labels.append(label)
       ids.append(f"{query_id}-{prefix}{i}")
       kinds.append(kind)
@@ -101,7 +103,8 @@ def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
 def read_flag(path: str, *, task: str = "t2t", image_size: int | None = None,
               load_images: bool = True, errors: str = "raise", strict: bool = False,
               shuffle_seed: int | None = None, stats: LoadStats | None = None,
-              problems: Problems | None = None) -> Iterator[Group]:
+              problems: Problems | None = None, allow_outside_paths: bool = False,
+              max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[Group]:
   """Streams the groups of a FlagEmbedding reranker JSONL file (constant memory).
 
   Args:
@@ -110,6 +113,8 @@ def read_flag(path: str, *, task: str = "t2t", image_size: int | None = None,
     image_size, load_images, shuffle_seed: as :func:`decomp.data.mrb.read_jsonl`.
     errors: ``"raise"`` / ``"skip"`` malformed rows (counted in ``stats``).
     strict: data problems raise instead of being counted in ``problems``.
+    allow_outside_paths, max_image_pixels: as :func:`decomp.data.mrb.read_jsonl` (image paths
+      stay in the file's folder; images above the pixel limit are refused).
   """
   problems = problems if problems is not None else Problems(strict=strict)
   folder = os.path.dirname(os.path.abspath(path))
@@ -124,7 +129,9 @@ def read_flag(path: str, *, task: str = "t2t", image_size: int | None = None,
       query_id = row["query_id"]
     shuffle = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, line_no])
     group = parse_flag_row(row, query_id=query_id, folder=folder, task=task,
-                           image_size=image_size, load_images=load_images, shuffle=shuffle)
+                           image_size=image_size, load_images=load_images, shuffle=shuffle,
+                           allow_outside_paths=allow_outside_paths,
+                           max_image_pixels=max_image_pixels)
     if query_id in first_line:
       problems.report("duplicate id", f"{path}:{line_no}: query_id {query_id!r} again (first "
                       f"at line {first_line[query_id]}; this row is skipped)")

@@ -16,8 +16,12 @@ Schema: one JSON object per line (blank lines are allowed and counted)::
   an image or both; ``id`` defaults to ``<query_id>-p<i>`` / ``<query_id>-n<i>``; ``label``
   defaults to 1 for positives (must be >= 1) and 0 for negatives (must be 0); ``kind`` defaults
   to ``"positive"`` / ``"negative"`` (the playground writes ``"hard"`` / ``"random"``).
-* Image paths are relative to the JSONL file's folder (absolute paths are kept). Images are read
-  with PIL, converted to RGB ``uint8 [H, W, 3]`` and resized to ``image_size`` (``None``: keep).
+* Image paths are relative to the JSONL file's folder and must stay inside it (``../`` out of it,
+  or an absolute path elsewhere, is a row error unless ``allow_outside_paths=True``; the check
+  is on the path as written, so a symlink you placed in the folder is followed). Images are read
+  with PIL, converted to RGB ``uint8 [H, W, 3]`` and resized to ``image_size`` (``None``: keep);
+  one above ``max_image_pixels`` (default :data:`MAX_IMAGE_PIXELS`, 50 megapixels) is refused
+  by name from its header, before it is decoded.
 * a document's optional ``teacher_score`` (a number; all documents of a row or none) becomes
   ``Group.teacher_scores`` (distillation).
 * ``modality`` defaults to MRB's grouping of known task names (``TASK_MODALITY``), else ``""``.
@@ -45,24 +49,72 @@ import numpy as np
 from decomp.data.reading import LoadStats, RowError, read_rows
 from decomp.data.types import TASK_MODALITY, Group, Item
 
-__all__ = ["LoadStats", "RowError", "load_image", "load_jsonl", "parse_item", "parse_row",
-           "read_jsonl",
-           "write_jsonl"]
+__all__ = ["ImageTooLarge", "LoadStats", "MAX_IMAGE_PIXELS", "RowError", "load_image",
+           "load_jsonl", "parse_item", "parse_row", "read_jsonl", "write_jsonl"]
+
+# The default pixel limit of a data image (about 8000 x 6000): a 10000 x 10000 PNG would take
+# 300 MB decoded, before the resize to a few hundred pixels. ``max_image_pixels=None`` lifts it.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
-def load_image(path: str, image_size: int | None = None) -> np.ndarray:
-  """Reads an image file into RGB ``uint8 [H, W, 3]``, resized to ``image_size`` if given."""
+class ImageTooLarge(ValueError):
+  """An image above the pixel limit, refused before it is decoded."""
+
+
+def load_image(path: str, image_size: int | None = None, *,
+               max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Reads an image file into RGB ``uint8 [H, W, 3]``, resized to ``image_size`` if given.
+
+  Raises :class:`ImageTooLarge` naming the file when it has more than ``max_image_pixels``
+  pixels (read from its header; nothing is decoded). PIL's own hard limit (twice
+  ``PIL.Image.MAX_IMAGE_PIXELS``) gives the same error.
+  """
+  import warnings
+
   from PIL import Image
 
-  with Image.open(path) as im:
-    im = im.convert("RGB")
+  try:
+    with warnings.catch_warnings():  # PIL's warning names no file; the limit below does
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = Image.open(path)  # reads the header only
+  except Image.DecompressionBombError as e:
+    raise ImageTooLarge(f"{path}: {e}") from None
+  with im:
+    width, height = im.size
+    if max_image_pixels is not None and width * height > max_image_pixels:
+      raise ImageTooLarge(
+          f"{path}: {width} x {height} pixels ({width * height / 1e6:.1f} megapixels) is above "
+          f"the limit of {max_image_pixels / 1e6:g} megapixels (max_image_pixels; raise it, or "
+          "None, to read such images)")
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = im.convert("RGB")
     if image_size is not None and im.size != (image_size, image_size):
       im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def parse_item(obj, where: str, folder: str, image_size, load_images) -> Item:
-  """``{"text", "image"}`` -> :class:`Item`; image paths relative to ``folder``."""
+def image_path_in(folder: str, image: str, *, allow_outside_paths: bool = False) -> str:
+  """Where a data row's ``image`` path points: relative to ``folder`` and inside it.
+
+  Raises :class:`RowError` when it leaves ``folder`` (``../``, or an absolute path elsewhere)
+  unless ``allow_outside_paths``: a row must not make the reader open any file on the machine.
+  The check is lexical (symlinks inside the folder are followed).
+  """
+  path = os.path.normpath(os.path.join(folder, image))  # an absolute image replaces folder
+  if not allow_outside_paths:
+    root = os.path.normpath(os.path.abspath(folder))
+    if os.path.commonpath([root, os.path.abspath(path)]) != root:
+      raise RowError(f"image path {image!r} leads outside the data folder {root} (pass "
+                     "allow_outside_paths=True to read files outside it)", "outside path")
+  return path
+
+
+def parse_item(obj, where: str, folder: str, image_size, load_images, *,
+               allow_outside_paths: bool = False,
+               max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Item:
+  """``{"text", "image"}`` -> :class:`Item`; image paths relative to ``folder`` and inside it
+  (:func:`image_path_in`), images up to ``max_image_pixels``."""
   if not isinstance(obj, dict):
     raise RowError(f"{where} must be an object with 'text' and/or 'image', got {obj!r:.80}",
                    "bad item")
@@ -81,21 +133,28 @@ def parse_item(obj, where: str, folder: str, image_size, load_images) -> Item:
     raise RowError(f"{where} has neither text nor image", "empty item")
   image, image_path = None, None
   if image_rel:
-    image_path = image_rel if os.path.isabs(image_rel) else os.path.join(folder, image_rel)
+    try:
+      image_path = image_path_in(folder, image_rel, allow_outside_paths=allow_outside_paths)
+    except RowError as e:
+      raise RowError(f"{where}: {e}", e.reason) from None
     if not os.path.isfile(image_path):
       raise RowError(f"{where}: image {image_rel!r} not found (looked for {image_path})",
                      "missing image")
     if load_images:
       try:
-        image = load_image(image_path, image_size)
+        image = load_image(image_path, image_size, max_image_pixels=max_image_pixels)
+      except ImageTooLarge as e:
+        raise RowError(f"{where}: image {e}", "image too large") from None
       except Exception as e:  # PIL raises several types for broken files
         raise RowError(f"{where}: image {image_rel!r} cannot be read: {e}", "bad image") from e
   return Item(text=text or None, image=image, image_path=image_path)
 
 
 def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: bool = True,
-              shuffle: np.random.Generator | None = None) -> Group:
+              shuffle: np.random.Generator | None = None, allow_outside_paths: bool = False,
+              max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Group:
   """One decoded JSON row -> :class:`Group`; raises :class:`RowError` (no file/line prefix)."""
+  images = dict(allow_outside_paths=allow_outside_paths, max_image_pixels=max_image_pixels)
   if not isinstance(row, dict):
     raise RowError(f"a row must be a JSON object, got {type(row).__name__}", "not an object")
   for key in ("query_id", "task", "instruction", "query", "positives", "negatives"):
@@ -105,7 +164,7 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
   for key in ("query_id", "task", "instruction"):
     if not isinstance(row[key], str):
       raise RowError(f"field {key!r} must be a string", "bad field")
-  query = parse_item(row["query"], "query", folder, image_size, load_images)
+  query = parse_item(row["query"], "query", folder, image_size, load_images, **images)
   docs, labels, ids, kinds, teacher = [], [], [], [], []
   for field, default_label, default_kind, prefix in (("positives", 1, "positive", "p"),
                                                      ("negatives", 0, "negative", "n")):
@@ -116,7 +175,7 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
       raise RowError(f"{field!r} is empty", f"empty {field}")
     for i, doc in enumerate(values):
       where = f"{field}[{i}]"
-      docs.append(parse_item(doc, where, folder, image_size, load_images))
+      docs.append(parse_item(doc, where, folder, image_size, load_images, **images))
       label = doc.get("label", default_label)
       if not isinstance(label, int) or isinstance(label, bool):
         raise RowError(f"{where}.label must be an integer, got {label!r}", "bad label")
@@ -150,7 +209,8 @@ def parse_row(row, *, folder: str, image_size: int | None = 32, load_images: boo
 
 def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
                load_images: bool = True, shuffle_seed: int | None = None,
-               stats: LoadStats | None = None) -> Iterator[Group]:
+               stats: LoadStats | None = None, allow_outside_paths: bool = False,
+               max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[Group]:
   """Streams the groups of an MRB-style JSONL file, one line at a time (constant memory).
 
   Args:
@@ -161,13 +221,18 @@ def read_jsonl(path: str, *, image_size: int | None = 32, errors: str = "raise",
     shuffle_seed: if given, permute each row's documents with a generator seeded by
       ``(shuffle_seed, line number)``.
     stats: a :class:`LoadStats` to fill (read it after the generator is exhausted).
+    allow_outside_paths: read image paths that leave the file's folder (``../``, absolute
+      paths elsewhere); by default such a row is an error.
+    max_image_pixels: refuse (a row error naming the image) images with more pixels than this,
+      before decoding them; None: no limit but PIL's.
   """
   folder = os.path.dirname(os.path.abspath(path))
 
   def parse(row, line_no):
     shuffle = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, line_no])
     return parse_row(row, folder=folder, image_size=image_size, load_images=load_images,
-                     shuffle=shuffle)
+                     shuffle=shuffle, allow_outside_paths=allow_outside_paths,
+                     max_image_pixels=max_image_pixels)
 
   for _, group in read_rows(path, parse, errors=errors, stats=stats):
     yield group

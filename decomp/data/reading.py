@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Callable, Iterator
 
 _log = logging.getLogger(__name__)
@@ -77,6 +78,35 @@ class Problems:
     if not self.counts:
       return "no data problems"
     return ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+
+
+def read_json_file(path: str) -> Any:
+  """A whole JSON file (a small description like ``collection.json``); a byte that is not
+  UTF-8 or a JSON error raises ``ValueError("<file>:<line>: <what>")``."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f"{path}: unreadable ({e.strerror or e})") from None
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.start}: "
+                     f"{data[e.start:e.start + 4]!r})") from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+
+
+def check_file_name(name: str, what: str) -> str:
+  """``name`` if it is one plain file name (a split's ``qrels/<split>.tsv``), never a path out
+  of its folder such as ``../../run``."""
+  if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+      or "\\" in name or "\0" in name or (os.altsep and os.altsep in name)):
+    raise ValueError(f"{what} {name!r} must be a plain name (no '/', '..' or empty name)")
+  return name
 
 
 def check_errors_mode(errors: str) -> None:

@@ -18,16 +18,23 @@ from decomp.data.types import Group
 
 def is_flag_directory(directory: str) -> bool:
   """Whether ``directory/train.jsonl``'s first row is in FlagEmbedding's format (``pos``/``neg``
-  rather than MRB's ``positives``/``negatives``): how the engine may choose the source."""
+  rather than MRB's ``positives``/``negatives``): how the engine may choose the source.
+
+  Reads bytes line by line (a text read decodes 8 KB at once, so a bad byte further on would fail
+  here with no file or line); a first row that is not UTF-8 raises ``ValueError`` naming file
+  and line."""
   import json
   path = os.path.join(directory, 'train.jsonl')
   if not os.path.isfile(path):
     return False
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
+  with open(path, 'rb') as f:
+    for line_no, raw in enumerate(f, start=1):
+      if raw.strip():
         try:
-          row = json.loads(line)
+          row = json.loads(raw.decode('utf-8'))
+        except UnicodeDecodeError as e:
+          raise ValueError(f'{path}:{line_no}: not UTF-8 text (byte {e.start}: '
+                           f'{raw[e.start:e.start + 4]!r})') from None
         except json.JSONDecodeError:
           return False
         return isinstance(row, dict) and 'pos' in row and 'neg' in row

@@ -77,3 +77,20 @@ def build_tokenizer(directory: str, *, extra_tokens: Sequence[str] = ()) -> str:
   os.makedirs(directory, exist_ok=True)
   fast.save_pretrained(directory)
   return directory
+
+
+def check_tokenizer(directory: str) -> None:
+  """Raises unless ``directory`` holds a loadable playground tokenizer whose label words are one
+  token each: the quick load test of a cached build (no transformers import)."""
+  import json
+
+  from tokenizers import Tokenizer
+
+  with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
+    json.load(f)
+  tok = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+  unknown = tok.token_to_id("<unk>")
+  for word in LABEL_WORDS:
+    ids = tok.encode(word, add_special_tokens=False).ids
+    if len(ids) != 1 or ids[0] == unknown:
+      raise ValueError(f"{directory}: label word {word!r} is not one known token ({ids})")
