@@ -106,7 +106,7 @@ def _is_workdir(path: str) -> bool:
 
 def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
                 score: str | None = None, step: int | None = None,
-                max_length: int = 512) -> PairScorer:
+                max_length: int = 512, allow_code: bool = False) -> PairScorer:
   """A :class:`Scorer` for a training workdir or a Hugging Face / base-checkpoint directory.
 
   Both open as a :class:`decomp.train.Run` (``Run.open`` / ``Run.from_model_dir``): the same
@@ -121,6 +121,8 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
     score: ``'sft'`` ranks by ``z_y - z_n`` (P(yes)'s logit), ``'cl'`` by ``z_y``; default the
       workdir's evaluation score, ``'sft'`` for a model directory.
     max_length: tokens per prompt of a model directory (a workdir uses its own).
+    allow_code: run objective code a workdir's config names outside the installed packages
+      (docs/trust.md).
   """
   from decomp.models.presets import PRESETS
   from decomp.train.run import Run
@@ -134,7 +136,7 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
   if _is_workdir(path):
     if preset is not None:
       raise ValueError(f"--preset {preset!r}: the workdir {path} reads its own prompt preset")
-    run = Run.open(path, step, overrides=("mesh.data=1", "num_devices=1"))
+    run = Run.open(path, step, overrides=("mesh.data=1", "num_devices=1"), allow_code=allow_code)
     description = f"{path} (step {run.step}, score {score or run.score})"
   else:
     run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score)
@@ -304,6 +306,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--strict", action="store_true",
                       help="data problems (duplicate ids, unknown documents, ...) are errors")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  parser.add_argument("--allow-outside-paths", action="store_true",
+                      help="image paths of the collection may leave its folder")
+  parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
+                      help="larger images are refused by name (0: no limit)")
+  parser.add_argument("--allow-code", action="store_true",
+                      help="run objective code a workdir's config.json names outside the "
+                      "installed packages (docs/trust.md)")
   return parser.parse_args(argv)
 
 
@@ -322,7 +331,7 @@ def main(argv=None) -> int:
   runs = args.run * len(args.data) if len(args.run) == 1 else args.run
   several = len(args.data) > 1
   scorer = load_scorer(args.model, args.preset, batch_size=args.batch_size, score=args.score,
-                       step=args.step)
+                       step=args.step, allow_code=args.allow_code)
   print(f"model: {scorer.description}", file=sys.stderr)
   cutoffs = sorted({10, args.top_k})
   note = metrics.convention_note("trec_eval")
@@ -331,7 +340,9 @@ def main(argv=None) -> int:
     collection = beir.load_beir(data_dir, split=args.split, run=run_path, top_k=args.top_k,
                                 errors=args.errors, strict=args.strict,
                                 load_images=scorer.image_size is not None,
-                                image_size=scorer.image_size)
+                                image_size=scorer.image_size,
+                                allow_outside_paths=args.allow_outside_paths,
+                                max_image_pixels=args.max_image_pixels or None)
     groups = beir.rerank_groups(collection)
     name = collection.name
     if name in summary:

@@ -43,12 +43,19 @@ def _is_import_path(spec: Any) -> bool:
 def import_paths(config: Any) -> dict[str, str]:
   """``{field: 'package.module:attribute'}`` of the fields of ``config`` (a mapping such as a
   workdir's ``config.json``, or a ``TrainConfig``) that name code by import path."""
-  if dataclasses.is_dataclass(config) and not isinstance(config, type):
-    config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-  if not isinstance(config, Mapping):
-    raise TypeError(f'expected a config mapping or dataclass, got {type(config).__name__}')
-  return {field: config[field] for field in IMPORT_PATH_FIELDS
-          if _is_import_path(config.get(field))}
+  section = getattr(config, 'objective', None)
+  if dataclasses.is_dataclass(section) and not isinstance(config, Mapping):  # a TrainConfig
+    values = {'objective': section.name, 'weight': section.weight,
+              'direction': section.direction}
+  elif isinstance(config, Mapping) and isinstance(config.get('objective'), Mapping):
+    section = config['objective']  # a config.json with sections
+    values = {'objective': section.get('name'), 'weight': section.get('weight'),
+              'direction': section.get('direction')}
+  elif isinstance(config, Mapping):  # a flat config.json of an earlier version
+    values = {field: config.get(field) for field in IMPORT_PATH_FIELDS}
+  else:
+    raise TypeError(f'expected a config mapping or TrainConfig, got {type(config).__name__}')
+  return {field: value for field, value in values.items() if _is_import_path(value)}
 
 
 def _installed_roots() -> list[str]:

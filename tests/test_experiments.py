@@ -168,7 +168,7 @@ def test_reuse_links_only_runs_of_the_identical_config(tmp_path):
                                      [*sweep._run_overrides(arm, seed, []), *extra])
     os.makedirs(workdir)
     stored = config_lib.to_dict(cfg)
-    del stored["label_pooling"]  # written before the field existed: its default applies
+    del stored["readout"]["label_pooling"]  # written before the field existed: its default applies
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(stored, f)
     _fake_results(workdir, 0.5, {"t2t": 0.5})
@@ -214,7 +214,7 @@ def test_arm_dict_overrides_merge_and_stale_runs_are_refused(tmp_path):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config_lib.to_dict(stale), f)
   _fake_results(workdir, 0.5, {"t2t": 0.5})
-  with pytest.raises(SystemExit, match=r"neg15/seed0 \(playground\)"):
+  with pytest.raises(SystemExit, match=r"neg15/seed0 \(data.playground\)"):
     sweep.check_completed(str(tmp_path), [(arm, 0)], config="playground")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config_lib.to_dict(cfg), f)

@@ -57,7 +57,7 @@ def test_registered_hybrid_runs_as_a_sweep_arm(tmp_path, monkeypatch):
 
   run = out / "focal" / "seed1"
   config = json.loads((run / "config.json").read_text())
-  assert config["objective"] == "my_hybrids:focal"
+  assert config["objective"]["name"] == "my_hybrids:focal"
   results = json.loads((run / "results.json").read_text())
   assert results["test"]["score"] == "cl"  # ranked by its direction's score
   # Its own loss is logged as `loss`: three times the (always logged) SFT loss.
@@ -70,10 +70,15 @@ def test_registered_hybrid_runs_as_a_sweep_arm(tmp_path, monkeypatch):
   from decomp.train import config as config_lib
   assert config_lib.make_objective(overrides_lib.from_file(str(run / "config.json"))).needs == set()
 
-  # The workdir's config.json re-launches the same run in a fresh process.
+  # The workdir's config.json re-launches the same run in a fresh process, once the user says
+  # that the code it names (not from an installed package) may run (docs/trust.md).
   again = tmp_path / "again"
-  subprocess.run([sys.executable, "-m", "decomp.train", "--workdir", str(again), "--config",
-                  str(run / "config.json"), "--quiet"], check=True, env=dict(os.environ))
+  command = [sys.executable, "-m", "decomp.train", "--workdir", str(again), "--config",
+             str(run / "config.json"), "--quiet"]
+  refused = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True)
+  assert refused.returncode == 2 and "--allow-code" in refused.stderr
+  assert "objective=my_hybrids:focal" in refused.stderr and not again.exists()
+  subprocess.run(command + ["--allow-code"], check=True, env=dict(os.environ))
   rerun = json.loads((again / "results.json").read_text())
   assert rerun["final"]["loss"] == results["final"]["loss"]
   assert rerun["test"]["ndcg@10"] == results["test"]["ndcg@10"]

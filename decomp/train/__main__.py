@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       metavar='KEY=VALUE', help='override config keys, e.g. --set steps=100 '
                       'weight=cl mesh.data=4')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
+  parser.add_argument('--allow-code', action='store_true',
+                      help='run objective code a --config .json (a received workdir\'s '
+                      'config.json) names outside the installed packages (docs/trust.md)')
   parser.add_argument('--debug', action='store_true',
                       help='show the traceback of named errors too')
   parser.add_argument('--coordinator', help='jax.distributed coordinator address HOST:PORT')
@@ -75,6 +78,10 @@ def _main(args: argparse.Namespace) -> int:
   from decomp.train import recipes
   from decomp.train.loop import train
   overrides = [item for group in args.overrides for item in group]
+  if args.config.endswith('.json') and os.path.isfile(args.config):
+    from decomp import trust
+    from decomp.train import logs
+    trust.check_trusted_import_paths(logs.read_json(args.config), allow_code=args.allow_code)
   if args.quiet:
     overrides.append('quiet=true')
   try:

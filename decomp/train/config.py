@@ -214,8 +214,11 @@ class DataConfig(Section):
   # Each batch is padded to the smallest bucket that holds its longest prompt (a compiled shape
   # per bucket). () = max_length always.
   length_buckets: tuple[int, ...] = knob(())
-  # Data rows may name files outside the data folder (absolute paths, '..').
+  # Data rows may name files outside the data folder (absolute paths, '..'): off by default, a
+  # row must not make the reader open any file on the machine.
   allow_outside_paths: bool = knob(False)
+  # Images with more pixels are refused by name from their header (0: no limit).
+  max_image_pixels: int = knob(50_000_000, min=0)
 
   @property
   def list_size(self) -> int:
@@ -227,7 +230,8 @@ class DataConfig(Section):
     if self.length_buckets and max(self.length_buckets) < self.max_length:
       raise self.bad('length_buckets', f'the longest bucket must hold max_length='
                      f'{self.max_length} (a prompt is cut to max_length, then padded to a bucket)')
-    if self.source != 'playground' and self.playground != defaults(DataConfig)['playground']:
+    if self.source != 'playground' and self.playground not in (
+        {}, defaults(DataConfig)['playground']):
       raise self.bad('playground', f"applies to data=playground only, not {self.source!r}")
     check_playground_options(self.playground)
 

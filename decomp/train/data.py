@@ -154,7 +154,8 @@ class JsonlSource:
     self.train_pool = cfg.data.train_pool
     self._load = lambda path: self.read(
         path, image_size=cfg.model.image_size if load_images else None, load_images=load_images,
-        shuffle_seed=cfg.seed)
+        shuffle_seed=cfg.seed, allow_outside_paths=cfg.data.allow_outside_paths,
+        max_image_pixels=cfg.data.max_image_pixels or None)
     self._splits: dict[str, list[data_types.Group]] = {}
     train = self._split('train')
     if not train:

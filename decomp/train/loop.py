@@ -342,7 +342,8 @@ def _diverged(cfg: config_lib.TrainConfig, step: int, quantities: tuple[str, ...
 
 
 def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = None,
-                     overrides: tuple[str, ...] = (), output: str | None = None) -> dict:
+                     overrides: tuple[str, ...] = (), output: str | None = None,
+                     allow_code: bool = False) -> dict:
   """Evaluates a checkpoint of a finished (or interrupted) run again, e.g. on a larger test set.
 
   The run opens with :meth:`Run.open <decomp.train.run.Run.open>`; ``overrides`` may change only
@@ -356,6 +357,8 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
     overrides: ``key=value`` strings, e.g. ``('playground.num_eval_queries=2048',)``.
     output: a plain file name (no directory part) to write the results to inside ``workdir``
       (JSON), or None.
+    allow_code: run objective code the config names outside the installed packages
+      (docs/trust.md).
 
   Returns:
     The evaluation dict (as ``results.json['test']``) plus ``step`` and ``overrides``.
@@ -366,7 +369,7 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
                              or output in ('.', '..')):
     raise ValueError(f'output {output!r}: give a plain file name, written inside the workdir')
   try:
-    run = run_lib.Run.open(workdir, step, overrides=overrides)
+    run = run_lib.Run.open(workdir, step, overrides=overrides, allow_code=allow_code)
   except ValueError as e:
     raise ValueError(f'evaluate_workdir: {e}') from None
   cfg = run.config

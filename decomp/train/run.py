@@ -61,20 +61,22 @@ class Run:
 
   @classmethod
   def open(cls, workdir: str, step: int | None = None, *, overrides: Sequence[str] = (),
-           mesh=None) -> 'Run':
+           mesh=None, allow_code: bool = False) -> 'Run':
     """Opens ``workdir`` at checkpoint ``step`` (default: the newest intact one).
 
     Args:
       overrides: ``key=value`` changes of how the run is evaluated only
         (:func:`config.free_on_evaluation`, e.g. ``eval_batch_size``, ``mesh.data``).
       mesh: a device mesh (default: the config's mesh on the available devices).
+      allow_code: resolve objective parts named by import paths outside the installed packages
+        (a received workdir's config.json can name code that runs on import: docs/trust.md).
 
     Raises:
       FileNotFoundError: no ``config.json`` or no checkpoint; CorruptCheckpointError; ValueError
         (an override that changes what was trained).
     """
     workdir = os.path.abspath(workdir)
-    cfg = read_config(workdir)
+    cfg = read_config(workdir, allow_code=allow_code)
     if overrides:
       cfg = evaluation_config(cfg, overrides)
     objective = config_lib.make_objective(cfg)
@@ -150,11 +152,15 @@ def _item(x) -> Item:
                   f'{type(x).__name__}')
 
 
-def read_config(workdir: str) -> config_lib.TrainConfig:
-  """The config a workdir was trained with (``config.json``; older flat ones are migrated)."""
+def read_config(workdir: str, *, allow_code: bool = False) -> config_lib.TrainConfig:
+  """The config a workdir was trained with (``config.json``; older flat ones are migrated).
+  Import paths outside the installed packages are refused unless ``allow_code``
+  (:func:`decomp.trust.check_trusted_import_paths`)."""
+  from decomp import trust
   path = os.path.join(workdir, logs.CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} holds no {logs.CONFIG_FILE}: not a decomp run')
+  trust.check_trusted_import_paths(logs.read_json(path), allow_code=allow_code)
   return overrides_lib.from_file(path)
 
 

@@ -220,7 +220,7 @@ class ModelState:
 
 
 def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: Objective,
-                      directory: str | None) -> ModelState:
+                      directory=_SHAPE_DIRECTORY) -> ModelState:
   """The reranker of ``cfg`` as sharded ``params``/``frozen`` states on ``mesh``.
 
   Random weights come from ``nnx.Rngs(cfg.seed)``; pretrained ones from ``directory`` (a
@@ -229,6 +229,8 @@ def build_model_state(cfg: config_lib.TrainConfig, mesh, tokenizer, objective: O
   has none), a random label head and the projection direction are initialised from the seed
   too, inside the same jitted init.
   """
+  if directory is _SHAPE_DIRECTORY:
+    directory = shape_directory(cfg)
   rules = {**rules_for(cfg.parallel.layout), **{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in cfg.parallel.axis_rules.items()}}
   spec = reranker_spec(cfg, tokenizer, model_shapes(cfg, tokenizer, directory), objective,

@@ -71,7 +71,7 @@ def test_a_chunked_run_resumes_bit_exactly(tmp_path):
 
 @pytest.mark.parametrize('override, message', [
     ('doc_chunk=5', r'doc_chunk=5: expected 0 \(the whole list at once\) or 1\.\.4'),
-    ('doc_chunk=-1', r'doc_chunk=-1: expected 0'),
+    ('doc_chunk=-1', r'doc_chunk=-1: must be >= 0'),
     ('accumulate_steps=3', r'accumulate_steps=3: expected a divisor of batch_size=8: \[1, 2, 4, 8\]'),
     ('accumulate_steps=0', r'accumulate_steps=0'),
 ])

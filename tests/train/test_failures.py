@@ -71,15 +71,29 @@ def test_diverged_run_stops_with_a_named_error_and_keeps_the_last_good_checkpoin
 
 def test_skip_step_drops_non_finite_updates_and_counts_them(tmp_path):
   workdir = str(tmp_path / 'skipping')
-  results = train(quick(*RUN, 'learning_rate=1e38', 'on_nonfinite=skip_step'), workdir)
+  results = train(quick(*RUN, 'learning_rate=1e38', 'on_nonfinite=skip_step',
+                        'max_skipped_fraction=1'), workdir)
   records = logs.read_steps(workdir)
   skipped = [r['step'] for r in records if r['skipped']]
   assert skipped and skipped[0] == 2
   assert [r['skipped_steps'] for r in records] == list(np.cumsum([r['skipped'] for r in records]))
-  assert results['final']['skipped_steps'] == len(skipped)
+  assert results['final']['skipped_steps'] == results['skipped_steps'] == len(skipped)
   params, meta = _params(workdir)
   assert meta['skipped_steps'] == len(skipped)
   assert all(np.isfinite(p).all() for _, p in params)
+
+
+def test_too_many_skipped_steps_fail_by_name(tmp_path, capsys):
+  """A diverging run under skip_step stops once more than max_skipped_fraction of its steps
+  were skipped (default 10%): it exits 2 with one line, no results.json, not with a test NDCG."""
+  from decomp.train.__main__ import main
+  workdir = str(tmp_path / 'skipping')
+  rc = main(['--workdir', workdir, '--config', 'playground_quick', '--set', *RUN,
+             'learning_rate=1e38', 'on_nonfinite=skip_step'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and 'non-finite steps by step 2' in err[0], err
+  assert 'max_skipped_fraction=0.1' in err[0]
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
 
 
 def test_guard_flags_each_quantity_and_keeps_the_old_state():
@@ -103,7 +117,7 @@ def test_guard_flags_each_quantity_and_keeps_the_old_state():
 # --- cases 2, 3: corrupt checkpoints -------------------------------------------------------------
 
 def _flip(step_dir):
-  path = max(glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')),
+  path = max(glob.glob(os.path.join(step_dir, 'model', 'ocdbt.process_0', 'd', '*')),
              key=os.path.getsize)
   data = bytearray(open(path, 'rb').read())
   middle = len(data) // 2
@@ -112,12 +126,12 @@ def _flip(step_dir):
 
 
 def _truncate(step_dir):
-  for path in glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')):
+  for path in glob.glob(os.path.join(step_dir, 'model', 'ocdbt.process_0', 'd', '*')):
     os.truncate(path, os.path.getsize(path) // 2)
 
 
 def _empty_metadata(step_dir):
-  open(os.path.join(step_dir, 'state', '_METADATA'), 'w').close()
+  open(os.path.join(step_dir, 'model', '_METADATA'), 'w').close()
 
 
 def _empty_step(step_dir):
@@ -135,7 +149,7 @@ def _abstract(workdir):
 @pytest.mark.parametrize('corrupt, reason', [
     (_flip, 'does not match the checksum'),
     (_truncate, r'has \d+ bytes, \d+ were saved'),
-    (_empty_metadata, r'state/_METADATA has 0 bytes'),
+    (_empty_metadata, r'model/_METADATA has 0 bytes'),
     (_empty_step, 'or incomplete: unreadable metadata'),
 ])
 def test_corrupt_latest_step_is_reported_in_one_line_and_skipped(reference, tmp_path, capfd,

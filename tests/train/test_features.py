@@ -57,7 +57,7 @@ def test_cached_features_train_like_the_model(tmp_path, monkeypatch):
 
 
 def test_cache_features_needs_a_frozen_body(tmp_path):
-  with pytest.raises(ValueError, match='cache_features.*needs finetune=head'):
+  with pytest.raises(ValueError, match='cache_features.*needs trains=head'):
     train(_cfg('cache_features=true', 'finetune=full'), str(tmp_path / 'bad'))
 
 

@@ -170,9 +170,9 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
   assert 24 <= answered < 96
   # The recipe names the knobs only when used, so earlier bases keep their keys.
   plain = recipes.get_config('playground')
-  assert {'pretrain_match_per_group', 'pretrain_vision_steps'}.isdisjoint(pretrain.recipe(plain))
-  assert pretrain.recipe(cfg)['pretrain_match_per_group'] == 4
-  for key in ('pretrain_match_per_group', 'pretrain_vision_steps'):
+  assert {'match_per_group', 'pretrain_vision_steps'}.isdisjoint(pretrain.recipe(plain))
+  assert pretrain.recipe(cfg)['match_per_group'] == 4
+  for key in ('match_per_group', 'pretrain_vision_steps'):
     with pytest.raises(ValueError, match=key):
       config_lib.validate(overrides_lib.apply_overrides(plain, [f'{key}=-1']), num_devices=1)
 
@@ -235,9 +235,9 @@ def test_chat_matching_questions_are_written_in_the_rerankers_layout():
     with_image += placeholders > 0
     answers.append(ids[end])
   assert len(answers) >= 24 and with_image >= 8 and set(answers) == {yes, no}
-  assert pretrain.recipe(cfg)['pretrain_match_format'] == 'chat'
-  assert 'pretrain_match_format' not in pretrain.recipe(recipes.get_config('playground'))
-  with pytest.raises(ValueError, match='pretrain_match_format'):
+  assert pretrain.recipe(cfg)['match_format'] == 'chat'
+  assert 'match_format' not in pretrain.recipe(recipes.get_config('playground'))
+  with pytest.raises(ValueError, match='match_format'):
     config_lib.validate(overrides_lib.apply_overrides(cfg, ['pretrain_match_format=xml']),
                         num_devices=1)
 
@@ -295,7 +295,7 @@ def test_matching_questions_with_random_negatives_never_ask_about_the_hard_ones(
     sequences.matching_items(types.SimpleNamespace(
         target=target, doc_scenes=(target, hard), doc_kinds=('positive', 'hard')),
         playground.config, np.random.default_rng(0), 2, ('text-text',), 'random')
-  with pytest.raises(ValueError, match='pretrain_match_negatives'):
+  with pytest.raises(ValueError, match='match_negatives'):
     config_lib.validate(overrides_lib.apply_overrides(
         recipes.get_config('playground'), ['pretrain_match_negatives=hard']), num_devices=1)
 

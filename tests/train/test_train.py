@@ -140,11 +140,11 @@ def test_resume_check_fills_fields_added_since_the_run(tmp_path):
   from decomp.train.workdir import check_resumable as _check_resumable
   cfg = quick()
   stored = config_lib.to_dict(cfg)
-  del stored['label_pooling']  # as written by a version without the field
+  del stored['readout']['label_pooling']  # as written by a version without the field
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump(stored, f)
   _check_resumable(str(tmp_path), cfg)
-  with pytest.raises(ValueError, match="label_pooling: 'first' -> 'pairs'"):
+  with pytest.raises(ValueError, match="readout.label_pooling: 'first' -> 'pairs'"):
     _check_resumable(str(tmp_path), overrides_lib.apply_overrides(cfg, ['label_pooling=pairs']))
 
 
@@ -175,7 +175,7 @@ def test_evaluate_workdir_reproduces_and_extends_the_test(quick_run):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'overrides': ('learning_rate=1.0',)}, "'learning_rate' changes what was trained"),
+    ({'overrides': ('learning_rate=1.0',)}, "'optim.learning_rate' changes what was trained"),
     ({'overrides': ('playground.synonym_rate=0.5',)}, r"playground keys \['synonym_rate'\]"),
     ({'split': 'train'}, "split must be 'val' or 'test'"),
 ])

@@ -169,10 +169,10 @@ def test_bad_vl_settings_get_named_errors(image_data, tmp_path):
   with pytest.raises(ValueError, match=r'image_size=6: .* multiple of patch_size x '
                                        r'spatial_merge_size = 4'):
     build('image_size=6')
-  with pytest.raises(ValueError, match='lora_vision=true: vision adapters need finetune=lora'):
+  with pytest.raises(ValueError, match='lora_vision=True: LoRA settings apply to trains=lora'):
     build('finetune=full', 'lora_vision=true')
-  with pytest.raises(ValueError, match="config prompt='qwen9': expected '' .* reranker preset"):
+  with pytest.raises(ValueError, match="config readout.preset='qwen9': expected '' .*one of"):
     build('prompt=qwen9')
-  with pytest.raises(ValueError, match="prompt='monoqwen2-vl' reads its own label words"):
+  with pytest.raises(ValueError, match="preset 'monoqwen2-vl' reads its own label words"):
     build('prompt=monoqwen2-vl', 'label_words=["yes", "no"]', 'label_words=["a", "b"]')
   build('prompt=monoqwen2-vl', 'finetune=head')  # its True/False: this tokenizer lowercases
