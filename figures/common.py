@@ -122,7 +122,7 @@ def arms(sweep_dir: str) -> list[dict]:
   """
   if os.path.exists(os.path.join(sweep_dir, "steps.jsonl")):
     config = read_json_or_skip(os.path.join(sweep_dir, "config.json"), {})
-    name = config.get("objective") or os.path.basename(os.path.normpath(sweep_dir))
+    name = objective_fields(config)["objective"] or os.path.basename(os.path.normpath(sweep_dir))
     return [{"name": name, "label": name, "overrides": {}, "runs": [sweep_dir]}]
   if not os.path.isdir(sweep_dir):
     raise UnreadableFile(sweep_dir, "no such directory" if not os.path.exists(sweep_dir)
@@ -151,6 +151,21 @@ def arms(sweep_dir: str) -> list[dict]:
 
 def run_config(workdir: str) -> dict:
   return read_json(os.path.join(workdir, "config.json"))
+
+
+def objective_fields(config) -> dict:
+  """``objective``, ``weight``, ``direction`` and ``temperature`` of a run's ``config.json``: a
+  config with sections (``{"objective": {"name", "weight", ...}}``) or a flat one of an earlier
+  version (``{"objective": "sft", "weight": "cl", ...}``). Missing fields are None (temperature
+  1.0)."""
+  config = config if isinstance(config, dict) else {}
+  section = config.get("objective")
+  if isinstance(section, dict):
+    return {"objective": section.get("name"), "weight": section.get("weight"),
+            "direction": section.get("direction"),
+            "temperature": section.get("temperature", 1.0)}
+  return {"objective": section, "weight": config.get("weight"),
+          "direction": config.get("direction"), "temperature": config.get("temperature", 1.0)}
 
 
 def list_softmax_share(examples: dict[str, np.ndarray], temperature: float = 1.0) -> np.ndarray:

@@ -24,14 +24,15 @@ from common import plt  # noqa: E402
 def make(sweep_dir: str, out_dir: str, max_points: int = 4000) -> list[str]:
   by_weight: dict[str, list] = {}
   for _, arm, workdir in common.iter_runs(sweep_dir):
-    config = common.read_json_or_skip(os.path.join(workdir, "config.json"), {})
-    weight = config.get("weight")
+    config = common.objective_fields(
+        common.read_json_or_skip(os.path.join(workdir, "config.json"), {}))
+    weight = config["weight"]
     if weight not in ("sft", "cl", "cl_rescaled"):
       continue
     ex = common.read_examples(workdir)
     if not ex:
       continue
-    temperature = float(config.get("temperature", 1.0))
+    temperature = float(config["temperature"] or 1.0)
     x = ex["sft_score"] if weight == "sft" else common.list_softmax_share(ex, temperature)
     by_weight.setdefault(weight, []).append((x, np.abs(ex["weight"]), ex["label"], temperature))
   if not by_weight:

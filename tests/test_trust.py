@@ -7,6 +7,8 @@ import pytest
 
 from decomp import trust
 from decomp.train import config as config_lib
+from decomp.train import overrides as overrides_lib
+from decomp.train import recipes
 
 
 def test_local_modules_are_refused_without_importing_them(tmp_path, monkeypatch):
@@ -40,11 +42,13 @@ def test_installed_and_missing_modules(tmp_path):
 
 
 def test_a_workdir_config_and_a_train_config(tmp_path):
-  cfg = config_lib.apply_overrides(config_lib.get_config("playground_quick"),
-                                   ["weight=decomp.weights:sft"])
+  cfg = overrides_lib.apply_overrides(recipes.get_config("playground_quick"),
+                                      ["weight=decomp.weights:sft"])
   assert trust.check_trusted_import_paths(cfg) == {"weight": "decomp.weights:sft"}
   path = tmp_path / "config.json"
-  path.write_text(json.dumps({**config_lib.to_dict(cfg), "direction": "mine:d"}))
+  stored = config_lib.to_dict(cfg)
+  stored["objective"]["direction"] = "mine:d"
+  path.write_text(json.dumps(stored))
   with pytest.raises(trust.UntrustedCodeError, match=r"direction=mine:d \(no module"):
     trust.check_trusted_import_paths(json.loads(path.read_text()))
   assert trust.import_paths({"weight": "cl", "direction": ":x", "objective": "a:"}) == {}

@@ -16,7 +16,7 @@ position: logit(label_words[0]) against logit(label_words[1]).
   instruction.
 - 'playground' (the playground's pretrained base): its own matching question in words,
   "{query} . {document} . Does it match ?", no chat turns, no instruction; labels "yes" / "no".
-  A base pre-trained with ``pretrain_match_per_group`` asks itself exactly this, so a reranker in
+  A base pre-trained with ``base.match_per_group`` asks itself exactly this, so a reranker in
   this prompt starts from the base's own judgment, as a chat VLM's does in its chat format.
 - 'gmr' (GMR-style, for Qwen2.5-VL): Qwen3-Reranker's system prompt and
   <Instruct>/<Query>/<Document> layout with images inline wherever the query or document has

@@ -164,8 +164,8 @@ def image_reading(cfg: config_lib.TrainConfig, model, tokenizer, vision_config, 
                   rows: int = 256) -> dict[str, float]:
   """Does the base read its images? The mean caption loss (nats per token) of ``rows`` held-out
   captions (validation scenes) after their own image and after another row's image. Equal
-  losses mean the LM ignores the image tokens (the collapse ``pretrain_freeze_vision``
-  prevents: ``base.freeze_vision``); the gap is what the images tell it."""
+  losses mean the LM ignores the image tokens (the collapse ``base.freeze_vision``
+  prevents); the gap is what the images tell it."""
   captions_only = config_lib.replace(cfg, base={'match_per_group': 0, 'qa_per_group': 0})
   stream = PretrainStream(captions_only, tokenizer, vision_config.num_patches, vision_config,
                       split='val')

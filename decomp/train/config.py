@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from typing import Any, Mapping
 
@@ -367,6 +368,9 @@ class TrainConfig(Section):
                  f"the playground base's recipe applies to model=playground only, not "
                  f'model={self.model.path!r}')
     if not self.model.is_random_shape:
+      if not os.path.isdir(self.model.path):
+        raise bad_value('model.path', self.model.path, "not 'playground', 'random' or an "
+                        'existing checkpoint directory')
       model_default = defaults(ModelConfig)
       changed = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata['shape']
                  and getattr(self.model, f.name) != model_default[f.name]]

@@ -1,7 +1,7 @@
 """Cached features of a frozen body: a head-only run reads each distinct prompt's answer-position
 hidden state from disk instead of running the model.
 
-With ``finetune=head`` nothing that trains acts before the final hidden state ``h`` (the LM head,
+With ``finetune.trains=head`` nothing that trains acts before the final hidden state ``h`` (the LM head,
 a random label head and the projection direction all read ``h``), so ``h`` of a prompt is a
 constant of the base model. ``cache_features=true`` computes it once per distinct prompt (keyed
 by its token ids, image pixels and positions) and keeps it under

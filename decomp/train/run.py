@@ -6,8 +6,8 @@ written here once; training's resume (:mod:`decomp.train.loop`), ``evaluate_work
 (parameters and frozen weights) and never builds an optimizer, a data source or a playground
 base (its shape is the config's; the checkpoint holds every weight).
 
->>> run = Run.open('runs/probe/sft_s0')                      # doctest: +SKIP
->>> run.score_pairs(['Find the cat'], ['a cat'], ['a red cat'])  # doctest: +SKIP
+>>> run = Run.open('runs/probe/sft/seed0')                              # doctest: +SKIP
+>>> scores = run.scores_fn()(run.params, run.frozen, run.encoder.encode(groups, 1))  # +SKIP
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import os
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
-from decomp.data.types import Group, Item
 from decomp.objectives import Objective
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
@@ -79,12 +77,8 @@ class Run:
     cfg = read_config(workdir, allow_code=allow_code)
     if overrides:
       cfg = evaluation_config(cfg, overrides)
-    objective = config_lib.make_objective(cfg)
-    directory = state_lib.shape_directory(cfg)
-    tokenizer = state_lib.resolve_tokenizer(cfg, directory)
-    shapes = state_lib.model_shapes(cfg, tokenizer, directory)
-    mesh = mesh if mesh is not None else make_mesh(cfg)
-    model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+    objective, tokenizer, encoder, mesh, model = _model(cfg, state_lib.shape_directory(cfg),
+                                                        mesh)
     target = {'params': model.params, 'frozen': model.frozen}
     if _is_legacy(workdir, step):  # one item with the optimizer state: shape it to restore
       tx, _ = step_lib.optimizer_for(cfg)
@@ -92,7 +86,6 @@ class Run:
     with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
       state, meta = checkpoints.restore(target, step)
     from decomp.train.evaluate import primary_score
-    encoder = data_lib.Encoder(cfg, tokenizer, shapes.image_input)
     return cls(workdir=workdir, config=cfg, objective=objective, tokenizer=tokenizer,
                encoder=encoder, model=model, mesh=mesh, params=state['params'],
                frozen=state['frozen'], step=int(meta['step']),
@@ -110,16 +103,12 @@ class Run:
         model={'path': os.path.abspath(directory), 'dtype': dtype},
         readout={'preset': preset}, data={'max_length': max_length, 'playground': {}},
         parallel={'mesh': {'data': -1, 'model': 1}})
-    objective = config_lib.make_objective(cfg)
-    directory = state_lib.checkpoint_directory(cfg)
-    tokenizer = state_lib.resolve_tokenizer(cfg, directory)
-    shapes = state_lib.model_shapes(cfg, tokenizer, directory)
-    mesh = mesh if mesh is not None else make_mesh(cfg)
-    model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+    objective, tokenizer, encoder, mesh, model = _model(
+        cfg, state_lib.checkpoint_directory(cfg), mesh)
     params, frozen = model.initialize()
     return cls(workdir='', config=cfg, objective=objective, tokenizer=tokenizer,
-               encoder=data_lib.Encoder(cfg, tokenizer, shapes.image_input), model=model,
-               mesh=mesh, params=params, frozen=frozen, step=0, score=score or 'sft')
+               encoder=encoder, model=model, mesh=mesh, params=params, frozen=frozen, step=0,
+               score=score or 'sft')
 
   @property
   def image_size(self) -> int | None:
@@ -130,26 +119,16 @@ class Run:
     """``arrays -> {score name: [B, n]}``: the jitted evaluation forward pass."""
     return jax.jit(step_lib.make_eval_step(self.model.graphdef))
 
-  def score_pairs(self, instructions: Sequence[str], queries: Sequence[Any],
-                  documents: Sequence[Any], *, score: str | None = None) -> np.ndarray:
-    """Scores (instruction, query, document) triples in one batch: ``[len(documents)]``."""
-    groups = [Group(query_id=str(i), task='', instruction=ins, query=_item(q),
-                    docs=(_item(d),), labels=(0,), doc_ids=('',), doc_kinds=('',))
-              for i, (ins, q, d) in enumerate(zip(instructions, queries, documents))]
-    arrays = self.encoder.encode(groups, 1)
-    out = self.scores_fn()(self.params, self.frozen, arrays)
-    return np.asarray(out[score or self.score], np.float32).reshape(-1)
 
-
-def _item(x) -> Item:
-  if isinstance(x, Item):
-    return x
-  if isinstance(x, str):
-    return Item(text=x)
-  if isinstance(x, np.ndarray):
-    return Item(image=x)
-  raise TypeError(f'a query or document must be a str, an image array or an Item, got '
-                  f'{type(x).__name__}')
+def _model(cfg: config_lib.TrainConfig, directory: str | None, mesh):
+  """``(objective, tokenizer, encoder, mesh, model state)`` of ``cfg`` on ``directory``'s
+  shapes (None: the config's random shape); nothing is allocated."""
+  objective = config_lib.make_objective(cfg)
+  tokenizer = state_lib.resolve_tokenizer(cfg, directory)
+  shapes = state_lib.model_shapes(cfg, tokenizer, directory)
+  mesh = mesh if mesh is not None else make_mesh(cfg)
+  model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+  return objective, tokenizer, data_lib.Encoder(cfg, tokenizer, shapes.image_input), mesh, model
 
 
 def read_config(workdir: str, *, allow_code: bool = False) -> config_lib.TrainConfig:

@@ -275,7 +275,7 @@ def test_bad_shapes_and_objective_values_fail_before_the_workdir(tmp_path, overr
 
 @pytest.mark.parametrize('override, error, message', [
     ('label_words=yes,qqqzzz', ValueError, 'qqqzzz'),
-    ('model=/nonexistent/model', FileNotFoundError, "model='/nonexistent/model'"),
+    ('model=/nonexistent/model', ValueError, "model.path='/nonexistent/model': not 'playground'"),
 ])
 def test_a_failed_start_leaves_the_workdir_reusable(tmp_path, override, error, message):
   workdir = str(tmp_path / 'run')

@@ -170,11 +170,12 @@ def test_matching_questions_pair_the_target_and_weigh_only_the_answer():
   assert 24 <= answered < 96
   # The recipe names the knobs only when used, so earlier bases keep their keys.
   plain = recipes.get_config('playground')
-  assert {'match_per_group', 'pretrain_vision_steps'}.isdisjoint(pretrain.recipe(plain))
-  assert pretrain.recipe(cfg)['match_per_group'] == 4
-  for key in ('match_per_group', 'pretrain_vision_steps'):
-    with pytest.raises(ValueError, match=key):
-      config_lib.validate(overrides_lib.apply_overrides(plain, [f'{key}=-1']), num_devices=1)
+  assert {'pretrain_match_per_group', 'pretrain_vision_steps'}.isdisjoint(pretrain.recipe(plain))
+  assert pretrain.recipe(cfg)['pretrain_match_per_group'] == 4
+  for key, path in (('pretrain_match_per_group', 'base.match_per_group'),
+                    ('pretrain_vision_steps', 'base.vision_steps')):
+    with pytest.raises(ValueError, match=rf'{path}=-1: must be >= 0'):
+      overrides_lib.apply_overrides(plain, [f'{key}=-1'])
 
 
 def test_tower_pretraining_teaches_the_attributes_and_the_base_reports_both_accuracies(tmp_path):
@@ -235,8 +236,8 @@ def test_chat_matching_questions_are_written_in_the_rerankers_layout():
     with_image += placeholders > 0
     answers.append(ids[end])
   assert len(answers) >= 24 and with_image >= 8 and set(answers) == {yes, no}
-  assert pretrain.recipe(cfg)['match_format'] == 'chat'
-  assert 'match_format' not in pretrain.recipe(recipes.get_config('playground'))
+  assert pretrain.recipe(cfg)['pretrain_match_format'] == 'chat'
+  assert 'pretrain_match_format' not in pretrain.recipe(recipes.get_config('playground'))
   with pytest.raises(ValueError, match='match_format'):
     config_lib.validate(overrides_lib.apply_overrides(cfg, ['pretrain_match_format=xml']),
                         num_devices=1)
