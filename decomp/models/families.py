@@ -18,6 +18,7 @@ from decomp.models import hf
 from decomp.models.backbone import Family
 from decomp.models.config import DecoderConfig
 from decomp.models.decoder import Decoder
+from decomp.models.gemma3.family import ARCHITECTURES as GEMMA3
 from decomp.models.qwen_vl.family import ARCHITECTURES as QWEN_VL
 
 __all__ = ['FAMILIES', 'SUPPORTED_ARCHITECTURES', 'family_for', 'family_of', 'load_pretrained',
@@ -37,13 +38,14 @@ FAMILIES: dict[str, Family] = {
     'Qwen3ForCausalLM': DECODER,
     'LlamaForCausalLM': DECODER,
     **QWEN_VL,
+    **GEMMA3,
 }
 SUPPORTED_ARCHITECTURES = tuple(sorted(FAMILIES))
 # Old config.json files without `architectures` name only their model_type.
 _MODEL_TYPES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM',
                 'llama': 'LlamaForCausalLM', 'qwen2_vl': 'Qwen2VLForConditionalGeneration',
                 'qwen2_5_vl': 'Qwen2_5_VLForConditionalGeneration',
-                'qwen3_vl': 'Qwen3VLForConditionalGeneration'}
+                'qwen3_vl': 'Qwen3VLForConditionalGeneration', 'gemma3_text': 'Gemma3ForCausalLM'}
 
 
 def family_of(config: Mapping[str, Any]) -> Family:
