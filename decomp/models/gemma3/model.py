@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from decomp.models.decoder import (Linear, _param, check_at_index, embedded_inputs,
-                                   head_log_normalizer, head_rows, padding_positions,
-                                   rotate_half, token_matrix)
+from decomp.models.blocks import (_param, check_at_index, embedded_inputs, head_log_normalizer,
+                                  head_rows, token_matrix)
+from decomp.models.decoder import Linear, padding_positions, rotate_half
 from decomp.models.gemma3.config import LAYER_TYPES, Gemma3TextConfig, inv_freq
 
 __all__ = ['Gemma3', 'Gemma3RMSNorm']
