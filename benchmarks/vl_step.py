@@ -63,7 +63,7 @@ def make_torch_model(seed: int = 0):
 
 def make_batch(groups: int, docs: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
   """The engine's batch: [B, n, T] left-padded prompts, each with one image block."""
-  from decomp.models.mrope import rope_index
+  from decomp.models.qwen_vl.mrope import rope_index
   rng = np.random.default_rng(seed)
   tokens = (IMAGE_PX // PATCH) ** 2 // MERGE ** 2
   patches = (IMAGE_PX // PATCH) ** 2
@@ -142,12 +142,13 @@ def decomp_step_fn(path: str, batch):
   from flax import nnx
 
   from benchmarks.common import LEARNING_RATE, _compiled
-  from decomp.models.build import RerankerSpec, build_reranker, vl_config
+  from decomp.models.build import RerankerSpec, build_reranker
+  from decomp.models.families import read_checkpoint
   from decomp.objectives import resolve_objective
   from decomp.train import step as step_lib
-  vl = vl_config(path)
-  model = build_reranker(RerankerSpec(decoder=vl.text, label_ids=(YES_ID, NO_ID), vl=vl,
-                                      checkpoint=path))
+  _, vl = read_checkpoint(path)
+  model = build_reranker(RerankerSpec(decoder=vl.text, label_ids=(YES_ID, NO_ID),
+                                      family_config=vl, checkpoint=path))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   tx, schedule = step_lib.make_optimizer(peak=LEARNING_RATE, steps=1000, warmup_steps=0,
                                          end_factor=1.0, weight_decay=0.0, b1=0.9, b2=0.999,

@@ -6,10 +6,11 @@ Training (sharded ``jit(init)``), the playground base's pre-training, :func:`bui
 (eager, for notebooks, benchmarks and ``load_reranker``) all construct through here, so a new
 backbone is added in ``decomp/models/`` and wired in one place.
 
-A base checkpoint is an HF decoder directory (``config.json`` + safetensors + tokenizer),
-optionally with ``multimodal.json`` / ``multimodal.safetensors`` holding a ViT and projector, or
-a Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory (``RerankerSpec.vl``): its language model becomes
-the reranker's decoder and its native vision tower the image encoder.
+A base checkpoint is an HF directory of any family in :data:`decomp.models.families.FAMILIES`
+(``config.json`` + safetensors + tokenizer): a text decoder, optionally with ``multimodal.json`` /
+``multimodal.safetensors`` holding a LLaVA ViT and projector, or a model with its own image
+tower (``RerankerSpec.family_config``): its language model becomes the reranker's decoder and
+its tower the image encoder. Everything family-specific goes through the family's record.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from decomp.models.config import DecoderConfig
-from decomp.models.decoder import Decoder
+from decomp.models.backbone import Family
+from decomp.models.families import family_for, read_checkpoint
 from decomp.models.lora import apply_lora
-from decomp.models.qwen_vl import QwenVL, QwenVLConfig, vl_architecture_of
 from decomp.models.reranker import Reranker
 from decomp.models.vision import Projector, VisionConfig, VisionEncoder
 
@@ -42,7 +42,7 @@ class LoraSpec:
   alpha: float = 32.0
   targets: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
                               'down_proj')
-  vision: bool = False  # adapters on a native Qwen-VL tower's attention and MLP too
+  vision: bool = False  # adapters on the family's own image tower too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +50,11 @@ class RerankerSpec:
   """What a reranker is, before any weight exists.
 
   Attributes:
-    decoder: the decoder's shape.
+    decoder: the decoder's config (any family's).
     label_ids: label token ids (yes first, no second, more allowed).
-    vision: the LLaVA ViT's shape (None: text only, or a ``vl`` model's own tower).
-    image_token_id: the image placeholder token (required with ``vision``; a ``vl`` model's
-      comes from its config).
+    vision: the LLaVA ViT's shape (None: text only, or a ``family_config`` model's own tower).
+    image_token_id: the image placeholder token (required with ``vision``; a
+      ``family_config`` model's comes from its family).
     checkpoint: a base-checkpoint directory whose weights initialise the decoder (None: random).
     vision_pretrained: the checkpoint's ``multimodal.safetensors`` holds the ViT + projector
       (else a vision tower starts random).
@@ -62,11 +62,12 @@ class RerankerSpec:
     projection: add the learnable projection direction ``r``.
     lora: LoRA adapters on the decoder (None: none).
     dtype, param_dtype: names in :data:`DTYPES`.
-    vl: a Qwen-VL model's config: ``decoder`` must be its text config; the reranker reads images
-      with the model's native tower (M-RoPE positions, no projector).
+    family_config: the checkpoint family's config when it holds more than the decoder (a model
+      with its own image tower): ``decoder`` must be its text config, and the reranker reads
+      images with that tower (no projector). None: ``decoder`` is the whole model.
   """
 
-  decoder: DecoderConfig
+  decoder: Any
   label_ids: tuple[int, ...]
   vision: VisionConfig | None = None
   image_token_id: int | None = None
@@ -78,43 +79,35 @@ class RerankerSpec:
   lora: LoraSpec | None = None
   dtype: str = 'float32'
   param_dtype: str = 'float32'
-  vl: QwenVLConfig | None = None
+  family_config: Any = None
 
   def __post_init__(self):
-    if self.vl is not None and (self.vision is not None or self.vl.text != self.decoder):
-      raise ValueError('a RerankerSpec with vl reads images with the VL model\'s own tower: '
-                       'decoder must be vl.text and vision None')
+    if self.family_config is not None and (
+        self.vision is not None or self.family.text_config(self.family_config) != self.decoder):
+      raise ValueError('a RerankerSpec with family_config reads images with the model\'s own '
+                       'tower: decoder must be its text config and vision None')
+
+  @property
+  def config(self) -> Any:
+    """The config the family builds from (``family_config``, else ``decoder``)."""
+    return self.decoder if self.family_config is None else self.family_config
+
+  @property
+  def family(self) -> Family:
+    return family_for(self.config)
 
 
-def vl_config(directory: str) -> QwenVLConfig | None:
-  """The Qwen-VL config of a checkpoint directory, or None for any other model."""
-  from decomp.models import hf
-  path = os.path.join(directory, hf.CONFIG_NAME)
-  try:
-    with open(path, encoding='utf-8') as f:
-      raw = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f'{path}: unreadable config ({e})') from None
-  if vl_architecture_of(raw) is None:
-    return None
-  try:
-    return QwenVLConfig.from_hf(raw)
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{path}: {e}') from None
-
-
-def checkpoint_shapes(directory: str) -> tuple[DecoderConfig, VisionConfig | None]:
-  """The decoder and (if present) ViT shapes of a base-checkpoint directory, from its JSON files
-  alone (no weight is read)."""
-  from decomp.models import hf
-  dconfig = hf.read_config(directory)
+def checkpoint_shapes(directory: str) -> tuple[Any, VisionConfig | None]:
+  """The family's config and (if present) the LLaVA ViT shape of a base-checkpoint directory,
+  from its JSON files alone (no weight is read)."""
+  _, config = read_checkpoint(directory)
   mm_config = os.path.join(directory, MULTIMODAL_CONFIG)
   if not os.path.exists(mm_config):
-    return dconfig, None
+    return config, None
   try:
     with open(mm_config) as f:
       meta = json.load(f)
-    return dconfig, VisionConfig(**meta['vision'])
+    return config, VisionConfig(**meta['vision'])
   except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise ValueError(f'{mm_config}: bad vision config ({e})') from None
 
@@ -129,60 +122,43 @@ def make_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base: Mapping[str, Any] | 
   sharded init, or eagerly.
   """
   dtype, param_dtype = DTYPES[spec.dtype], DTYPES[spec.param_dtype]
-  if spec.vl is not None:
-    return _make_vl_reranker(spec, rngs, base)
-  decoder = Decoder(spec.decoder, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  family = spec.family
+  whole = family.create(spec.config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   if base is not None:
-    nnx.update(decoder, base['decoder'])
-  vision = projector = None
-  if spec.vision is not None:
+    nnx.update(whole, base['model'])
+  decoder, tower = family.backbone(whole), family.tower(whole)
+  vision, projector, image_id = tower, None, spec.image_token_id
+  if tower is not None:
+    image_id = family.images(spec.config).image_token_id
+  elif spec.vision is not None:
     vision = VisionEncoder(spec.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    projector = Projector(spec.vision.hidden_size, spec.decoder.hidden_size, dtype=dtype,
+    projector = Projector(spec.vision.hidden_size, decoder.config.hidden_size, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
     if base is not None and base.get('multimodal') is not None:
       assign_multimodal(vision, projector, base['multimodal'])
   model = Reranker(decoder, spec.label_ids, vision=vision, projector=projector,
-                   image_token_id=spec.image_token_id, projection_direction=spec.projection,
-                   label_pooling=spec.label_pooling, label_head=spec.label_head, rngs=rngs)
-  if spec.lora is not None:
-    apply_lora(model.decoder, rank=spec.lora.rank, alpha=spec.lora.alpha,
-               targets=spec.lora.targets, rngs=rngs)
-  return model
-
-
-def _make_vl_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base) -> Reranker:
-  """A Qwen-VL reranker: the VL model's decoder and native tower (weights from ``base['vl']``)."""
-  dtype, param_dtype = DTYPES[spec.dtype], DTYPES[spec.param_dtype]
-  vl = QwenVL(spec.vl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  if base is not None:
-    nnx.update(vl, base['vl'])
-  model = Reranker(vl.decoder, spec.label_ids, vision=vl.visual,
-                   image_token_id=spec.vl.image_token_id, projection_direction=spec.projection,
+                   image_token_id=image_id, projection_direction=spec.projection,
                    label_pooling=spec.label_pooling, label_head=spec.label_head, rngs=rngs)
   if spec.lora is not None:
     apply_lora(model.decoder, rank=spec.lora.rank, alpha=spec.lora.alpha,
                targets=spec.lora.targets, rngs=rngs)
     if spec.lora.vision:
-      from decomp.models.vision_lora import apply_vision_lora
-      apply_vision_lora(model.vision, rank=spec.lora.rank, alpha=spec.lora.alpha, rngs=rngs)
+      if tower is None:
+        raise ValueError('LoraSpec(vision=True) needs a model with its own image tower')
+      family.images(spec.config).apply_lora(model.vision, rank=spec.lora.rank,
+                                            alpha=spec.lora.alpha, rngs=rngs)
   return model
 
 
 def load_base_weights(spec: RerankerSpec, mesh=None, rules=None) -> dict[str, Any] | None:
-  """The checkpoint weights ``spec`` starts from (None for random init): the decoder's nnx state
-  and, with ``vision_pretrained``, the ViT + projector tensors (a Qwen-VL model: its whole
-  state); on ``mesh`` when given."""
+  """The checkpoint weights ``spec`` starts from (None for random init): the family model's nnx
+  state and, with ``vision_pretrained``, the LLaVA ViT + projector tensors; on ``mesh`` when
+  given."""
   if spec.checkpoint is None:
     return None
-  if spec.vl is not None:
-    from decomp.models.qwen_vl_hf import load_vl_pretrained
-    vl = load_vl_pretrained(spec.checkpoint, dtype=DTYPES[spec.dtype],
-                            param_dtype=DTYPES[spec.param_dtype], mesh=mesh, rules=rules)
-    return {'vl': nnx.state(vl)}
-  from decomp.models import hf
-  decoder = hf.load_pretrained(spec.checkpoint, dtype=DTYPES[spec.dtype],
-                               param_dtype=DTYPES[spec.param_dtype], mesh=mesh, rules=rules)
-  base = {'decoder': nnx.state(decoder)}
+  model = spec.family.load(spec.checkpoint, dtype=DTYPES[spec.dtype],
+                           param_dtype=DTYPES[spec.param_dtype], mesh=mesh, rules=rules)
+  base = {'model': nnx.state(model)}
   if spec.vision_pretrained:
     from safetensors.numpy import load_file
     weights_path = os.path.join(spec.checkpoint, MULTIMODAL_WEIGHTS)

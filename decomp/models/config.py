@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'mrope_streams', 'rope_inv_freq']
+__all__ = ['DecoderConfig', 'SUPPORTED_ROPE_TYPES', 'check_shape', 'mrope_streams',
+           'rope_inv_freq']
 
 # model_type -> HF class written in `architectures`.
 _ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM',
@@ -92,15 +93,7 @@ class DecoderConfig:
     if self.architecture not in _ARCHITECTURES:
       raise ValueError(f'unsupported architecture {self.architecture!r}; '
                        f'supported: {sorted(_ARCHITECTURES)}')
-    for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_layers', 'num_heads',
-                 'num_kv_heads', 'head_dim'):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f'DecoderConfig.{name} must be a positive int, got {value!r}')
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}')
-    if self.head_dim % 2:
-      raise ValueError(f'head_dim={self.head_dim} must be even for RoPE')
+    check_shape(self)
     if self.mrope_section is not None:
       section = tuple(int(s) for s in self.mrope_section)
       if len(section) != 3 or min(section) < 0 or sum(section) != self.head_dim // 2:
@@ -251,6 +244,21 @@ class DecoderConfig:
     return hf
 
 
+def check_shape(config, extra: tuple[str, ...] = ()) -> None:
+  """ValueError unless a decoder config (any family's) has positive int sizes (``extra`` too),
+  kv heads dividing the query heads and an even head_dim."""
+  for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_layers', 'num_heads',
+               'num_kv_heads', 'head_dim') + tuple(extra):
+    value = getattr(config, name)
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f'{type(config).__name__}.{name} must be a positive int, got {value!r}')
+  if config.num_heads % config.num_kv_heads:
+    raise ValueError(f'num_kv_heads={config.num_kv_heads} must divide '
+                     f'num_heads={config.num_heads}')
+  if config.head_dim % 2:
+    raise ValueError(f'head_dim={config.head_dim} must be even for RoPE')
+
+
 def _architecture_of(hf: Mapping[str, Any]) -> str:
   """'qwen2' | 'qwen3' | 'llama' from `architectures` (preferred) or `model_type`."""
   architectures = hf.get('architectures') or []
@@ -258,9 +266,8 @@ def _architecture_of(hf: Mapping[str, Any]) -> str:
     architectures = [architectures]
   for name in architectures:
     if name not in _ARCH_TO_TYPE:
-      hint = (' (a vision-language model: decomp.models.load_pretrained returns a QwenVL for '
-              'Qwen2-VL / Qwen2.5-VL / Qwen3-VL)' if name.endswith('ForConditionalGeneration')
-              else '')
+      hint = (' (decomp.models.load_pretrained reads every family of '
+              'decomp.models.families.FAMILIES)')
       raise ValueError(f'unsupported architecture {name!r} in config.json `architectures`; '
                        f'supported by the text Decoder: {sorted(_ARCH_TO_TYPE)}{hint}')
   model_type = hf.get('model_type')

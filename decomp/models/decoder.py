@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from decomp.models.blocks import (_param, check_at_index, embedded_inputs, head_log_normalizer,
+                                  head_rows, token_matrix)
 from decomp.models.config import DecoderConfig, mrope_streams, rope_inv_freq
-from decomp.models.sharding import METADATA_KEY
 
 __all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin',
            'rotate_half', 'padding_positions']
@@ -31,14 +32,6 @@ __all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', '
 # A large finite negative instead of -inf: a fully padded query row (e.g. a left pad, which has no
 # valid key at or before it) then softmaxes to a uniform row instead of NaN.
 _MASKED = -1e30
-_INIT = nnx.initializers.normal(0.02)
-
-
-def _param(rngs: nnx.Rngs | None, shape: Sequence[int], names: Sequence[str | None], param_dtype,
-           init=_INIT, **metadata) -> nnx.Param:
-  """An nnx.Param with logical sharding names; never sharded eagerly (names are logical)."""
-  value = init(rngs.params(), tuple(shape), param_dtype)
-  return nnx.Param(value, eager_sharding=False, **{METADATA_KEY: tuple(names)}, **metadata)
 
 
 class Linear(nnx.Module):
@@ -246,13 +239,11 @@ class Decoder(nnx.Module):
     self.dtype = dtype
     self.remat = remat
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.embed_tokens = _param(rngs, (config.vocab_size, config.hidden_size), ('vocab', 'embed'),
-                               param_dtype, lm_head=config.tie_word_embeddings)
+    # Drawn in this order (embedding, layers, norm, head): a seed's random init stays the same.
+    self.embed_tokens = token_matrix(config, rngs, param_dtype, head=False)
     self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.num_layers)])
     self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **kw)
-    self.lm_head = (None if config.tie_word_embeddings else
-                    _param(rngs, (config.vocab_size, config.hidden_size), ('vocab', 'embed'),
-                           param_dtype, lm_head=True))
+    self.lm_head = token_matrix(config, rngs, param_dtype, head=True)
 
   def lm_head_matrix(self) -> jax.Array:
     """[V, d] LM-head weights (the embedding when tied)."""
@@ -289,25 +280,8 @@ class Decoder(nnx.Module):
         output, MLP and the final norm only at `at_index` (on a 2-layer model about 45% of the
         body's work, on a deep one about 1/num_layers of it). Equal to indexing the full output.
     """
-    if inputs_embeds is not None:
-      x = jnp.asarray(inputs_embeds)
-      if x.ndim != 3 or x.shape[-1] != self.config.hidden_size:
-        raise ValueError(f'inputs_embeds must be [B, T, {self.config.hidden_size}], got {x.shape}')
-      x = x.astype(self.dtype)
-    elif input_ids is not None:
-      if jnp.ndim(input_ids) != 2:
-        raise ValueError(f'input_ids must be [B, T], got shape {jnp.shape(input_ids)}')
-      x = self.embed(input_ids)
-    else:
-      raise ValueError('hidden_states needs input_ids or inputs_embeds')
+    x, valid = embedded_inputs(self, input_ids, attention_mask, inputs_embeds)
     b, t, _ = x.shape
-    if attention_mask is None:
-      valid = jnp.ones((b, t), bool)
-    else:
-      if jnp.shape(attention_mask) != (b, t):
-        raise ValueError(f'attention_mask shape {jnp.shape(attention_mask)} does not match the '
-                         f'inputs [B, T] = {(b, t)}')
-      valid = jnp.asarray(attention_mask).astype(bool)
     if positions is None:
       positions = padding_positions(valid)
     else:
@@ -321,11 +295,7 @@ class Decoder(nnx.Module):
     run = _run_layer_remat if self.remat else _run_layer
     if len(layer_residuals) > len(self.layers):
       raise ValueError(f'{len(layer_residuals)} layer_residuals for {len(self.layers)} layers')
-    if at_index is not None:
-      at_index = jnp.asarray(at_index)
-      if at_index.shape != (b,) or not jnp.issubdtype(at_index.dtype, jnp.integer):
-        raise ValueError(f'at_index must be [B] = [{b}] integers, got shape {at_index.shape} '
-                         f'dtype {at_index.dtype}')
+    at_index = check_at_index(at_index, b)
     last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
       if at_index is not None and i == last:
@@ -362,15 +332,8 @@ class Decoder(nnx.Module):
 
   def lm_head_rows(self, token_ids: jax.Array) -> jax.Array:
     """LM-head rows [K, d] (compute dtype) of token_ids [K]: those tokens' logits are h @ rows.T."""
-    token_ids = jnp.asarray(token_ids)
-    if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
-      raise ValueError(f'token_ids must be a 1-D int array, got shape {token_ids.shape} '
-                       f'dtype {token_ids.dtype}')
-    return jnp.take(self.lm_head_matrix(), token_ids, axis=0).astype(self.dtype)
+    return head_rows(self.lm_head_matrix(), token_ids, self.dtype)
 
   def log_normalizer(self, h: jax.Array) -> jax.Array:
     """logsumexp over the full vocabulary of h @ W_head.T: h [..., d] -> [...] float32."""
-    logits = jnp.einsum('...d,vd->...v', h.astype(self.dtype),
-                        self.lm_head_matrix().astype(self.dtype),
-                        preferred_element_type=jnp.float32)
-    return jax.nn.logsumexp(logits, axis=-1)
+    return head_log_normalizer(self.lm_head_matrix(), h, self.dtype)

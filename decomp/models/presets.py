@@ -34,7 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from decomp.models.qwen_image import QwenImageProcessor
+from decomp.models.qwen_vl.image import QwenImageProcessor
 
 __all__ = ['PRESETS', 'EncodedPrompt', 'RerankPreset', 'collate', 'get_preset']
 

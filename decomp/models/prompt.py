@@ -31,10 +31,9 @@ import numpy as np
 from decomp.models.vision import image_preprocess
 
 DEFAULT_SYSTEM_SUFFIX = "Answer yes or no."
-# Tried in order when the caller names no image token (LLaVA's, then Qwen2-VL's).
+# Tried in order when the caller names no image token (LLaVA's, then Qwen2-VL's; data for a
+# family's own tower names its adapter's).
 IMAGE_TOKEN_CANDIDATES = ("<image>", "<|image_pad|>")
-QWEN_IMAGE_PAD, QWEN_VISION_START, QWEN_VISION_END = (
-    "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
 _Q_SLOT = "\ue000"  # private-use sentinels: pass unchanged through chat templates
 _D_SLOT = "\ue001"
 
@@ -185,11 +184,15 @@ class RerankPrompt:
     image_tokens: placeholder tokens per image (= the image encoder's ``num_patches``).
     image_token: the placeholder token string (default: see :func:`image_token_id`); only
       resolved when an image is encoded.
+    image_wrap: the tokens written before and after each image's placeholders (a family's
+      :attr:`~decomp.models.backbone.ImageAdapter.image_wrap`, as its chat template and
+      processor write an image); None: the placeholders alone.
     system_suffix: appended to the instruction in the system message.
     use_chat_template: None = use the tokenizer's chat template when it has one.
   """
 
   def __init__(self, tokenizer, *, image_tokens: int = 0, image_token: str | None = None,
+               image_wrap: tuple[str, str] | None = None,
                system_suffix: str = DEFAULT_SYSTEM_SUFFIX, use_chat_template: bool | None = None,
                preset: str | None = None):
     self.tokenizer = tokenizer
@@ -199,6 +202,7 @@ class RerankPrompt:
       self.preset = get_preset(preset)
     self.image_tokens = int(image_tokens)
     self.image_token = image_token
+    self.image_wrap = None if image_wrap is None else tuple(image_wrap)
     self.system_suffix = system_suffix
     has_template = bool(getattr(tokenizer, "chat_template", None))
     self.use_chat_template = has_template if use_chat_template is None else use_chat_template
@@ -217,15 +221,17 @@ class RerankPrompt:
 
   @property
   def image_block(self) -> list[int]:
-    """The ids one image becomes: ``image_tokens`` placeholders, wrapped in
-    ``<|vision_start|>`` ... ``<|vision_end|>`` when the placeholder is Qwen-VL's
-    ``<|image_pad|>`` (as Qwen-VL's chat template and processor write an image)."""
+    """The ids one image becomes: ``image_tokens`` placeholders, between the ``image_wrap``
+    tokens when given."""
     if self._image_block is None:
       block = [self.image_id] * self.image_tokens
-      vocab = _vocab(self.tokenizer)
-      if (self.image_id == vocab.get(QWEN_IMAGE_PAD) and QWEN_VISION_START in vocab
-          and QWEN_VISION_END in vocab):
-        block = [int(vocab[QWEN_VISION_START])] + block + [int(vocab[QWEN_VISION_END])]
+      if self.image_wrap is not None:
+        vocab = _vocab(self.tokenizer)
+        missing = [t for t in self.image_wrap if t not in vocab]
+        if missing:
+          raise ValueError(f"the tokenizer lacks the image_wrap tokens {missing}")
+        before, after = self.image_wrap
+        block = [int(vocab[before])] + block + [int(vocab[after])]
       self._image_block = block
     return self._image_block
 
@@ -365,21 +371,22 @@ def _prompt_for(tokenizer, **kwargs) -> RerankPrompt:
 
 def encode_pair(tokenizer, instruction: str, query, doc, *, image_tokens: int = 0,
                 max_length: int, image_token: str | None = None,
+                image_wrap: tuple[str, str] | None = None,
                 system_suffix: str = DEFAULT_SYSTEM_SUFFIX) -> list[int]:
   """Token ids of one ``(instruction, query: Item, doc: Item)`` prompt; the answer position is
   the last token. ``tokenizer`` may also be a :class:`RerankPrompt`."""
   prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
-                       system_suffix=system_suffix)
+                       image_wrap=image_wrap, system_suffix=system_suffix)
   return prompt.encode_pair(instruction, query, doc, max_length=max_length)
 
 
 def encode_pairs(tokenizer, instructions: Sequence[str], queries: Sequence[Any],
                  docs: Sequence[Any], *, image_tokens: int = 0, max_length: int,
-                 image_token: str | None = None,
+                 image_token: str | None = None, image_wrap: tuple[str, str] | None = None,
                  system_suffix: str = DEFAULT_SYSTEM_SUFFIX) -> list[list[int]]:
   """Token ids of many prompts with one batch tokenizer call (see :meth:`RerankPrompt.encode_pairs`)."""
   prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
-                       system_suffix=system_suffix)
+                       image_wrap=image_wrap, system_suffix=system_suffix)
   return prompt.encode_pairs(instructions, queries, docs, max_length=max_length)
 
 
@@ -392,6 +399,7 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
                   image_tokens: int = 0, image_size: int | None = None,
                   padding_side: str = "left", image_mean: Sequence[float] = (0.5, 0.5, 0.5),
                   image_std: Sequence[float] = (0.5, 0.5, 0.5), image_token: str | None = None,
+                  image_wrap: tuple[str, str] | None = None,
                   system_suffix: str = DEFAULT_SYSTEM_SUFFIX,
                   pad_multiple: int = 16,
                   lengths: Sequence[int] | None = None, preset: str | None = None,
@@ -414,8 +422,8 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
     preset: a reranker preset name (:mod:`decomp.models.presets`) whose prompt replaces
       decomp's template.
     image_processor: ``images -> [N, ...]`` float32 (one fixed shape per image, also for an
-      empty list); default: resize to ``image_size`` and normalise (``[N, H, W, 3]``). A native
-      Qwen-VL tower's is :meth:`~decomp.models.qwen_image.QwenImageProcessor.fixed_size_patches`.
+      empty list); default: resize to ``image_size`` and normalise (``[N, H, W, 3]``). A
+      family's own tower's is its :meth:`~decomp.models.backbone.ImageAdapter.patches`.
 
   Returns:
     ``input_ids [B, n, T]`` int32, ``attention_mask [B, n, T]`` int32 (T: longest prompt rounded
@@ -427,7 +435,7 @@ def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_lengt
   if padding_side not in ("left", "right"):
     raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
   prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
-                       system_suffix=system_suffix, preset=preset)
+                       image_wrap=image_wrap, system_suffix=system_suffix, preset=preset)
   b, n = len(groups), list_size
   instructions, queries, docs, slots = [], [], [], []
   labels = np.zeros((b, n), np.float32)

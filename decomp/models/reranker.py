@@ -17,18 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from decomp.models.mrope import patch_layout, position_interpolation
+from decomp.models.backbone import Backbone, ImageTower
 from decomp.models.prompt import image_token_id, label_token_ids
-from decomp.models.qwen3_vision import Qwen3VisionTower
-from decomp.models.qwen_vision import QwenVisionTower
 from decomp.models.vision import ImageEncoder, Projector
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS, Readout, readout_from_label_rows
 
 Array = jax.Array
-
-# Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision towers: patches in, LM-width visual tokens out (their
-# PatchMerger is the projector).
-NATIVE_TOWERS = (QwenVisionTower, Qwen3VisionTower)
 
 
 def _last_valid_index(attention_mask: Array) -> Array:
@@ -41,15 +35,14 @@ class Reranker(nnx.Module):
   """A decoder LM (+ optional image encoder and projector) read out at the label tokens.
 
   Args:
-    decoder: a ``decomp.models.decoder.Decoder`` (anything with ``embed``, ``hidden_states``
-      taking ``at_index=``, ``lm_head_rows``, ``log_normalizer`` and ``config.hidden_size``).
+    decoder: the language model, a :class:`~decomp.models.backbone.Backbone` (any family's).
     label_ids: label token ids, "yes" first, "no" second, more allowed.
     label_pooling: how the label logits become ``yes``/``no``
       (:func:`decomp.readout.pool_label_logits`): ``'first'`` reads the first two labels,
       ``'pairs'`` pools alternating positive/negative words by log-sum-exp.
     vision: an :class:`~decomp.models.vision.ImageEncoder` (LLaVA style, with ``projector``), or
-      a native Qwen-VL tower (:data:`NATIVE_TOWERS`, whose merger outputs LM-width tokens);
-      None: text only.
+      a family's own tower (an :class:`~decomp.models.backbone.ImageTower`, which outputs
+      LM-width tokens); None: text only.
     projector: maps vision features to the LM width; default a fresh LLaVA :class:`Projector`
       (none for a native tower).
     image_token_id: the placeholder token id (required with ``vision``).
@@ -62,7 +55,7 @@ class Reranker(nnx.Module):
     rngs: initialisation randomness for the projector, the random label head and ``r``.
   """
 
-  def __init__(self, decoder, label_ids: Sequence[int], *, vision: ImageEncoder | None = None,
+  def __init__(self, decoder: Backbone, label_ids: Sequence[int], *, vision: ImageEncoder | None = None,
                projector: nnx.Module | None = None, image_token_id: int | None = None,
                projection_direction: bool = False, label_pooling: str = "first",
                label_head: str = "lm_head", rngs: nnx.Rngs):
@@ -90,7 +83,7 @@ class Reranker(nnx.Module):
         raise ValueError("a Reranker with a vision encoder needs image_token_id")
       if not 0 <= image_token_id < vocab_size:
         raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary")
-      if projector is None and not isinstance(vision, NATIVE_TOWERS):
+      if projector is None and not isinstance(vision, ImageTower):
         projector = Projector(vision.hidden_size, d, dtype=decoder.dtype, rngs=rngs)
     self.projector = projector
     self.image_token_id = None if image_token_id is None else int(image_token_id)
@@ -111,51 +104,25 @@ class Reranker(nnx.Module):
 
   @property
   def native_vision(self) -> bool:
-    """The vision tower is a Qwen-VL one (patches in, M-RoPE positions, DeepStack for Qwen3-VL)."""
-    return isinstance(self.vision, NATIVE_TOWERS)
-
-  @property
-  def image_tokens_per_patch(self) -> int:
-    """Image patches per visual token (``spatial_merge_size**2`` for a native tower, else 1)."""
-    return self.vision.config.spatial_merge_size ** 2 if self.native_vision else 1
-
-  def _native_image_features(self, patches: Array) -> tuple[Array, list[Array]]:
-    """``[K, p, patch_dim]`` same-size square images -> visual tokens ``[K, p / merge**2, d]``
-    and the DeepStack features (Qwen3-VL) in the same shape; each image attends only to itself
-    (the tower is vmapped over images with one image's layout)."""
-    config = self.vision.config
-    p = patches.shape[1]
-    side = math.isqrt(p)
-    if side * side != p or side % config.spatial_merge_size:
-      raise ValueError(f'{p} patches per image: a native Qwen tower here reads square images '
-                       f'whose side in patches is a multiple of {config.spatial_merge_size}')
-    grid = [[1, side, side]]
-    layout = patch_layout(grid, spatial_merge_size=config.spatial_merge_size,
-                          window_merged=config.window_merged)
-    if isinstance(self.vision, Qwen3VisionTower):
-      index, weight = position_interpolation(
-          grid, spatial_merge_size=config.spatial_merge_size,
-          num_grid_per_side=int(round(config.num_position_embeddings ** 0.5)), num_patches=p)
-      layout = layout._replace(pos_index=index, pos_weight=weight)
-    out = jax.vmap(lambda x: self.vision(x, layout))(patches)
-    return out if isinstance(out, tuple) else (out, [])
+    """The vision tower is a family's own (patches in, LM-width tokens out, no projector)."""
+    return isinstance(self.vision, ImageTower)
 
   def embed_with_images(self, input_ids: Array, pixel_values: Array,
                          image_valid: Array | None) -> tuple[Array, list[Array]]:
     """Token embeddings ``[N, T, d]`` with image features scattered onto the placeholders, and
-    the per-layer residuals ``[N, T, d]`` of a Qwen3-VL tower's DeepStack (else ``[]``).
+    the per-layer residuals ``[N, T, d]`` a family's tower may add (else ``[]``).
 
     The k-th placeholder of a row takes the k-th feature vector of the row's images laid end to
     end (``[M * P, d]``), a gather by cumulative count, so shapes stay static under jit. Rows
     must hold ``P`` placeholders per valid image (``encode_groups`` guarantees it); extra
     placeholders reuse the last feature vector. ``pixel_values`` is ``[N, M, H, W, 3]`` for a
-    LLaVA encoder, ``[N, M, patches, patch_dim]`` for a native Qwen tower.
+    LLaVA encoder, ``[N, M, patches, patch_dim]`` for a family's own tower.
     """
     n, t = input_ids.shape
     m = pixel_values.shape[1]
     flat = pixel_values.reshape((n * m,) + pixel_values.shape[2:])
     if self.native_vision:
-      feats, deepstack = self._native_image_features(flat)
+      feats, deepstack = self.vision.image_features(flat)
     else:
       feats, deepstack = self.projector(self.vision(flat)), []  # [N*M, P, d]
     p, d = feats.shape[1], feats.shape[2]
@@ -180,7 +147,7 @@ class Reranker(nnx.Module):
     image: a prompt encoded with another ``image_tokens`` would otherwise reuse features."""
     if any(isinstance(x, jax.core.Tracer) for x in (ids, valid)):
       return
-    per_image = (pixels_per_image // self.image_tokens_per_patch if self.native_vision
+    per_image = (self.vision.tokens_per_image(pixels_per_image) if self.native_vision
                  else self.vision.num_patches)
     counts = np.asarray(ids == self.image_token_id).sum(-1)
     images = (np.full(counts.shape, slots) if valid is None else np.asarray(valid).sum(-1))
@@ -215,10 +182,10 @@ class Reranker(nnx.Module):
       input_ids: ``[..., T]`` int token ids (left or right padded).
       attention_mask: ``[..., T]``, 1 for tokens, 0 for padding.
       pixel_values: ``[..., M, H, W, 3]`` preprocessed images, or ``[..., M, patches,
-        patch_dim]`` for a native Qwen tower (None: text only).
+        patch_dim]`` for a family's own tower (None: text only).
       image_valid: ``[..., M]`` bool, which image slots hold an image.
-      positions: ``[..., 3, T]`` M-RoPE positions (a Qwen-VL model's images; see
-        :func:`decomp.models.mrope.rope_index`), None: ``cumsum(mask) - 1`` (text).
+      positions: ``[..., S, T]`` position streams of a family whose images need them (its
+        :class:`~decomp.models.backbone.ImageAdapter`), None: ``cumsum(mask) - 1``.
       needs: readout fields beyond the label logits (:meth:`readout_from_hidden`).
 
     Returns:
@@ -252,10 +219,11 @@ class Reranker(nnx.Module):
       embeds, residuals = None, []
     if positions is not None:
       positions = jnp.asarray(positions)
-      if positions.shape != lead + (3, t):
-        raise ValueError(f"positions must be [..., 3, T] = {lead + (3, t)}, got "
+      if positions.shape[:len(lead)] != lead or positions.shape[len(lead) + 1:] != (t,):
+        raise ValueError(f"positions must be [..., S, T] with [...] = {lead} and T = {t}, got "
                          f"{positions.shape}")
-      positions = jnp.moveaxis(positions.reshape(-1, 3, t), 1, 0)  # [3, N, T]
+      streams = positions.shape[len(lead)]
+      positions = jnp.moveaxis(positions.reshape(-1, streams, t), 1, 0)  # [S, N, T]
     # Only the answer position goes through the last layer past its keys/values.
     h_last = self.decoder.hidden_states(ids, mask, inputs_embeds=embeds, positions=positions,
                                         layer_residuals=residuals,
@@ -307,22 +275,24 @@ def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.flo
                   image_token: str | None = None, projection_direction: bool = False,
                   mesh: jax.sharding.Mesh | None = None, rules=None, remat: bool = False,
                   seed: int = 0):
-  """The one-call user path: a Qwen2.5/Llama checkpoint dir (+ optional SigLIP/CLIP dir) ->
-  ``(reranker, tokenizer)``.
+  """The one-call user path: a text checkpoint dir of any family in
+  :data:`decomp.models.families.FAMILIES` (+ optional SigLIP/CLIP dir) -> ``(reranker,
+  tokenizer)``.
 
   The tokenizer comes from ``tokenizer_path`` (default ``path``) via :func:`load_tokenizer`; label ids are resolved with :func:`label_token_ids`. With ``vision_path``,
   the image placeholder token must exist in the tokenizer (see :func:`image_token_id`) and the
   LLaVA projector starts random (it is trained). ``feature_layer=-2`` takes LLaVA's
   penultimate-layer image features.
   """
-  from decomp.models import hf
+  from decomp.models import families
   from decomp.models.sharding import shard_model
   from decomp.models.vision import load_vision_pretrained
 
   tokenizer = load_tokenizer(tokenizer_path or path)
   labels = label_token_ids(tokenizer, label_words)
-  decoder = hf.load_pretrained(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
-                               remat=remat)
+  family, _ = families.read_checkpoint(path)
+  decoder = family.backbone(family.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+                                        rules=rules, remat=remat))
   vision, image_id = None, None
   if vision_path is not None:
     image_id = image_token_id(tokenizer, image_token)

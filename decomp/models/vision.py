@@ -193,7 +193,7 @@ class _LayerNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
-# Public name: the Qwen2-VL tower (decomp.models.qwen_vision) uses the same LayerNorm.
+# Public name: the Qwen2-VL tower (decomp.models.qwen_vl.vision) uses the same LayerNorm.
 LayerNorm = _LayerNorm
 
 

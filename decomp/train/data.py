@@ -17,10 +17,8 @@ import numpy as np
 
 from decomp.data import types as data_types
 from decomp.data.sources import is_flag_directory, teacher_scores_array
-from decomp.models.mrope import rope_index
-from decomp.models.prompt import QWEN_IMAGE_PAD, encode_groups
-from decomp.models.qwen_image import QwenImageProcessor
-from decomp.models.qwen_vl import QwenVLConfig
+from decomp.models.backbone import ImageAdapter
+from decomp.models.prompt import encode_groups
 from decomp.models.vision import VisionConfig
 from decomp.train import config as config_lib
 
@@ -202,24 +200,22 @@ class Encoder:
   """Groups -> model inputs for one config, tokenizer and image reader.
 
   ``vision`` is what reads the images: the model's LLaVA ViT shape (placeholders per image,
-  preprocessing) or a Qwen-VL model's config (every image resized to ``image_size`` square, cut
-  into the tower's patches; M-RoPE ``positions [B, n, 3, T]`` in the batch); None (or a source
+  preprocessing) or the :class:`~decomp.models.backbone.ImageAdapter` of a family's own tower
+  (its placeholders, every image cut into the tower's input at ``image_size`` square, and the
+  positions it needs, e.g. M-RoPE ``positions [B, n, 3, T]``, in the batch); None (or a source
   without images: ``has_images=False``) encodes image items by their caption.
   """
 
   def __init__(self, cfg: config_lib.TrainConfig, tokenizer,
-               vision: VisionConfig | QwenVLConfig | None = None, *, has_images: bool = True):
+               vision: VisionConfig | ImageAdapter | None = None, *, has_images: bool = True):
     self.cfg = cfg
     self.tokenizer = tokenizer
     self.vision = vision
     self.has_images = has_images
-    self.image_processor = None
-    if isinstance(vision, QwenVLConfig):
-      v = vision.vision
-      self.image_processor = QwenImageProcessor(
-          patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-          merge_size=v.spatial_merge_size)
-      self.image_tokens = (cfg.model.image_size // v.patch_size) ** 2 // v.spatial_merge_size ** 2
+    # The LLaVA ViT is decomp's own; anything else is a family's adapter.
+    self.adapter = None if vision is None or isinstance(vision, VisionConfig) else vision
+    if self.adapter is not None:
+      self.image_tokens = self.adapter.tokens_per_image(cfg.model.image_size)
     else:
       self.image_tokens = vision.num_patches if vision is not None else 0
 
@@ -232,11 +228,11 @@ class Encoder:
     """
     cfg = self.cfg
     kwargs = {}
-    if self.image_processor is not None and self.has_images:
-      size = cfg.model.image_size
-      kwargs = dict(image_tokens=self.image_tokens, image_size=size, image_token=QWEN_IMAGE_PAD,
-                    image_processor=lambda images: self.image_processor.fixed_size_patches(
-                        images, size))
+    if self.adapter is not None and self.has_images:
+      size, adapter = cfg.model.image_size, self.adapter
+      kwargs = dict(image_tokens=self.image_tokens, image_size=size,
+                    image_token=adapter.image_token, image_wrap=adapter.image_wrap,
+                    image_processor=lambda images: adapter.patches(images, size))
     elif self.vision is not None and self.has_images:
       kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.model.image_size,
                     image_mean=self.vision.image_mean, image_std=self.vision.image_std)
@@ -244,28 +240,19 @@ class Encoder:
       groups = [_drop_images(g) for g in groups]
     arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
                            max_length=cfg.data.max_length, padding_side='left',
-                           pad_multiple=cfg.data.max_length, lengths=cfg.data.length_buckets or None,
+                           pad_multiple=cfg.data.max_length,
+                           lengths=cfg.data.length_buckets or None,
                            preset=cfg.readout.preset or None, **kwargs)
-    if self.image_processor is not None and 'pixel_values' in arrays:
-      arrays['positions'] = self._mrope_positions(arrays)
+    if self.adapter is not None and 'pixel_values' in arrays:
+      positions = self.adapter.positions(arrays['input_ids'], arrays['attention_mask'],
+                                         arrays['image_valid'], cfg.model.image_size)
+      if positions is not None:
+        arrays['positions'] = positions
     arrays['labels'] = arrays['labels'].astype(np.int32)
     teacher = teacher_scores_array(groups, list_size)
     if teacher is not None:  # distillation reads them (readout.extra_scores['teacher'])
       arrays['teacher'] = teacher
     return arrays
-
-  def _mrope_positions(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """``[B, n, 3, T]`` M-RoPE positions of a batch whose images are all ``image_size`` square
-    (transformers' get_rope_index over each prompt's valid tokens)."""
-    v = self.vision.vision
-    ids, mask = arrays['input_ids'], arrays['attention_mask']
-    b, n, t = ids.shape
-    side = self.cfg.model.image_size // v.patch_size
-    grid = np.tile([[1, side, side]], (int(arrays['image_valid'].sum()), 1))
-    positions = rope_index(ids.reshape(b * n, t), mask.reshape(b * n, t), grid if len(grid)
-                           else None, image_token_id=self.vision.image_token_id,
-                           spatial_merge_size=v.spatial_merge_size)
-    return np.ascontiguousarray(positions.reshape(3, b, n, t).transpose(1, 2, 0, 3))
 
 
 class GroupData:
@@ -276,7 +263,7 @@ class GroupData:
   """
 
   def __init__(self, cfg: config_lib.TrainConfig, source, tokenizer,
-               vision: VisionConfig | QwenVLConfig | None = None):
+               vision: VisionConfig | ImageAdapter | None = None):
     self.cfg = cfg
     self.source = source
     self.max_negatives = source.max_negatives
@@ -338,6 +325,6 @@ def make_source(cfg: config_lib.TrainConfig, *, load_images: bool = True):
 
 
 def make_data(cfg: config_lib.TrainConfig, tokenizer,
-              vision: VisionConfig | None = None) -> GroupData:
+              vision: VisionConfig | ImageAdapter | None = None) -> GroupData:
   """The config's batches, encoded with ``tokenizer`` (and images for a ``vision`` model)."""
   return GroupData(cfg, make_source(cfg, load_images=vision is not None), tokenizer, vision)

@@ -36,7 +36,7 @@ KEYS_SUFFIX, HIDDEN_SUFFIX = '.keys.npy', '.hidden.npy'
 
 # RerankerSpec fields the answer-position hidden state depends on (the label words, the label
 # head, the projection direction and the head's adapters act after it).
-BODY_FIELDS = ('decoder', 'vision', 'vl', 'checkpoint', 'vision_pretrained', 'dtype',
+BODY_FIELDS = ('decoder', 'vision', 'family_config', 'checkpoint', 'vision_pretrained', 'dtype',
                'param_dtype')
 
 

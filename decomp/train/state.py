@@ -23,12 +23,13 @@ import jax
 from flax import nnx
 
 from decomp.models import sharding as sharding_lib
+from decomp.models.backbone import ImageAdapter
 from decomp.models.build import (LoraSpec, RerankerSpec, checkpoint_shapes, load_base_weights,
-                                 make_reranker, vl_config)
+                                 make_reranker)
 from decomp.models.config import DecoderConfig
+from decomp.models.families import read_checkpoint
 from decomp.models.lora import is_lm_head, trainable_filter
-from decomp.models.prompt import QWEN_IMAGE_PAD, image_token_id, label_token_ids
-from decomp.models.qwen_vl import QwenVLConfig
+from decomp.models.prompt import image_token_id, label_token_ids
 from decomp.models.reranker import load_tokenizer
 from decomp.models.vision import VisionConfig
 from decomp.objectives import Objective
@@ -97,17 +98,17 @@ def vision_config(cfg: config_lib.TrainConfig) -> VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelShapes:
-  decoder: DecoderConfig
+  decoder: Any  # the decoder's config (any family's)
   vision: VisionConfig | None  # a LLaVA ViT + projector
   vision_pretrained: bool  # the checkpoint carries the ViT + projector weights
-  vl: QwenVLConfig | None = None  # a Qwen-VL checkpoint (its decoder is vl.text)
-  vl_reads_images: bool = False  # the Qwen-VL model's tower reads the data's images
+  family_config: Any = None  # a checkpoint with its own image tower (decoder: its text config)
+  images: ImageAdapter | None = None  # that tower reads the data's images through this
 
   @property
-  def image_input(self) -> VisionConfig | QwenVLConfig | None:
-    """What the data must encode images for: the LLaVA ViT, the Qwen-VL model, or None (text)."""
-    if self.vl is not None:
-      return self.vl if self.vl_reads_images else None
+  def image_input(self) -> VisionConfig | ImageAdapter | None:
+    """What the data must encode images for: the LLaVA ViT, a family's own tower, or None."""
+    if self.family_config is not None:
+      return self.images
     return self.vision
 
 
@@ -122,12 +123,14 @@ def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
   if directory is None:
     vision = vision_config(cfg) if cfg.model.vision is not False else None
     return ModelShapes(decoder_config(cfg, len(tokenizer)), vision, False)
-  vl = vl_config(directory)
-  if vl is not None:
-    if len(tokenizer) > vl.text.vocab_size:
+  family, config = read_checkpoint(directory)
+  if family.images is not None:
+    text = family.text_config(config)
+    if len(tokenizer) > text.vocab_size:
       raise ValueError(f'{directory}: the tokenizer has {len(tokenizer)} tokens but the model '
-                       f'only {vl.text.vocab_size} embeddings')
-    return ModelShapes(vl.text, None, False, vl=vl, vl_reads_images=cfg.model.vision is not False)
+                       f'only {text.vocab_size} embeddings')
+    return ModelShapes(text, None, False, family_config=config,
+                       images=family.images(config) if cfg.model.vision is not False else None)
   dconfig, vconfig = checkpoint_shapes(directory)
   pretrained = vconfig is not None and cfg.model.vision is not False
   if cfg.model.vision is False:
@@ -147,36 +150,22 @@ def reranker_spec(cfg: config_lib.TrainConfig, tokenizer, shapes: ModelShapes,
   if vconfig is not None and vconfig.image_size != cfg.model.image_size:
     raise ValueError(f'config image_size={cfg.model.image_size} but the checkpoint ViT reads '
                      f'{vconfig.image_size}px images')
-  if cfg.finetune.lora_vision and (shapes.vl is None or cfg.finetune.mode != 'lora'):
-    raise ValueError('config lora_vision=true: vision adapters need finetune=lora and a Qwen-VL '
-                     f'checkpoint (model={cfg.model.path!r})')
-  if shapes.vl is not None and shapes.vl_reads_images:
-    check_vl_images(cfg, shapes.vl, tokenizer)
-  lora = (LoraSpec(cfg.finetune.lora_rank, cfg.finetune.lora_alpha, tuple(cfg.finetune.lora_targets), cfg.finetune.lora_vision)
+  if cfg.finetune.lora_vision and (shapes.family_config is None or cfg.finetune.mode != 'lora'):
+    raise ValueError('config lora_vision=true: vision adapters need finetune=lora and a '
+                     f'checkpoint with its own image tower (model={cfg.model.path!r})')
+  if shapes.images is not None:
+    shapes.images.check(tokenizer, cfg.model.image_size)
+  lora = (LoraSpec(cfg.finetune.lora_rank, cfg.finetune.lora_alpha,
+                   tuple(cfg.finetune.lora_targets), cfg.finetune.lora_vision)
           if cfg.finetune.mode == 'lora' else None)
   labels = tuple(label_token_ids(tokenizer, config_lib.label_words(cfg)))
   return RerankerSpec(
-      decoder=shapes.decoder, label_ids=labels, vl=shapes.vl,
+      decoder=shapes.decoder, label_ids=labels, family_config=shapes.family_config,
       vision=vconfig, image_token_id=image_token_id(tokenizer) if vconfig is not None else None,
       checkpoint=directory, vision_pretrained=shapes.vision_pretrained and directory is not None,
       label_pooling=cfg.readout.label_pooling, label_head=cfg.readout.label_head,
       projection='projection' in objective.needs, lora=lora, dtype=cfg.model.dtype,
       param_dtype=cfg.model.param_dtype)
-
-
-def check_vl_images(cfg: config_lib.TrainConfig, vl: QwenVLConfig, tokenizer) -> None:
-  """The data's images fit the Qwen-VL tower: the tokenizer's image-pad token is the model's,
-  and ``image_size`` cuts into whole merged patches."""
-  vocab = tokenizer.get_vocab()
-  if vocab.get(QWEN_IMAGE_PAD) != vl.image_token_id:
-    raise ValueError(f'the tokenizer maps {QWEN_IMAGE_PAD} to {vocab.get(QWEN_IMAGE_PAD)} but '
-                     f'the {vl.hf_architecture} checkpoint expects image_token_id '
-                     f'{vl.image_token_id}')
-  factor = vl.vision.patch_size * vl.vision.spatial_merge_size
-  if cfg.model.image_size % factor:
-    raise ValueError(f'config image_size={cfg.model.image_size}: the {vl.hf_architecture} tower reads '
-                     f'images whose side is a multiple of patch_size x spatial_merge_size = '
-                     f'{factor}')
 
 
 def rules_for(layout: str) -> Mapping[str, Any]:

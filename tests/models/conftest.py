@@ -14,6 +14,7 @@ do not use these fixtures do not pay for it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -108,3 +109,60 @@ def torch_reference(torch_model, sequence):
 def torch_reference_fn():
   return torch_reference
 
+
+@pytest.fixture
+def assert_saves_same_tensors(tmp_path):
+  """``check(model, path) -> saved_dir``: ``decomp.models.save_pretrained(model)`` writes exactly
+  the tensors (names and values) of the checkpoint at ``path``."""
+  from safetensors.numpy import load_file
+
+  from decomp import models
+
+  def check(model, path: str) -> str:
+    saved = str(tmp_path / 'saved')
+    models.save_pretrained(model, saved)
+    original = load_file(os.path.join(path, 'model.safetensors'))
+    written = load_file(os.path.join(saved, 'model.safetensors'))
+    assert set(written) == set(original)
+    for name in original:
+      np.testing.assert_array_equal(written[name], original[name], err_msg=name)
+    return saved
+
+  return check
+
+
+def _left_padded(vocab: int, seed: int = 0, lengths=(11, 7, 9), t: int = 12):
+  """Random sequences and their left-padded batch ``(seqs, ids [B, T], mask [B, T])``."""
+  rng = np.random.default_rng(seed)
+  seqs = [rng.integers(1, vocab, size=n) for n in lengths]
+  ids, mask = np.zeros((len(seqs), t), np.int32), np.zeros((len(seqs), t), np.int32)
+  for i, s in enumerate(seqs):
+    ids[i, t - len(s):], mask[i, t - len(s):] = s, 1
+  return seqs, ids, mask
+
+
+class CausalParity(NamedTuple):
+  """Left-padded batches, jitted logits and the check against a torch causal LM run unpadded."""
+  batch: Any  # (vocab, seed=0, lengths=(11, 7, 9), t=12) -> (seqs, ids, mask)
+  logits: Any  # (model, ids, mask) -> [B, T, V]
+  check: Any  # (model, torch_model, vocab, tol=1e-4): equal logits at every valid position
+
+
+@pytest.fixture(scope='session')
+def causal_parity() -> CausalParity:
+  import torch
+  from flax import nnx
+
+  logits = nnx.jit(lambda model, ids, mask: model(ids, mask))
+
+  def check(model, torch_model, vocab: int, tol: float = 1e-4) -> None:
+    seqs, ids, mask = _left_padded(vocab)
+    ours = np.asarray(logits(model, ids, mask))
+    for i, seq in enumerate(seqs):
+      with torch.no_grad():
+        ref = torch_model(input_ids=torch.as_tensor(np.asarray(seq)[None]).long()).logits[0]
+      ref = ref.numpy()
+      assert ref.std() > 0.05
+      np.testing.assert_allclose(ours[i][mask[i] == 1], ref, atol=tol, rtol=0)
+
+  return CausalParity(_left_padded, logits, check)

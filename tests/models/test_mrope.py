@@ -4,7 +4,7 @@ window segments, the Qwen3-VL position-table interpolation."""
 import numpy as np
 import pytest
 
-from decomp.models.mrope import patch_layout, position_interpolation, segment_table
+from decomp.models.qwen_vl.mrope import patch_layout, position_interpolation, segment_table
 
 GRIDS = np.array([[1, 6, 8], [2, 4, 10], [1, 16, 12], [1, 2, 2]])
 

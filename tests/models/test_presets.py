@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from decomp.models.presets import PRESETS, collate, get_preset
-from decomp.models.qwen_image import QwenImageProcessor
+from decomp.models.qwen_vl.image import QwenImageProcessor
 
 SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>',
            '<|image_pad|>', '<|video_pad|>']
@@ -226,6 +226,7 @@ def test_training_prompts_equal_the_presets(tokenizer, name, query, document):
   processor = QwenImageProcessor()
   arrays = encode_groups([group], tokenizer, list_size=1, max_length=256, preset=name,
                          image_tokens=4, image_token='<|image_pad|>', image_size=56,
+                         image_wrap=('<|vision_start|>', '<|vision_end|>'),
                          image_processor=lambda images: processor.fixed_size_patches(images, 56))
   ids = arrays['input_ids'][0, 0][arrays['attention_mask'][0, 0].astype(bool)].tolist()
   as_part = lambda x: image if x == 'IMG' else x

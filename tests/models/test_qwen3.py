@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from decomp.models import hf
 from decomp.models.config import DecoderConfig
@@ -45,51 +44,22 @@ def qwen3(request, tmp_path_factory):
   return _qwen3(tmp_path_factory, request.param)
 
 
-def _left_padded(seed=0, lengths=(11, 7, 9), t=12):
-  rng = np.random.default_rng(seed)
-  seqs = [rng.integers(1, VOCAB, size=n) for n in lengths]
-  ids, mask = np.zeros((len(seqs), t), np.int32), np.zeros((len(seqs), t), np.int32)
-  for i, s in enumerate(seqs):
-    ids[i, t - len(s):], mask[i, t - len(s):] = s, 1
-  return seqs, ids, mask
-
-
-def _torch_logits(model, seq):
-  import torch
-  with torch.no_grad():
-    return model(input_ids=torch.as_tensor(np.asarray(seq)[None]).long()).logits[0].numpy()
-
-
-@nnx.jit
-def _logits(model, ids, mask):
-  return model(ids, mask)
-
-
-def _check(model, torch_model, tol=1e-4):
-  seqs, ids, mask = _left_padded()
-  logits = np.asarray(_logits(model, ids, mask))
-  for i, seq in enumerate(seqs):
-    ref = _torch_logits(torch_model, seq)
-    assert ref.std() > 0.05
-    np.testing.assert_allclose(logits[i][mask[i] == 1], ref, atol=tol, rtol=0)
-
-
-def test_qwen3_matches_torch_left_padded(qwen3):
+def test_qwen3_matches_torch_left_padded(qwen3, causal_parity):
   path, torch_model = qwen3
   model = hf.load_pretrained(path)
   c = model.config
   assert (c.architecture, c.head_dim, c.qk_norm, c.attention_bias) == ('qwen3', 24, True, False)
   assert (model.lm_head is None) == torch_model.config.tie_word_embeddings
-  _check(model, torch_model)
+  causal_parity.check(model, torch_model, VOCAB)
   # The q/k norms matter: resetting them to 1 changes the logits well beyond the tolerance.
-  seqs, ids, mask = _left_padded()
-  before = np.asarray(_logits(model, ids, mask))
+  _, ids, mask = causal_parity.batch(VOCAB)
+  before = np.asarray(causal_parity.logits(model, ids, mask))
   for layer in model.layers:
     layer.self_attn.q_norm.scale[...] = np.ones(24, np.float32)
-  assert np.abs(np.asarray(_logits(model, ids, mask)) - before).max() > 1e-2
+  assert np.abs(np.asarray(causal_parity.logits(model, ids, mask)) - before).max() > 1e-2
 
 
-def test_qwen3_pre5_config_layout_and_default_head_dim(qwen3, tmp_path):
+def test_qwen3_pre5_config_layout_and_default_head_dim(qwen3, tmp_path, causal_parity):
   path, torch_model = qwen3
   copy = str(tmp_path / 'old')
   shutil.copytree(path, copy)
@@ -100,24 +70,18 @@ def test_qwen3_pre5_config_layout_and_default_head_dim(qwen3, tmp_path):
   with open(os.path.join(copy, 'config.json'), 'w') as f:
     json.dump(config, f)
   assert hf.read_config(copy) == hf.read_config(path)
-  _check(hf.load_pretrained(copy), torch_model)
+  causal_parity.check(hf.load_pretrained(copy), torch_model, VOCAB)
   # Absent head_dim means Qwen3Config's default 128, not hidden / heads.
   del config['head_dim']
   assert DecoderConfig.from_hf(config).head_dim == 128
 
 
-def test_qwen3_save_pretrained_loads_back_in_transformers(qwen3, tmp_path):
-  from safetensors.numpy import load_file
+def test_qwen3_save_pretrained_loads_back_in_transformers(qwen3, assert_saves_same_tensors,
+                                                         causal_parity):
   from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
   path, torch_model = qwen3
   model = hf.load_pretrained(path)
-  saved = str(tmp_path / 'saved')
-  hf.save_pretrained(model, saved)
-  original = load_file(os.path.join(path, 'model.safetensors'))
-  written = load_file(os.path.join(saved, 'model.safetensors'))
-  assert set(written) == set(original)
-  for name in original:
-    np.testing.assert_array_equal(written[name], original[name], err_msg=name)
+  saved = assert_saves_same_tensors(model, path)
   reloaded = AutoModelForCausalLM.from_pretrained(saved).eval()
   assert isinstance(reloaded, Qwen3ForCausalLM)
-  _check(model, reloaded)
+  causal_parity.check(model, reloaded, VOCAB)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from decomp.models.mrope import bucket_size
-from decomp.models.qwen_image import QwenImageProcessor, smart_resize
+from decomp.models.qwen_vl.mrope import bucket_size
+from decomp.models.qwen_vl.image import QwenImageProcessor, smart_resize
 
 
 def _images():

@@ -7,9 +7,9 @@ import numpy as np
 from flax import nnx
 
 import decomp.models as models
-from decomp.models.mrope import bucket_size, rope_index
+from decomp.models.qwen_vl.mrope import bucket_size, rope_index
 from decomp.models.qwen_vl import QwenVL
-from decomp.models.qwen_vl_hf import vl_hf_tensors
+from decomp.models.qwen_vl.hf import vl_hf_tensors
 
 YES = 7
 IMAGE, MERGE = 120, 2  # as in conftest

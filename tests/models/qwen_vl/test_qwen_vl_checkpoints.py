@@ -16,17 +16,12 @@ import decomp.models as models
 IMAGE = 120  # as in conftest
 
 
-def test_save_pretrained_loads_back_in_transformers(checkpoint, tmp_path, vl):
+def test_save_pretrained_loads_back_in_transformers(checkpoint, tmp_path, vl,
+                                                   assert_saves_same_tensors):
   from transformers import AutoModelForImageTextToText
   path, torch_model = checkpoint
   model = models.load_pretrained(path)
-  saved = str(tmp_path / 'saved')
-  models.save_pretrained(model, saved)
-  original = load_file(os.path.join(path, 'model.safetensors'))
-  written = load_file(os.path.join(saved, 'model.safetensors'))
-  assert set(written) == set(original)
-  for name in original:
-    np.testing.assert_array_equal(written[name], original[name], err_msg=name)
+  saved = assert_saves_same_tensors(model, path)
   # With LoRA adapters on the language model and the vision tower, the saved weights have them
   # folded in (and the model keeps its adapters).
   models.apply_lora(model.decoder, rank=2, alpha=2.0, rngs=nnx.Rngs(0))

@@ -1,4 +1,4 @@
-"""Qwen3-VL's vision tower (Flax NNX): what differs from Qwen2-VL's (decomp.models.qwen_vision).
+"""Qwen3-VL's vision tower (Flax NNX): what differs from Qwen2-VL's (decomp.models.qwen_vl.vision).
 
 - the patch embedding has a bias;
 - a learned position table (num_position_embeddings = side**2 entries) is resampled bilinearly
@@ -19,8 +19,9 @@ import numpy as np
 from flax import nnx
 
 from decomp.models.decoder import Linear, _param
-from decomp.models.mrope import PatchLayout
-from decomp.models.qwen_vision import PatchEmbed, QwenVisionConfig, VisionBlock, vision_rotary
+from decomp.models.qwen_vl.mrope import PatchLayout, position_interpolation
+from decomp.models.qwen_vl.vision import (PatchEmbed, QwenVisionConfig, VisionBlock, square_layout,
+                                         tokens_per_image, vision_rotary)
 from decomp.models.vision import LayerNorm
 
 __all__ = ['Qwen3Merger', 'Qwen3VisionTower']
@@ -90,3 +91,18 @@ class Qwen3VisionTower(nnx.Module):
       if i in c.deepstack_visual_indexes:
         deepstack.append(self.deepstack_merger_list[c.deepstack_visual_indexes.index(i)](x))
     return self.merger(x), deepstack
+
+  def image_features(self, patches: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """``[K, p, patch_dim]`` same-size square images -> visual tokens and DeepStack features,
+    each ``[K, p / merge**2, out_hidden]`` (the ImageTower protocol)."""
+    c = self.config
+    p = patches.shape[1]
+    layout, grid = square_layout(c, p)
+    index, weight = position_interpolation(
+        grid, spatial_merge_size=c.spatial_merge_size,
+        num_grid_per_side=int(round(c.num_position_embeddings ** 0.5)), num_patches=p)
+    layout = layout._replace(pos_index=index, pos_weight=weight)
+    return jax.vmap(lambda x: self(x, layout))(patches)
+
+  def tokens_per_image(self, patches_per_image: int) -> int:
+    return tokens_per_image(self.config, patches_per_image)

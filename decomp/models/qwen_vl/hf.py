@@ -24,9 +24,9 @@ from flax import nnx
 
 from decomp.models.hf import (CONFIG_NAME, CheckpointError, TensorSource, check_unexpected,
                               decoder_tensor_name, hf_tensors, load_variables, write_checkpoint)
-from decomp.models.qwen_vl import QwenVL, QwenVLConfig
+from decomp.models.qwen_vl.model import QwenVL, QwenVLConfig
 from decomp.models.sharding import Rules
-from decomp.models.vision_lora import merge_vision_lora
+from decomp.models.qwen_vl.lora import merge_vision_lora
 
 __all__ = ['load_vl_pretrained', 'save_vl_pretrained', 'vision_tensor_name']
 

@@ -35,10 +35,10 @@ from flax import nnx
 
 from decomp.models.config import DecoderConfig
 from decomp.models.decoder import Decoder
-from decomp.models.mrope import (PatchLayout, bucket_size, check_grid, patch_layout,
+from decomp.models.qwen_vl.mrope import (PatchLayout, bucket_size, check_grid, patch_layout,
                                  position_interpolation, rope_index)
-from decomp.models.qwen3_vision import Qwen3VisionTower
-from decomp.models.qwen_vision import QwenVisionConfig, QwenVisionTower
+from decomp.models.qwen_vl.vision3 import Qwen3VisionTower
+from decomp.models.qwen_vl.vision import QwenVisionConfig, QwenVisionTower
 
 __all__ = ['QwenVL', 'QwenVLConfig', 'VLInputs', 'VL_ARCHITECTURES']
 

@@ -6,7 +6,7 @@ patch * merge = 28, pixel count within [min_pixels, max_pixels], aspect ratio ke
 larger than max_pixels is shrunk, never an error) -> PIL bicubic resize of the uint8 image ->
 x / 255 (float64, then float32) -> (x - CLIP mean) / CLIP std -> patches: the frame repeated
 `temporal_patch_size` times, cut into patch x patch squares ordered merge block by merge block
-(see decomp.models.mrope), each flattened as (channel, time, row, column).
+(see decomp.models.qwen_vl.mrope), each flattened as (channel, time, row, column).
 
 Output (as the processor's): `pixel_values` [sum of h*w patches, 3 * 2 * 14 * 14] float32 and
 `image_grid_thw` [N, 3] int64 with t = 1 per image.

@@ -1,8 +1,8 @@
 """The native vision tower of Qwen2-VL and Qwen2.5-VL (Flax NNX), on the processor's patches.
 
 Input: `pixel_values` [P, C * T * p * p] exactly as `Qwen2VLImageProcessor` flattens them (P
-patches of all images, in the order described in `decomp.models.mrope`), plus a `PatchLayout`
-(rotary positions, frame and window segment ids) computed on the host. Output: visual tokens
+patches of all images, in the order described in `decomp.models.qwen_vl.mrope`), plus a
+`PatchLayout` (rotary positions, frame and window segment ids) computed on the host. Output: visual tokens
 [P / merge**2, out_hidden_size] in the same order, ready to replace the image-pad embeddings.
 
 - patch embedding: the Conv3d (kernel = stride = T x p x p, no bias) is a matmul on the
@@ -23,6 +23,7 @@ scatters back -- S * L**2 scores per head instead of P**2 for the whole batch of
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Mapping
 
@@ -32,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from decomp.models.decoder import MLP, Linear, RMSNorm, rotate_half
-from decomp.models.mrope import PatchLayout
+from decomp.models.qwen_vl.mrope import PatchLayout, patch_layout
 from decomp.models.vision import _ACTIVATIONS, LayerNorm
 
 __all__ = ['QwenVisionConfig', 'QwenVisionTower', 'VISION_VARIANTS', 'VisionAttention',
@@ -51,7 +52,7 @@ class QwenVisionConfig:
     variant: 'qwen2_vl' (LayerNorm, fc1/fc2 MLP, full attention everywhere), 'qwen2_5_vl'
       (RMSNorm, SwiGLU with biases, window attention except in fullatt_block_indexes) or
       'qwen3_vl' (LayerNorm, linear_fc1/linear_fc2 MLP, learned position table, DeepStack
-      mergers; the module is decomp.models.qwen3_vision.Qwen3VisionTower).
+      mergers; the module is decomp.models.qwen_vl.vision3.Qwen3VisionTower).
     depth: blocks.
     hidden_size: ViT width (Qwen2-VL's `embed_dim`, Qwen2.5-VL's `hidden_size`).
     intermediate_size: MLP width (Qwen2-VL: embed_dim * mlp_ratio).
@@ -302,6 +303,23 @@ def vision_rotary(config: QwenVisionConfig, layout: PatchLayout):
   return jnp.cos(angles), jnp.sin(angles)
 
 
+def square_layout(config: QwenVisionConfig, patches_per_image: int
+                  ) -> tuple[PatchLayout, list[list[int]]]:
+  """The layout and ``image_grid_thw`` of one square image of ``patches_per_image`` patches."""
+  side = math.isqrt(patches_per_image)
+  if side * side != patches_per_image or side % config.spatial_merge_size:
+    raise ValueError(f'{patches_per_image} patches per image: this tower reads square images '
+                     f'here, whose side in patches is a multiple of {config.spatial_merge_size}')
+  grid = [[1, side, side]]
+  return patch_layout(grid, spatial_merge_size=config.spatial_merge_size,
+                      window_merged=config.window_merged), grid
+
+
+def tokens_per_image(config: QwenVisionConfig, patches_per_image: int) -> int:
+  """Visual tokens of an image of ``patches_per_image`` patches (the merger joins merge**2)."""
+  return patches_per_image // config.spatial_merge_size ** 2
+
+
 class QwenVisionTower(nnx.Module):
   """Qwen2-VL / Qwen2.5-VL vision transformer + merger. Parameter names follow HF's `visual.*`."""
 
@@ -334,3 +352,12 @@ class QwenVisionTower(nnx.Module):
       full = c.variant == 'qwen2_vl' or i in c.fullatt_block_indexes
       x = block(x, cos, sin, frames if full else windows)
     return self.merger(x)
+
+  def image_features(self, patches: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """``[K, p, patch_dim]`` same-size square images -> ``[K, p / merge**2, out_hidden]`` (the
+    ImageTower protocol); each image attends only to itself (vmapped with one image's layout)."""
+    layout, _ = square_layout(self.config, patches.shape[1])
+    return jax.vmap(lambda x: self(x, layout))(patches), []
+
+  def tokens_per_image(self, patches_per_image: int) -> int:
+    return tokens_per_image(self.config, patches_per_image)
