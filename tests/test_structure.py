@@ -106,3 +106,30 @@ def test_modules_are_short_or_say_why():
     if text.count('\n') > 420 and LONG_MODULE_REASON not in text[:3000]:
       long.append(f'{module}: {text.count(chr(10))} lines')
   assert not long, long
+
+
+FAMILY_WORDS = ('qwen', 'gemma', 'llama')
+GENERIC_MODULES = ('decomp/models/reranker.py', 'decomp/models/build.py',
+                   'decomp/models/prompt.py', 'decomp/models/backbone.py', 'decomp/train',
+                   'decomp/rerank.py')
+
+
+def _code_names(path: str) -> set[str]:
+  """Identifiers and attribute names of a file's code (comments and strings left out)."""
+  import tokenize
+  with open(path, 'rb') as f:
+    return {t.string for t in tokenize.tokenize(f.readline) if t.type == tokenize.NAME}
+
+
+def test_generic_modules_name_no_model_family_in_code():
+  """Families are reached through decomp.models.families (one table by `architectures`)."""
+  repo = os.path.dirname(ROOT)
+  paths = []
+  for entry in GENERIC_MODULES:
+    full = os.path.join(repo, entry)
+    paths += ([os.path.join(full, f) for f in os.listdir(full) if f.endswith('.py')]
+              if os.path.isdir(full) else [full])
+  named = {os.path.relpath(p, repo): sorted(n for n in _code_names(p)
+                                            if any(w in n.lower() for w in FAMILY_WORDS))
+           for p in paths}
+  assert not {p: n for p, n in named.items() if n}, named

@@ -20,6 +20,9 @@ The template is rendered once per instruction around two sentinels and split int
 segments, so a batch needs one fast-tokenizer batch call for its texts and truncation can shorten
 the document text alone (then the query text) without touching the template or the answer
 position.
+
+(Over 400 lines: the template, the token-level builder that mirrors it and the label-word
+checks must agree token for token; they are kept side by side.)
 """
 
 from __future__ import annotations

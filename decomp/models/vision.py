@@ -17,6 +17,9 @@ Output convention (matches transformers' ``hidden_states`` tuple, which LLaVA in
   ``hidden_states[i]`` the output of layer ``i``; no final norm.
 * CLIP's CLS token is dropped unless ``keep_cls=True`` (LLaVA's ``feature_select_strategy =
   "default"``), so ``num_patches == (image_size // patch_size) ** 2`` for both families.
+
+(Over 400 lines: the SigLIP/CLIP tower, its projector, its preprocessing and its Hugging Face
+loader read one format and are kept together.)
 """
 
 from __future__ import annotations
