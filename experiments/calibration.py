@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 VARIANTS = {
     "default": {},

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 ARMS = [
     sweep.Arm(f"w_{weight}-d_{direction}", {"weight": weight, "direction": direction},

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 from decomp.data.tokenizer import LABEL_WORDS
 
 COUNTS = (2, 4, 8, 16)

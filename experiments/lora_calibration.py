@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 VARIANTS = {
     "lr1e-3-steps100": {"learning_rate": 1e-3, "steps": 100},

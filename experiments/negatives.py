@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import sweep
+from decomp import sweep
 
 COUNTS = (1, 3, 7, 15, 31, 63)
 CHUNK = 8  # documents per chunk of the lists longer than 16 (decomp.chunked)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 ARMS = [
     sweep.Arm("w_sft-d_sft", {"weight": "sft", "direction": "sft"}, "W_SFT x D_SFT (SFT)"),

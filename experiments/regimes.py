@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 ARMS = [
     sweep.Arm(f"{init}-{finetune}-{objective}",

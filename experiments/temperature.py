@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-import sweep
+from decomp import sweep
 
 ARMS = [
     sweep.Arm("sft", {"weight": "sft", "direction": "sft"}, "W_SFT"),

@@ -1,7 +1,7 @@
 """Regenerates every figure and table the docs show, from the sweeps' logs alone.
 
 For each sweep directory: rebuilds ``summary.json`` / ``summary.md`` from ``sweep.json`` and the
-runs' ``results.json`` (``experiments/sweep.py: summarize_dir``), redraws its figures, and copies
+runs' ``results.json`` (``decomp.sweep.summarize_dir``), redraws its figures, and copies
 them to ``<docs>/figures/<sweep>/*.png`` and the table to ``<docs>/<sweep>_summary.md``.
 
   python figures/publish.py [runs/probe runs/negatives ...] [--docs docs]
@@ -21,10 +21,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
 import common  # noqa: E402
 import make_all  # noqa: E402
-import sweep as sweep_lib  # noqa: E402
+from decomp import sweep as sweep_lib  # noqa: E402
 
 
 def sweeps_under(root: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Runs ``figures/docs_numbers.py`` on the committed README.md and docs/*.md, then shows that it
 fails, naming the number, file and line, when a quoted number or a table cell is altered; and
-that it reads tables in exactly the form ``experiments/sweep.py`` writes them. No training.
+that it reads tables in exactly the form ``decomp/sweep.py`` writes them. No training.
 """
 
 import os
@@ -13,10 +13,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(ROOT / "figures"))
 import docs_numbers  # noqa: E402
-import sweep  # noqa: E402
+from decomp import sweep  # noqa: E402
 
 MARKED = ("README.md", "docs/findings.md", "docs/calibration.md")
 

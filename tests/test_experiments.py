@@ -12,10 +12,9 @@ import pytest
 from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, os.path.join(ROOT, "figures"))
 
-import sweep  # noqa: E402
+from decomp import sweep  # noqa: E402
 
 
 def test_seeds_for_ci():

@@ -1,4 +1,4 @@
-"""experiments/sweep.py around its run processes: overrides validated before any run starts,
+"""decomp/sweep.py around its run processes: overrides validated before any run starts,
 runs that die with the sweep, locked workdirs waited for, failures named from their train.log.
 
 The runs are a stand-in module (``sweep.TRAIN_MODULE``) that behaves by arm name, so no model is
@@ -16,9 +16,8 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-import sweep  # noqa: E402
+from decomp import sweep  # noqa: E402
 
 # Run processes start through a preexec function (process group, parent-death signal), i.e. a
 # fork; JAX warns about any fork once an earlier test in this process has started its backend.
@@ -136,8 +135,8 @@ def test_runs_die_with_the_sweep(fake_runs, kill):
   out = fake_runs / "sweep"
   driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
       import sys
-      sys.path[:0] = [{os.path.join(ROOT, "experiments")!r}, {ROOT!r}]
-      import sweep
+      sys.path[:0] = [{ROOT!r}]
+      from decomp import sweep
       sweep.TRAIN_MODULE = "fake_train"
       sweep.run_sweep({str(out)!r}, [sweep.Arm("sleep", {{}})], [0, 1],
                       config="playground_quick", jobs=2)

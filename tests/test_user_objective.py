@@ -12,9 +12,8 @@ import textwrap
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-import sweep  # noqa: E402
+from decomp import sweep  # noqa: E402
 
 USER_MODULE = """
 import decomp

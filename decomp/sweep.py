@@ -16,6 +16,9 @@ Before any run starts, every arm's config is built and validated (a bad ``--set`
 with a parent-death signal on Linux, and stopped when the sweep exits or is interrupted). A
 workdir still locked by a live run is waited for; a failed run is named with the ``error:`` line
 of its ``train.log``.
+
+(Over 400 lines: one runner, from arms and seeds through run processes to summaries; its
+statistics and its process handling are read together when a sweep's numbers are questioned.)
 """
 
 from __future__ import annotations
