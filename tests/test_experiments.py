@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))  # the experiment scripts themselves
 sys.path.insert(0, os.path.join(ROOT, "figures"))
 
 from decomp import sweep  # noqa: E402

@@ -64,7 +64,7 @@ def test_notebook_call_with_a_scorer():
                            [Item(text="doc 1 0"), Item(text="doc 1 1")])
   np.testing.assert_array_equal(scores, ref)
   import decomp
-  np.testing.assert_array_equal(decomp.rerank(HashScorer(), "query 1", ["doc 1 0", "doc 1 1"]),
+  np.testing.assert_array_equal(decomp.rerank.rerank(HashScorer(), "query 1", ["doc 1 0", "doc 1 1"]),
                                 ref)
 
 

@@ -7,7 +7,7 @@ written here once; training's resume (:mod:`decomp.train.loop`), ``evaluate_work
 base (its shape is the config's; the checkpoint holds every weight).
 
 >>> run = Run.open('runs/probe/sft/seed0')                              # doctest: +SKIP
->>> scores = run.scores_fn()(run.params, run.frozen, run.encoder.encode(groups, 1))  # +SKIP
+>>> scores = run.scores_fn()(run.params, run.frozen, run.encoder.encode(groups, 1))  # doctest: +SKIP
 """
 
 from __future__ import annotations

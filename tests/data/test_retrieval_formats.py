@@ -2,7 +2,6 @@
 
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -185,9 +184,10 @@ def test_flag_source_and_mrb_export_keep_teacher_scores(tmp_path):
   for split in ("train", "val", "test"):
     _jsonl(tmp_path / "flag" / f"{split}.jsonl", rows)
   assert sources.is_flag_directory(str(tmp_path / "flag"))
-  cfg = types.SimpleNamespace(data=str(tmp_path / "flag"), seed=0, train_pool=0, vision=False,
-                              image_size=16)
   from decomp.train import data as data_lib
+  from decomp.train import overrides as overrides_lib
+  cfg = overrides_lib.apply_overrides(overrides_lib.TrainConfig(), [
+      f"data={tmp_path / 'flag'}", "vision=false", "image_size=16"])
   source = data_lib.FlagEmbeddingSource(cfg)
   assert source.max_negatives == 3 and len(source.split_groups("val", 2)) == 2
   seen = {source.train_group(i).query_id for i in range(4)}
