@@ -1,0 +1,89 @@
+"""The field's objectives as weight x direction: which weight shape wins for an LLM reranker?
+
+The losses the people who train rerankers choose among (sentence-transformers' CrossEncoder,
+rax, LLaVE), each as its weight W = dL/ds on the yes-logit s = z_y (decomp.weights):
+``listnet``, ``listmle``, ``ranknet``, ``lambdaloss`` (DCG lambdaweights), ``margin_mse``
+(against the playground's oracle teacher, ``playground.oracle_teacher``: minus the number of
+attributes a document's scene differs in from the query's target) and ``hard_infonce`` (LLaVE,
+alpha = 1), each along D_SFT (ranked by P(yes)) and along D_CL (ranked by z_y: the field's own
+objective, the weight paired with the direction of the score it reads), beside SFT and CL. Every
+contrast is paired against SFT (same seed: same data, same initialisation).
+
+Two regimes (docs/calibration.md): ``--regime head`` (default), the LM head on cached frozen
+features (``finetune=head cache_features=true``, paired spread ~0.1-0.2 points), and
+``--regime lora``, LoRA rank 16 on the frozen pretrained base (lr 1e-3, 100 steps; paired SFT -
+CL spread 0.40).
+
+Command::
+
+  nice -n 10 python experiments/field_objectives.py --seeds 5 --out runs/field_objectives_head
+  nice -n 10 python experiments/field_objectives.py --regime lora --seeds 2 --out runs/field_objectives_lora
+  python figures/publish.py runs/field_objectives_head runs/field_objectives_lora
+
+Expected runtime (2-core CPU shared with other work): head-only, 14 arms x 5 seeds at ~25 s a run
+after each seed's features are encoded once: ~40 minutes; LoRA, ~1.5-2 minutes a run: ~50 minutes
+for 14 arms x 2 seeds.
+
+Expected result (docs/findings.md, "The field's objectives"): if SFT's edge is the *shape* of its
+weights (each document pushed by its own error, more where the mistakes are), the field's
+losses rank by how much of their push goes to the hard negatives and how far it decays on learned
+documents, not by their total |W|. ``figures/field_objectives.py`` draws W against each
+document's score for every weight, side by side, and writes the weights' shape (share of |W| on
+hard negatives, total |W| per list) read from the runs' logs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import sweep
+
+# (name, label) of the field's weights; each runs along D_SFT and along D_CL.
+FIELD = (("listnet", "ListNet"), ("listmle", "ListMLE"), ("ranknet", "RankNet"),
+         ("lambdaloss", "LambdaLoss (DCG)"), ("margin_mse", "MarginMSE"),
+         ("hard_infonce", "hard InfoNCE (alpha 1)"))
+DIRECTIONS = (("sft", "D_SFT"), ("cl", "D_CL"))
+REGIMES = {
+    "head": ("finetune=head", "cache_features=true"),
+    "lora": ("finetune=lora", "steps=100", "learning_rate=0.001"),
+}
+# Every arm reads the same data (the oracle teacher is there for all; only MarginMSE reads it) and
+# logs its per-document weights for the shape statistics.
+COMMON = ("playground.oracle_teacher=true", "example_log_every=10")
+
+
+def arms():
+  out = [sweep.Arm("sft", {"weight": "sft", "direction": "sft"}, "SFT"),
+         sweep.Arm("cl", {"weight": "cl", "direction": "cl"}, "CL")]
+  for weight, label in FIELD:
+    for direction, d_label in DIRECTIONS:
+      out.append(sweep.Arm(f"{weight}-d_{direction}", {"weight": weight, "direction": direction},
+                           f"{label} x {d_label}"))
+  return out
+
+
+def contrasts():
+  out = [("SFT - CL", "sft", "cl")]
+  for weight, label in FIELD:
+    for direction, d_label in DIRECTIONS:
+      out.append((f"SFT - {label} x {d_label}", "sft", f"{weight}-d_{direction}"))
+  return out
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  regime = "head"
+  if "--regime" in argv:
+    at = argv.index("--regime")
+    regime = argv[at + 1] if at + 1 < len(argv) else ""
+    del argv[at:at + 2]
+  if regime not in REGIMES:
+    raise SystemExit(f"--regime must be one of {sorted(REGIMES)}, got {regime!r}")
+  # The regime first: a user's --set comes later and wins.
+  return sweep.main(__doc__, f"field_objectives_{regime}", arms(),
+                    argv=["--set", *REGIMES[regime], *COMMON, *argv], contrasts=contrasts(),
+                    title=f"The field's objectives ({'head-only' if regime == 'head' else 'LoRA'})")
+
+
+if __name__ == "__main__":
+  main()
