@@ -42,7 +42,8 @@ import sweep
 FIELD = (("listnet", "ListNet"), ("listmle", "ListMLE"), ("ranknet", "RankNet"),
          ("lambdaloss", "LambdaLoss (DCG)"), ("margin_mse", "MarginMSE"),
          ("hard_infonce", "hard InfoNCE (alpha 1)"))
-DIRECTIONS = (("sft", "D_SFT"), ("cl", "D_CL"))
+# D_CL first: a field weight with D_CL is the field's own objective (its loss on z_y).
+DIRECTIONS = (("cl", "D_CL"), ("sft", "D_SFT"))
 REGIMES = {
     "head": ("finetune=head", "cache_features=true"),
     "lora": ("finetune=lora", "steps=100", "learning_rate=0.001"),
@@ -55,8 +56,8 @@ COMMON = ("playground.oracle_teacher=true", "example_log_every=10")
 def arms():
   out = [sweep.Arm("sft", {"weight": "sft", "direction": "sft"}, "SFT"),
          sweep.Arm("cl", {"weight": "cl", "direction": "cl"}, "CL")]
-  for weight, label in FIELD:
-    for direction, d_label in DIRECTIONS:
+  for direction, d_label in DIRECTIONS:
+    for weight, label in FIELD:
       out.append(sweep.Arm(f"{weight}-d_{direction}", {"weight": weight, "direction": direction},
                            f"{label} x {d_label}"))
   return out
@@ -64,8 +65,8 @@ def arms():
 
 def contrasts():
   out = [("SFT - CL", "sft", "cl")]
-  for weight, label in FIELD:
-    for direction, d_label in DIRECTIONS:
+  for direction, d_label in DIRECTIONS:
+    for weight, label in FIELD:
       out.append((f"SFT - {label} x {d_label}", "sft", f"{weight}-d_{direction}"))
   return out
 

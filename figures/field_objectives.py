@@ -126,7 +126,10 @@ def correlations(data: dict[str, dict]) -> dict[str, dict[str, float | None]]:
   return out
 
 
-def uniform_totals(sizes=(2, 4, 8, 16, 32, 64)) -> dict[str, list[float]]:
+UNIFORM_SIZES = (2, 4, 8, 16, 32, 64)
+
+
+def uniform_totals(sizes=UNIFORM_SIZES) -> dict[str, list[float]]:
   """Total |W| of one list (1 positive, k negatives) at uniform scores (all z = 0), by weight,
   computed by ``decomp.weights`` itself; {} when decomp is not importable."""
   try:
@@ -134,17 +137,13 @@ def uniform_totals(sizes=(2, 4, 8, 16, 32, 64)) -> dict[str, list[float]]:
     from decomp import Readout, weights
   except ImportError:  # pragma: no cover
     return {}
-  out: dict[str, list[float]] = {}
-  for name in PANELS:
-    if name == "margin_mse":
-      continue
-    totals = []
-    for n in sizes:
-      labels = jnp.zeros(n, jnp.int32).at[0].set(1)
-      readout = Readout(yes=jnp.zeros(n), no=jnp.zeros(n))
-      totals.append(float(jnp.sum(jnp.abs(weights.WEIGHTS[name](readout, labels)))))
-    out[name] = totals
-  return out
+  # All sizes in one padded batch (masking equals slicing for every weight: tests/test_properties).
+  width = max(sizes)
+  where = jnp.arange(width)[None, :] < jnp.asarray(sizes)[:, None]
+  labels = jnp.zeros(where.shape, jnp.int32).at[:, 0].set(1)
+  readout = Readout(yes=jnp.zeros(where.shape), no=jnp.zeros(where.shape))
+  return {name: jnp.sum(jnp.abs(weights.WEIGHTS[name](readout, labels, where=where)), -1).tolist()
+          for name in PANELS if name != "margin_mse"}
 
 
 def _w_vs_score(sweep_dir: str, out_dir: str, max_points: int) -> list[str]:
@@ -204,7 +203,7 @@ def _shape_figure(sweep_dir: str, data: dict, uniform: dict, out_dir: str) -> li
     ax.set_ylabel("test NDCG@10 x100", fontsize=9)
   axes[0].set_title("o: along D_SFT (by P(yes)), s: along D_CL (by z_y)", fontsize=9)
   axes[1].legend(fontsize=6, ncol=2)
-  sizes = [2, 4, 8, 16, 32, 64]
+  sizes = list(UNIFORM_SIZES)
   for index, (name, totals) in enumerate(uniform.items()):
     axes[2].plot(sizes, totals, marker=".", label=name, color=common.colour(index, len(uniform)))
   axes[2].set_xscale("log", base=2)
