@@ -7,7 +7,8 @@ rax, LLaVE), each as its weight W = dL/ds on the yes-logit s = z_y (decomp.weigh
 attributes a document's scene differs in from the query's target) and ``hard_infonce`` (LLaVE,
 alpha = 1), each along D_SFT (ranked by P(yes)) and along D_CL (ranked by z_y: the field's own
 objective, the weight paired with the direction of the score it reads), beside SFT and CL. Every
-contrast is paired against SFT (same seed: same data, same initialisation).
+contrast is paired against SFT (same seed: same data, same initialisation). Two more arms read
+SFT's own score z_y - z_n (``score='sft'``) along D_SFT: ListNet and RankNet on SFT's margin.
 
 Two regimes (docs/calibration.md): ``--regime head`` (default), the LM head on cached frozen
 features (``finetune=head cache_features=true``, paired spread ~0.1-0.2 points), and
@@ -21,7 +22,8 @@ Command::
   python figures/publish.py runs/field_objectives_head runs/field_objectives_lora
 
 Expected runtime (2-core CPU shared with other work): head-only, 14 arms x 5 seeds at ~25 s a run
-after each seed's features are encoded once: ~40 minutes; LoRA, ~1.5-2 minutes a run: ~50 minutes
+after each seed's features are encoded once: ~40 minutes (54 measured, on a CPU shared
+with three other jobs; the 2 margin arms: 10 minutes more); LoRA, ~1.5-2 minutes a run: ~50 minutes
 for 14 arms x 2 seeds.
 
 Expected result (docs/findings.md, "The field's objectives"): if SFT's edge is the *shape* of its
@@ -53,6 +55,11 @@ REGIMES = {
 COMMON = ("playground.oracle_teacher=true", "example_log_every=10")
 
 
+# Weights that read SFT's score z_y - z_n instead (score='sft'), along D_SFT: the field's loss
+# on SFT's margin. Does reading the margin, rather than the list's shape, make up SFT's edge?
+ON_MARGIN = (("listnet", "ListNet"), ("ranknet", "RankNet"))
+
+
 def arms():
   out = [sweep.Arm("sft", {"weight": "sft", "direction": "sft"}, "SFT"),
          sweep.Arm("cl", {"weight": "cl", "direction": "cl"}, "CL")]
@@ -60,6 +67,10 @@ def arms():
     for weight, label in FIELD:
       out.append(sweep.Arm(f"{weight}-d_{direction}", {"weight": weight, "direction": direction},
                            f"{label} x {d_label}"))
+  for weight, label in ON_MARGIN:
+    out.append(sweep.Arm(f"{weight}-margin", {"weight": weight, "direction": "sft",
+                                              "weight_kwargs": {"score": "sft"}},
+                         f"{label} on z_y - z_n x D_SFT"))
   return out
 
 
@@ -68,6 +79,10 @@ def contrasts():
   for direction, d_label in DIRECTIONS:
     for weight, label in FIELD:
       out.append((f"SFT - {label} x {d_label}", "sft", f"{weight}-d_{direction}"))
+  for weight, label in ON_MARGIN:
+    out.append((f"SFT - {label} on z_y - z_n", "sft", f"{weight}-margin"))
+    out.append((f"{label}: on z_y - z_n - on z_y (x D_SFT)", f"{weight}-margin",
+                f"{weight}-d_sft"))
   return out
 
 
