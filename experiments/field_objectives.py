@@ -21,17 +21,20 @@ Command::
   nice -n 10 python experiments/field_objectives.py --regime lora --seeds 2 --out runs/field_objectives_lora
   python figures/publish.py runs/field_objectives_head runs/field_objectives_lora
 
-Expected runtime (2-core CPU shared with other work): head-only, 14 arms x 5 seeds at ~25 s a run
-after each seed's features are encoded once: ~40 minutes (54 measured, on a CPU shared
-with three other jobs; the 2 margin arms: 10 minutes more); LoRA, ~1.5-2 minutes a run: ~50 minutes
-for 14 arms x 2 seeds.
+Expected runtime (2-core CPU): head-only, 16 arms x 5 seeds at ~25 s a run once each seed's
+features are encoded (~4 minutes a seed): ~40 minutes; measured 54 minutes for the first 14 arms
+and 4 for the two margin arms, on a CPU shared with three other jobs. LoRA: about a minute a run on
+an idle CPU (docs/calibration.md), 16 arms x 5 seeds ~40 minutes two at a time; measured 3-9
+minutes a run on the shared CPU, so only SFT, CL and the D_CL arms ran, with 2 seeds.
 
-Expected result (docs/findings.md, "The field's objectives"): if SFT's edge is the *shape* of its
-weights (each document pushed by its own error, more where the mistakes are), the field's
-losses rank by how much of their push goes to the hard negatives and how far it decays on learned
-documents, not by their total |W|. ``figures/field_objectives.py`` draws W against each
-document's score for every weight, side by side, and writes the weights' shape (share of |W| on
-hard negatives, total |W| per list) read from the runs' logs.
+Expected result (measured, docs/findings.md, "The field's objectives as weight x direction"):
+head-only, SFT beats every field arm, by 0.48 (RankNet x D_CL) to 2.43 points (ListMLE x D_SFT),
+each resolved; ListNet x D_CL equals CL exactly (one positive per list); ListNet and RankNet on
+SFT's score z_y - z_n tie SFT: the score a weight reads decides, not its shape. The total |W|
+(0.4 to 11 per list) does not rank the losses. LoRA with 2 seeds resolves nothing (3 to 11 seeds
+needed for +-1 point). ``figures/field_objectives.py`` draws W against each document's score for
+every weight, side by side, and writes the weights' shape (share of |W| on hard negatives and on
+the top-scored negative, total |W| per list) read from the runs' logs.
 """
 
 from __future__ import annotations
