@@ -3,6 +3,9 @@
 One rule for every loss, weight and direction in decomp, so their reductions agree and the
 weight x direction surrogate has exactly the gradient of the loss it decomposes:
 
+* labels are relevance grades >= 0: a grade > 0 is a positive, 0 a negative (SFT, CL and the
+  paper's weights read only that; the listwise weights read the grades); negative or non-finite
+  labels are refused by name;
 * a document takes part iff ``where`` is True for it (``where=None`` means all do);
 * a list takes part iff it has at least one valid positive (``labels > 0``). A list without a
   positive is not a reranking instance (there is nothing to rank above the negatives): it
@@ -28,7 +31,8 @@ def _is_concrete(x) -> bool:
 
 
 def check_inputs(fn: str, labels, where, **arrays) -> None:
-  """Raises a clear error for mismatched shapes, a non-boolean mask or labels outside {0, 1}.
+  """Raises a clear error for mismatched shapes, a non-boolean mask or labels that are not
+  relevance grades (negative or non-finite; any grade > 0 is a positive).
 
   Shape and dtype checks are static and run under ``jit`` too; the label-value check needs
   concrete values and runs only eagerly (a trainer checks its batches on the host with
@@ -57,22 +61,25 @@ def check_inputs(fn: str, labels, where, **arrays) -> None:
     if jnp.result_type(where) != jnp.bool_:
       raise TypeError(f"{fn}: where must be a boolean mask, got dtype {jnp.result_type(where)}")
   if _is_concrete(labels):
-    values = np.unique(np.asarray(labels))
-    bad = values[(values != 0) & (values != 1)]
-    if bad.size:
-      raise ValueError(
-          f"{fn}: labels must be 0 (negative) or 1 (positive); found {bad.tolist()[:5]}")
+    values = np.unique(np.asarray(labels, np.float64))
+    for problem, bad in (("non-finite", values[~np.isfinite(values)]),
+                         ("negative", values[values < 0])):
+      if bad.size:
+        raise ValueError(f"{fn}: labels must be relevance grades >= 0 (0 for a negative, > 0 "
+                         f"for a positive); found {problem} labels {bad.tolist()[:5]}")
 
 
-def binary_labels(labels, where=None, *, context: str = "") -> np.ndarray:
-  """Host check of a batch's labels before it enters ``jit``: ``int32`` 0/1 labels ``[..., n]``.
+def relevance_labels(labels, where=None, *, context: str = "") -> np.ndarray:
+  """Host check of a batch's labels before it enters ``jit``: ``int32`` grades ``[..., n]``.
 
-  Valid documents (``where``) must carry non-negative integer labels; graded relevance (2, 3,
-  ...) is allowed in data and, like every loss here (``labels > 0`` is a positive), counts as a
-  positive. Padded documents are set to 0. Raises ValueError naming the first bad entry.
+  Valid documents (``where``) must carry non-negative integer relevance grades (0 a negative;
+  1, 2, 3, ... a positive, as BEIR qrels grade them). The grades are kept: SFT, CL and the
+  paper's weights read ``labels > 0`` as a positive, the listwise weights (``listnet``,
+  ``listmle``, ``ranknet``, ``lambdaloss``) read the grades. Padded documents are set to 0.
+  Raises ValueError naming the first bad entry.
 
-  >>> binary_labels(np.array([[2, 0, 1]])).tolist()
-  [[1, 0, 1]]
+  >>> relevance_labels(np.array([[2, 0, 1]])).tolist()
+  [[2, 0, 1]]
   """
   labels = np.asarray(labels)
   valid = np.ones(labels.shape, bool) if where is None else np.asarray(where, bool)
@@ -87,7 +94,7 @@ def binary_labels(labels, where=None, *, context: str = "") -> np.ndarray:
     first = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{context}label {labels[first].item():g} at {first} is not a relevance grade "
                      "(0 for a negative, an integer >= 1 for a positive)")
-  return np.where(valid & (numeric > 0), 1, 0).astype(np.int32)
+  return np.where(valid, numeric, 0).astype(np.int32)
 
 
 def check_has_positive(labels, where=None, *, context: str = "") -> None:

@@ -12,7 +12,9 @@ An :class:`Objective` is everything the engine knows about a training objective,
 * what its readout **needs** beyond the two label logits (the union of its parts' needs and its
   own: the vocabulary log-normaliser, a projection score, the hidden state, teacher scores).
 
-Built-ins are the entries of :data:`OBJECTIVES` (``"sft"``, ``"cl"``), of
+Built-ins are the entries of :data:`OBJECTIVES` (``"sft"``, ``"cl"`` and the field's
+``"listnet"``, ``"listmle"``, ``"ranknet"``, ``"lambdaloss"``, ``"margin_mse"``,
+``"hard_infonce"``), of
 :data:`decomp.weights.WEIGHTS` and of :data:`decomp.directions.DIRECTIONS`. Anything else is named
 by import path, ``"package.module:attribute"``, or registered in code
 (:func:`register_objective`, :func:`register_weight`, :func:`register_direction`); every place
@@ -309,6 +311,11 @@ def register_direction(direction: Direction, name: str | None = None, *,
 OBJECTIVES: dict[str, Objective] = {
     "sft": Objective(weight="sft", direction="sft", name="sft"),
     "cl": Objective(weight="cl", direction="cl", name="cl"),
+    # The field's objectives: each weight reads z_y, so D_CL (f = z_y) makes the pair's gradient
+    # exactly that of the weight's own loss (bind score='sft' and take D_SFT for z_y - z_n).
+    **{name: Objective(weight=name, direction="cl", name=name)
+       for name in ("listnet", "listmle", "ranknet", "lambdaloss", "margin_mse",
+                    "hard_infonce")},
 }
 
 BUILT_IN = {"objective": frozenset(OBJECTIVES), "weight": frozenset(weights_lib.WEIGHTS),

@@ -20,6 +20,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablation_curves  # noqa: E402
 import common  # noqa: E402
+import field_objectives  # noqa: E402
 import net_push  # noqa: E402
 import list_size  # noqa: E402
 import pairwise_by_attribute  # noqa: E402
@@ -30,7 +31,7 @@ import val_ndcg  # noqa: E402
 import weight_vs_score  # noqa: E402
 
 FIGURES = (probe_heatmap, weight_vs_score, update_over_training, update_by_difficulty, net_push,
-           val_ndcg, ablation_curves, pairwise_by_attribute, list_size)
+           val_ndcg, ablation_curves, pairwise_by_attribute, list_size, field_objectives)
 
 
 def make_all(sweep_dir: str, out_dir: str | None = None,

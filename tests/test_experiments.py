@@ -309,3 +309,50 @@ def test_probe_heatmap_only_for_one_arm_per_pair(tmp_path):
   diagonal = [arm for arm in probe if arm.overrides["weight"] == arm.overrides["direction"]]
   sweep.summarize(str(tmp_path / "p"), diagonal, range(2))
   assert probe_heatmap.make(str(tmp_path / "p"), str(tmp_path / "figures2")) == []
+
+
+def test_field_objectives_shape_is_read_from_the_logged_weights(tmp_path, monkeypatch):
+  """One logged list per step: the positive, a hard negative the model scores highest, a random
+  one. The shape statistics are the weights' shares, and the sweep's figures are drawn."""
+  import importlib.util
+
+  import field_objectives  # figures/ comes first on the path: the figure module
+  # The sweep's module of the same name, for its arm list.
+  spec = importlib.util.spec_from_file_location(
+      "field_objectives_sweep", os.path.join(ROOT, "experiments", "field_objectives.py"))
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  arms = experiment.arms()
+  for arm in arms[:3]:  # sft, cl and one field weight
+    for seed in range(2):
+      workdir = sweep.run_dir(str(tmp_path), arm, seed)
+      _fake_results(workdir, 0.5 + 0.01 * seed, {"t2t": 0.5})
+      os.makedirs(os.path.join(workdir, "examples"))
+      with open(os.path.join(workdir, "steps.jsonl"), "w") as f:
+        f.write('{"step": 1}\n')
+      np.savez(os.path.join(workdir, "examples", "00000010.npz"),
+               step=np.array([10, 10, 10, 20, 20, 20]), query_id=np.array(["q"] * 6),
+               label=np.array([1, 0, 0, 2, 0, 0]),
+               doc_kind=np.array(["positive", "hard", "random"] * 2),
+               cl_score=np.array([1.0, 3.0, -2.0, 1.0, -1.0, 0.5], np.float32),
+               sft_score=np.array([0.5, 0.9, 0.1, 0.5, 0.2, 0.6], np.float32),
+               weight=np.array([-0.5, 0.3, 0.2, -1.0, 0.25, 0.75], np.float32))
+  sweep.write_description(str(tmp_path), arms[:3], [0, 1], config="playground", overrides=[])
+  sweep.summarize(str(tmp_path), arms[:3], [0, 1])
+  shape = field_objectives.run_shape(sweep.run_dir(str(tmp_path), arms[1], 0), "cl")
+  # Step 10: the hard negative is also the top-scored one (z_y 3.0): 0.3 of 1.0, 0.3 of 0.5.
+  # Step 20: the random negative is top-scored (0.5 > -1.0): hard 0.25 of 2.0, top 0.75 of 1.0.
+  assert shape == pytest.approx({"w_pos": 0.75, "w_total": 1.5, "hard_share": (0.3 + 0.125) / 2,
+                                 "top_share": (0.6 + 0.75) / 2})
+  # Ranked by P(yes) the top-scored negative of step 10 is still the hard one (0.9).
+  assert field_objectives.run_shape(sweep.run_dir(str(tmp_path), arms[1], 0), "sft")[
+      "top_share"] == pytest.approx((0.6 + 0.75) / 2)
+  # The uniform-score panel calls decomp.weights (tens of seconds of jax dispatch): a stand-in.
+  monkeypatch.setattr(field_objectives, "uniform_totals",
+                      lambda: {"sft": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})
+  paths = field_objectives.make(str(tmp_path), str(tmp_path / "figures"))
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ["field_objectives_shape.pdf", "field_objectives_shape.png",
+                   "field_objectives_w_vs_score.pdf", "field_objectives_w_vs_score.png"]
+  table = (tmp_path / "figures" / "field_objectives_shape.md").read_text()
+  assert "| SFT | 50.50 | 0.750 | 1.500 |" in table

@@ -18,7 +18,7 @@ from decomp.url import resolve_weight, url_loss
 
 # --- case 9: label values, where the trainer feeds them (the host, before jit) --------------------
 
-def test_binary_labels_refuses_what_jit_cannot_check():
+def test_relevance_labels_refuse_what_jit_cannot_check():
   where = np.array([[True, True, True, False]])
   # jit cannot check values: the host check is what holds for the trainer.
   assert float(jax.jit(sft_loss)(jnp.zeros((1, 3)), jnp.zeros((1, 3)),
@@ -27,12 +27,13 @@ def test_binary_labels_refuses_what_jit_cannot_check():
     labels = np.array([[1, bad, 0, 0]], np.float32)
     with pytest.raises(ValueError, match=rf'batch 3: label {shown} at \(0, 1\) is not a '
                        'relevance grade'):
-      _lists.binary_labels(labels, where, context='batch 3: ')
-  # Graded relevance counts as a positive, as in every loss (labels > 0); padding is ignored.
-  got = _lists.binary_labels(np.array([[2, 0, 1, -7]]), where)
-  assert got.tolist() == [[1, 0, 1, 0]] and got.dtype == np.int32
+      _lists.relevance_labels(labels, where, context='batch 3: ')
+  # Graded relevance is kept (the listwise weights read it; labels > 0 is a positive for the
+  # others); padding is ignored and set to 0.
+  got = _lists.relevance_labels(np.array([[2, 0, 1, -7]]), where)
+  assert got.tolist() == [[2, 0, 1, 0]] and got.dtype == np.int32
   with pytest.raises(ValueError, match='list_size >= 1'):
-    _lists.binary_labels(np.zeros((2, 0)))
+    _lists.relevance_labels(np.zeros((2, 0)))
 
 
 # --- case 10: weight parameters are checked where they are bound ----------------------------------

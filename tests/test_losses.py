@@ -129,9 +129,15 @@ def test_mismatched_shapes():
     decomp.sft_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.zeros((2, 3), jnp.int32))
 
 
-def test_labels_outside_binary():
-  with pytest.raises(ValueError, match=r"labels must be 0 .* found \[2\]"):
-    decomp.cl_loss(jnp.zeros(3), jnp.array([1, 0, 2]))
+def test_labels_that_are_not_grades():
+  with pytest.raises(ValueError, match=r"labels must be relevance grades >= 0 .* found negative "
+                                       r"labels \[-1.0\]"):
+    decomp.cl_loss(jnp.zeros(3), jnp.array([1, 0, -1]))
+  with pytest.raises(ValueError, match=r"found non-finite labels \[nan\]"):
+    decomp.sft_loss(jnp.zeros(3), jnp.zeros(3), jnp.array([1.0, 0.0, jnp.nan]))
+  # A grade > 0 is a positive for SFT and CL: grades 2 and 1 give the same loss.
+  assert float(decomp.cl_loss(jnp.array([0.5, 0.0, 1.0]), jnp.array([1, 0, 2]))) == float(
+      decomp.cl_loss(jnp.array([0.5, 0.0, 1.0]), jnp.array([1, 0, 1])))
 
 
 def test_non_boolean_where():

@@ -16,6 +16,9 @@ import decomp
 from decomp import directions, weights
 
 
+FIELD = ("listnet", "listmle", "ranknet", "lambdaloss", "margin_mse", "hard_infonce")
+
+
 def _url(weight, direction):
   def loss(yes, no, labels, *, where=None, reduce_fn=jnp.mean):
     # A log-normaliser and projection score that depend on the logits, so every direction is live.
@@ -32,7 +35,10 @@ LOSSES = {
     "cl_loss_t0.1": lambda yes, no, labels, **kw: decomp.cl_loss(yes, labels, temperature=0.1,
                                                                  **kw),
     **{f"url[{w},{d}]": _url(w, d)
-       for w, d in itertools.product(sorted(weights.WEIGHTS), sorted(directions.DIRECTIONS))},
+       for w, d in itertools.product(sorted(weights.WEIGHTS), sorted(directions.DIRECTIONS))
+       # The field's weights read z_y or z_y - z_n: they pair with D_CL and D_SFT (the other
+       # directions' properties are those of the direction, checked with every older weight).
+       if w not in FIELD or d in ("cl", "sft")},
 }
 
 

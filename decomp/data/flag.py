@@ -7,13 +7,15 @@ One JSON object per line (FlagEmbedding's ``FlagEmbedding/finetune/reranker`` fo
    "neg": ["hard negative", ...],         # non-empty
    "pos_scores": [9.1, ...],              # optional teacher scores, aligned with pos ...
    "neg_scores": [2.3, ...],              # ... and with neg (both or neither)
+   "pos_labels": [2, ...],                # optional relevance grades >= 1, aligned with pos
    "prompt": "Given a query ...",         # optional: the instruction (default "")
    "image": "q.png",                      # optional: the query's image (a path or a list of one)
    "query_id": "q17", "task": "t2t"}      # optional (default ids '<file stem>:<line>')
 
 Image paths are relative to the file's folder. Positives come first, then negatives, unless
 ``shuffle_seed`` permutes each row (deterministically, with its teacher scores). Teacher scores
-become ``Group.teacher_scores`` (for the ``kd`` weight). Malformed rows follow
+become ``Group.teacher_scores`` (for the ``kd`` weight); ``pos_labels`` the positives' labels
+(default 1 each; the listwise weights read grades). Malformed rows follow
 :mod:`decomp.data.reading` (``errors``); a repeated ``query_id`` (the row is skipped) and a
 passage listed both as positive and negative (kept) are data problems (``strict`` raises).
 """
@@ -48,6 +50,18 @@ def _scores(row, field: str, count: int):
   return [float(v) for v in values]
 
 
+def _grades(row, count: int) -> list[int]:
+  values = row["pos_labels"]
+  if not isinstance(values, list) or len(values) != count:
+    raise RowError(f"'pos_labels' must be a list of {count} relevance grades (one per positive)",
+                   "bad label")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise RowError(f"'pos_labels' holds {v!r}, not an integer relevance grade >= 1",
+                     "bad label")
+  return values
+
+
 def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
                    image_size: int | None = None, load_images: bool = True,
                    shuffle: np.random.Generator | None = None, allow_outside_paths: bool = False,
@@ -72,9 +86,11 @@ def parse_flag_row(row, *, query_id: str, folder: str, task: str = "t2t",
       raise RowError(f"{field!r} must be a list", "bad field")
     if not values:
       raise RowError(f"{field!r} is empty", f"empty {field}")
+    grades = (_grades(row, len(values)) if field == "pos" and "pos_labels" in row
+              else [label] * len(values))
     for i, value in enumerate(values):
       docs.append(_entry(value, f"{field}[{i}]", folder, image_size, load_images, **images))
-      labels.append(label)
+      labels.append(grades[i])
       ids.append(f"{query_id}-{prefix}{i}")
       kinds.append(kind)
   has_pos, has_neg = "pos_scores" in row, "neg_scores" in row

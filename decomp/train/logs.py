@@ -57,7 +57,7 @@ EXAMPLE_COLUMNS = {
     'query_id': 'query / group id (str)',
     'doc_id': 'document id (str)',
     'position': 'index of the document in its training list, 0 = the positive (int32)',
-    'label': '1 relevant, 0 not (int32)',
+    'label': 'relevance grade: 0 not relevant, >= 1 relevant (int32)',
     'doc_kind': "'positive', 'hard' or 'random' (str)",
     'task': "task of the query, e.g. 't2i' (str)",
     'modality': "'single', 'cross' or 'fused' (str)",

@@ -255,7 +255,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       arrays, meta = data.train_batch((step - 1) * cfg.data.batch_size, cfg.data.batch_size,
                                       jax.process_index(), jax.process_count())
       # Under jit the losses cannot check label values: the host does, on every batch.
-      arrays['labels'] = _lists.binary_labels(arrays['labels'], arrays['where'],
+      arrays['labels'] = _lists.relevance_labels(arrays['labels'], arrays['where'],
                                               context=f'training batch of step {step}: ')
       tokens = int(arrays['attention_mask'].sum())
       if features is not None:

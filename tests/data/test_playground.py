@@ -312,3 +312,18 @@ def test_negative_categories_follow_the_plan():
         assert category in world.ATTRIBUTES
         changed = world.ATTRIBUTES.index(category)
         assert plan.doc_scenes[doc][changed] != plan.target[changed]
+
+
+def test_oracle_teacher_scores_minus_the_differing_attributes():
+  """``oracle_teacher``: a teacher for MarginMSE / kd that scores each document by minus the
+  number of attributes its scene differs in from the target (0 for a positive); off by default."""
+  assert Playground(SMALL).group("train", 0).teacher_scores is None
+  p = Playground(dataclasses.replace(SMALL, oracle_teacher=True, tasks=("t2t",)))
+  for i in range(4):
+    plan, group = p.plan("train", i), p.group("train", i)
+    assert group.teacher_scores == tuple(-float(np.sum(s != plan.target))
+                                         for s in plan.doc_scenes)
+    for score, kind in zip(group.teacher_scores, group.doc_kinds):
+      assert (score == 0) == (kind == "positive")
+      if kind == "hard":
+        assert score in (-1.0, -2.0)  # hard_attribute_diffs (1, 2)

@@ -58,6 +58,9 @@ class PlaygroundConfig:
   noise: float = 6.0  # (knob) pixel noise std, 0..255 units
   page_grid: int = 2  # t2vd pages hold page_grid x page_grid panels
   shuffle_docs: bool = True  # else positives first; shuffled avoids rewarding tie order
+  # Teacher scores for the distillation weights (kd, margin_mse): an oracle that scores each
+  # document by minus the number of attributes its scene differs in from the query's target.
+  oracle_teacher: bool = False
 
   def __post_init__(self):
     diffs = self.hard_attribute_diffs
@@ -247,7 +250,9 @@ class Playground:
     return types.Group(
         query_id=query_id, task=task, instruction=instruction, query=query, docs=tuple(docs),
         labels=plan.labels, doc_ids=tuple(f"{query_id}-d{i}" for i in range(len(docs))),
-        doc_kinds=plan.doc_kinds, modality=types.TASK_MODALITY[task])
+        doc_kinds=plan.doc_kinds, modality=types.TASK_MODALITY[task],
+        teacher_scores=tuple(-float(np.sum(scene != plan.target)) for scene in plan.doc_scenes)
+        if cfg.oracle_teacher else None)
 
   def groups(self, split: str, start: int = 0, count: int | None = None) -> list[types.Group]:
     """Groups ``start .. start+count-1``; ``count=None`` means to the end of val/test."""
