@@ -6,9 +6,10 @@ padded documents. A list takes part iff it has at least one valid positive (see
 ``decomp._lists``); with ``reduce_fn=jnp.mean`` the result is the mean over the lists that take
 part, and 0 (with zero gradients) when none does.
 
-Labels are 0 (not relevant) or 1 (relevant); called eagerly, any other value raises
-``ValueError``. Inside your own ``jax.jit`` the values are tracers and cannot be checked: a label
-above 0 (say 0.7) then counts as a positive exactly like 1, and one at or below 0 (say -1) as a
+Labels are relevance grades >= 0: 0 is not relevant, and SFT and CL count every grade > 0 (say
+0.7, 1 or 3) as a positive, alike; the listwise losses below read the grades themselves. Called
+eagerly, a negative or non-finite label raises ``ValueError``. Inside your own ``jax.jit`` the
+values are tracers and cannot be checked: a label at or below 0 (say -1) then counts as a
 negative, silently. Check labels on the host before ``jit`` (``decomp.train`` does).
 
 Reference: Dai et al., "Supervised Fine-Tuning or Contrastive Learning? Towards Better Multimodal
@@ -41,8 +42,8 @@ def sft_loss(yes_logits, no_logits, labels, *, where=None, reduce_fn=jnp.mean):
   Args:
     yes_logits: ``[..., n]`` logits of the "yes" token at the answer position.
     no_logits: ``[..., n]`` logits of the "no" token.
-    labels: ``[..., n]`` 1 for relevant documents, 0 for the others (under ``jax.jit``: > 0
-      positive, <= 0 negative, unchecked; see the module docstring).
+    labels: ``[..., n]`` relevance grades >= 0, every grade > 0 a positive (under ``jax.jit``:
+      > 0 positive, <= 0 negative, unchecked; see the module docstring).
     where: optional ``[..., n]`` boolean mask of valid documents.
     reduce_fn: reduction over lists (default mean over lists that take part). ``None`` returns the
       unreduced per-document terms ``[..., n]`` (0 for documents that do not take part).
@@ -82,8 +83,8 @@ def cl_loss(yes_logits, labels, *, where=None, temperature=1.0, reduce_fn=jnp.me
 
   Args:
     yes_logits: ``[..., n]`` logits of the "yes" token (the CL score).
-    labels: ``[..., n]`` 1 for relevant documents, 0 for the others (under ``jax.jit``: > 0
-      positive, <= 0 negative, unchecked; see the module docstring).
+    labels: ``[..., n]`` relevance grades >= 0, every grade > 0 a positive (under ``jax.jit``:
+      > 0 positive, <= 0 negative, unchecked; see the module docstring).
     where: optional ``[..., n]`` boolean mask of valid documents.
     temperature: the InfoNCE temperature :math:`\tau` (> 0).
     reduce_fn: reduction over lists; ``None`` returns the per-list losses ``[...]``.

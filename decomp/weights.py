@@ -17,6 +17,9 @@ entries of :data:`WEIGHTS`: the paper's (``sft``, ``cl``) and its ablations, dis
 ``z_y - z_n``). Labels are relevance grades: SFT, CL and the paper's weights treat a grade > 0 as
 a positive; the listwise weights read the grades. Derivations: ``paper_notes.md`` sections 3-4
 and "The field's objectives as weights".
+
+(Over 400 lines: every built-in weight stands beside the registry that names it, so one file
+answers what W is for each name; the field's weights share the paper's InfoNCE and teacher code.)
 """
 
 from __future__ import annotations
