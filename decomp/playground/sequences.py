@@ -26,7 +26,7 @@ TEXT_TOKENS = 40  # description tokens per sequence (after the image placeholder
 # images: the base does not depend on them (it always reads every task family's texts and
 # images), so sweeps over tasks, list size or hard negatives share one pretrained base.
 LIST_KNOBS = ('tasks', 'negatives', 'hard_ratio', 'hard_attribute_diffs', 'positives',
-              'num_eval_queries', 'shuffle_docs')
+              'num_eval_queries', 'shuffle_docs', 'oracle_teacher')
 
 
 def pretraining_world(cfg: config_lib.TrainConfig):

@@ -40,11 +40,16 @@ BODY_FIELDS = ('decoder', 'vision', 'family_config', 'checkpoint', 'vision_pretr
                'param_dtype')
 
 
+KEY_NAMES = {'family_config': 'vl'}
+
+
 def body_key(spec, seed: int) -> str:
   """What the frozen hidden states depend on: the body's construction (shapes, dtypes, the
   checkpoint's identity: its path and the size and modification time of its files) and, when
   part of the body starts random (no checkpoint, or a fresh vision tower), the init seed."""
-  blob: dict[str, Any] = {'spec': {f: repr(getattr(spec, f)) for f in BODY_FIELDS}}
+  # ``family_config`` was called ``vl``: the old name keeps the caches of earlier runs valid.
+  blob: dict[str, Any] = {'spec': {KEY_NAMES.get(f, f): repr(getattr(spec, f))
+                                   for f in BODY_FIELDS}}
   if spec.checkpoint is None or (spec.vision is not None and not spec.vision_pretrained):
     blob['seed'] = int(seed)
   if spec.checkpoint:
