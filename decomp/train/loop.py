@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from decomp import _lists
+from decomp.train import base_ref
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import evaluate as evaluate_lib
@@ -44,7 +45,7 @@ from decomp.train import run as run_lib
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 from decomp.train import workdir as workdir_lib
-from decomp.train.errors import NonFiniteError
+from decomp.train.errors import BaseChangedError, NonFiniteError
 
 
 def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -163,10 +164,14 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   abstract, opt_shardings = abstract_state(run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
 
+  # Adapters and heads are saved without the frozen base, which they name instead.
+  saved_keys = ('params', 'frozen', 'opt_state') if base_ref.saves_frozen(cfg) else (
+      'params', 'opt_state')
+  base = None if base_ref.saves_frozen(cfg) else base_ref.reference(directory)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.eval_log.keep_checkpoints)
   try:
     state, start, skipped_steps = _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
-                                                 opt_shardings)
+                                                 opt_shardings, directory)
   except BaseException:
     checkpoints.close()
     raise
@@ -277,8 +282,10 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
         if pending is not None:
           finish(pending)
           pending = None
-        checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state},
-                         {'data_index': step * cfg.data.batch_size, 'skipped_steps': skipped_steps})
+        current = {'params': params, 'frozen': frozen, 'opt_state': opt_state}
+        checkpoints.save(step, {k: current[k] for k in saved_keys},
+                         {'data_index': step * cfg.data.batch_size, 'skipped_steps': skipped_steps,
+                          **({'base': base} if base else {})})
         last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
@@ -309,10 +316,12 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     checkpoints.close()
 
 
-def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
-                   opt_shardings) -> tuple[dict, int, int]:
+def _initial_state(cfg, workdir, run, tx, checkpoints, abstract, opt_shardings,
+                   directory: str | None) -> tuple[dict, int, int]:
   """``(state, start step, skipped steps)``: the newest intact checkpoint (corrupt newer steps
-  are reported, then moved aside so the run can redo them), else a fresh sharded state."""
+  are reported, then moved aside so the run can redo them), else a fresh sharded state. A
+  checkpoint without the frozen weights reads them from its base ``directory``, checked against
+  the checkpoint's reference."""
   if checkpoints.latest_step() is None:  # a fresh run: create the state directly sharded
     params, frozen = run.initialize()
     return {'params': params, 'frozen': frozen,
@@ -321,6 +330,9 @@ def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
   state, meta = checkpoints.restore(abstract)
   if checkpoints.skipped:
     checkpoints.set_aside(checkpoints.skipped)
+  if 'frozen' not in state:
+    base_ref.check(meta.get('base'), directory)
+    state['frozen'] = run.initialize()[1]
   start = int(meta['step'])
   if start > cfg.optim.steps:
     raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.optim.steps}')
@@ -369,7 +381,16 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
                              or output in ('.', '..')):
     raise ValueError(f'output {output!r}: give a plain file name, written inside the workdir')
   try:
-    run = run_lib.Run.open(workdir, step, overrides=overrides, allow_code=allow_code)
+    trained, base_directory = run_lib.read_config(workdir, allow_code=allow_code), None
+    if trained.model.path == 'playground' and not base_ref.saves_frozen(trained):
+      # Adapters or a head read their frozen weights from the base: rebuilt if the cache lost
+      # it (the same key builds the same base).
+      from decomp.playground.base import model_directory
+      base_directory = model_directory(trained)
+    run = run_lib.Run.open(workdir, step, overrides=overrides, allow_code=allow_code,
+                           base_directory=base_directory)
+  except BaseChangedError:
+    raise
   except ValueError as e:
     raise ValueError(f'evaluate_workdir: {e}') from None
   cfg = run.config
