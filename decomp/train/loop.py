@@ -130,6 +130,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   """
   cfg = recipes.get_config(config) if isinstance(config, str) else config
   cfg = overrides_lib.apply_overrides(cfg, overrides)
+  recipes.check_inputs(cfg)
   primary = jax.process_index() == 0
   objective = config_lib.make_objective(cfg)
   # The model's shapes and tokenizer come from JSON alone: a playground base is built only once
