@@ -55,19 +55,31 @@ def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]
 
 
 class _Progress:
-  """tqdm bar with loss, examples/s and ETA (a no-op in quiet mode / non-primary processes)."""
+  """tqdm bar with loss, steady step time, tokens/s and ETA (a no-op in quiet mode /
+  non-primary processes). Step time and tokens/s are moving averages that leave out the first
+  step of a process (it waits for the compiled step)."""
 
   def __init__(self, enabled: bool, total: int, initial: int):
     self._bar = None
+    self._first = True
+    self._step_time = self._tokens_per_s = None
     if enabled:
       from tqdm.auto import tqdm
       self._bar = tqdm(total=total, initial=initial, desc='train', dynamic_ncols=True)
 
   def update(self, record: Mapping[str, Any]) -> None:
-    if self._bar is not None:
-      self._bar.set_postfix(loss=f'{record["loss"]:.4f}',
-                            ex_s=f'{record.get("examples_per_s", 0.0):.0f}', refresh=False)
-      self._bar.update(1)
+    if self._bar is None:
+      return
+    if not self._first:
+      average = lambda old, new: new if old is None else 0.9 * old + 0.1 * new
+      self._step_time = average(self._step_time, record['step_time_s'])
+      self._tokens_per_s = average(self._tokens_per_s, record['tokens_per_s'])
+    self._first = False
+    postfix = {'loss': f'{record["loss"]:.4f}'}
+    if self._step_time is not None:
+      postfix.update(s_step=f'{self._step_time:.3g}', tok_s=f'{self._tokens_per_s:.0f}')
+    self._bar.set_postfix(postfix, refresh=False)
+    self._bar.update(1)
 
   def close(self) -> None:
     if self._bar is not None:
@@ -158,7 +170,10 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, objective,
                   primary: bool, directory: str | None) -> dict:
   """``train`` once the config and data are checked and the workdir is locked."""
+  say = logs.announcer(primary and not cfg.eval_log.quiet)
   mesh = run_lib.make_mesh(cfg)
+  say(f'mesh: {" x ".join(f"{k}={v}" for k, v in mesh.shape.items())} over {mesh.size} '
+      f'{mesh.devices.flat[0].platform} device(s), layout={cfg.parallel.layout}')
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
   tx, schedule = step_lib.optimizer_for(cfg)
 
@@ -170,12 +185,14 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       'params', 'opt_state')
   base = None if base_ref.saves_frozen(cfg) else base_ref.reference(directory)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.eval_log.keep_checkpoints)
+  loading = time.perf_counter()
   try:
     state, start, skipped_steps = _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
                                                  opt_shardings, directory)
   except BaseException:
     checkpoints.close()
     raise
+  say(_model_line(cfg, state, directory, start, time.perf_counter() - loading))
   if primary:  # the run can start: record its config, drop what a killed run logged after its
     # last checkpoint
     logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
@@ -267,8 +284,13 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       if features is not None:
         arrays = features.replace(arrays)
       batch = _shard_batch(arrays, mesh)
+      if step == start + 1:
+        say('compiling the training step ...')
+        compiling = time.perf_counter()
       params, opt_state, metrics = train_steps[norms_due(step)](
           params, frozen, opt_state, jnp.asarray(step - 1, jnp.int32), batch)
+      if step == start + 1:
+        say(f'compiling the training step: done in {time.perf_counter() - compiling:.1f} s')
       if pending is not None:
         finish(pending)
       checkpoints.poll()
@@ -294,12 +316,15 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     checkpoints.wait()
     if features is not None:
       features.flush()
+    final_progress = primary and not cfg.eval_log.quiet
     if cfg.eval_log.eval_every:
-      validation = {'step': cfg.optim.steps, **evaluator.run('val', params, frozen, cfg.eval_log.eval_groups)}
+      validation = {'step': cfg.optim.steps, **evaluator.run(
+          'val', params, frozen, cfg.eval_log.eval_groups, progress=final_progress)}
       # A finished run started again re-evaluates but logs the final validation only once.
       if primary and not any(e.get('step') == cfg.optim.steps for e in logs.read_evals(workdir)):
         eval_log.log(validation)
-    test = evaluator.run('test', params, frozen, cfg.eval_log.test_groups) if cfg.eval_log.final_eval else {}
+    test = (evaluator.run('test', params, frozen, cfg.eval_log.test_groups,
+                          progress=final_progress) if cfg.eval_log.final_eval else {})
     if features is not None:
       features.flush()
     if not last_record and primary:
@@ -315,6 +340,19 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     step_log.close()
     eval_log.close()
     checkpoints.close()
+
+
+def _model_line(cfg: config_lib.TrainConfig, state: Mapping[str, Any], directory: str | None,
+                start: int, seconds: float) -> str:
+  """'model loaded: N parameters (M trained), dtype, bytes, from where, in how long'."""
+  count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+  size = sum(a.nbytes for a in jax.tree.leaves((state['params'], state['frozen'])))
+  source = directory or f'random weights (seed {cfg.seed})'
+  resumed = f', resumed at step {start}' if start else ''
+  return (f'model loaded: {count(state["params"]) + count(state["frozen"]):,} parameters '
+          f'({count(state["params"]):,} trained), {cfg.model.param_dtype} weights / '
+          f'{cfg.model.dtype} activations, {logs.human_bytes(size)}, from {source}{resumed} '
+          f'in {seconds:.1f} s')
 
 
 def _initial_state(cfg, workdir, run, tx, checkpoints, abstract, opt_shardings,
@@ -399,7 +437,8 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
   count = cfg.eval_log.test_groups if split == 'test' else cfg.eval_log.eval_groups
   results = {'step': run.step, 'overrides': list(overrides),
              **evaluate_lib.Evaluator(cfg, run.model, data, run.mesh, run.objective).run(
-                 split, run.params, run.frozen, count)}
+                 split, run.params, run.frozen, count,
+                 progress=jax.process_index() == 0 and not cfg.eval_log.quiet)}
   if output and jax.process_index() == 0:
     logs.write_json_atomic(os.path.join(run.workdir, output), results)
   return results
