@@ -289,22 +289,3 @@ def columns(records: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
       out[k] = np.asarray(values, dtype=object)
   return out
 
-
-def announcer(enabled: bool):
-  """``say(message)``: one ``decomp: <message>`` line on stderr, printed above any progress bar
-  (``tqdm.write``); nothing when not ``enabled`` (``eval_log.quiet``, processes other than 0)."""
-  if not enabled:
-    return lambda message: None
-  import sys
-
-  from tqdm.auto import tqdm
-  return lambda message: tqdm.write(f'decomp: {message}', file=sys.stderr)
-
-
-def human_bytes(count: float) -> str:
-  """``1.2 GB``, ``310 MB``, ``4.0 kB``: decimal units, as disks are sold."""
-  for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
-    if count < 1000 or unit == 'TB':
-      return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
-    count /= 1000
-  raise AssertionError('unreachable')

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ from decomp.train import mesh as mesh_lib
 from decomp.train import nonfinite
 from decomp.train import overrides as overrides_lib
 from decomp.train import preflight
+from decomp.train import progress as progress_lib
 from decomp.train import data as data_lib
 from decomp.train import recipes
 from decomp.train import run as run_lib
@@ -52,38 +53,6 @@ def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]
   """This process's rows of a batch -> global arrays split over the data axes."""
   return {k: jax.make_array_from_process_local_data(mesh_lib.batch_sharding(mesh, v.ndim), v)
           for k, v in arrays.items()}
-
-
-class _Progress:
-  """tqdm bar with loss, steady step time, tokens/s and ETA (a no-op in quiet mode /
-  non-primary processes). Step time and tokens/s are moving averages that leave out the first
-  step of a process (it waits for the compiled step)."""
-
-  def __init__(self, enabled: bool, total: int, initial: int):
-    self._bar = None
-    self._first = True
-    self._step_time = self._tokens_per_s = None
-    if enabled:
-      from tqdm.auto import tqdm
-      self._bar = tqdm(total=total, initial=initial, desc='train', dynamic_ncols=True)
-
-  def update(self, record: Mapping[str, Any]) -> None:
-    if self._bar is None:
-      return
-    if not self._first:
-      average = lambda old, new: new if old is None else 0.9 * old + 0.1 * new
-      self._step_time = average(self._step_time, record['step_time_s'])
-      self._tokens_per_s = average(self._tokens_per_s, record['tokens_per_s'])
-    self._first = False
-    postfix = {'loss': f'{record["loss"]:.4f}'}
-    if self._step_time is not None:
-      postfix.update(s_step=f'{self._step_time:.3g}', tok_s=f'{self._tokens_per_s:.0f}')
-    self._bar.set_postfix(postfix, refresh=False)
-    self._bar.update(1)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
 
 
 def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
@@ -170,7 +139,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, objective,
                   primary: bool, directory: str | None) -> dict:
   """``train`` once the config and data are checked and the workdir is locked."""
-  say = logs.announcer(primary and not cfg.eval_log.quiet)
+  say = progress_lib.announcer(primary and not cfg.eval_log.quiet)
   mesh = run_lib.make_mesh(cfg)
   say(f'mesh: {" x ".join(f"{k}={v}" for k, v in mesh.shape.items())} over {mesh.size} '
       f'{mesh.devices.flat[0].platform} device(s), layout={cfg.parallel.layout}')
@@ -192,7 +161,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   except BaseException:
     checkpoints.close()
     raise
-  say(_model_line(cfg, state, directory, start, time.perf_counter() - loading))
+  say(progress_lib.model_line(cfg, state, directory, start, time.perf_counter() - loading))
   if primary:  # the run can start: record its config, drop what a killed run logged after its
     # last checkpoint
     logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
@@ -231,7 +200,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
   example_log = logs.ExampleLogger(workdir, process_index=jax.process_index())
-  progress = _Progress(primary and not cfg.eval_log.quiet, cfg.optim.steps, start)
+  progress = progress_lib.Progress(primary and not cfg.eval_log.quiet, cfg.optim.steps, start)
   params, frozen, opt_state = state['params'], state['frozen'], state['opt_state']
   last_record: dict = {}
   validation: dict = {}
@@ -340,19 +309,6 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     step_log.close()
     eval_log.close()
     checkpoints.close()
-
-
-def _model_line(cfg: config_lib.TrainConfig, state: Mapping[str, Any], directory: str | None,
-                start: int, seconds: float) -> str:
-  """'model loaded: N parameters (M trained), dtype, bytes, from where, in how long'."""
-  count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
-  size = sum(a.nbytes for a in jax.tree.leaves((state['params'], state['frozen'])))
-  source = directory or f'random weights (seed {cfg.seed})'
-  resumed = f', resumed at step {start}' if start else ''
-  return (f'model loaded: {count(state["params"]) + count(state["frozen"]):,} parameters '
-          f'({count(state["params"]):,} trained), {cfg.model.param_dtype} weights / '
-          f'{cfg.model.dtype} activations, {logs.human_bytes(size)}, from {source}{resumed} '
-          f'in {seconds:.1f} s')
 
 
 def _initial_state(cfg, workdir, run, tx, checkpoints, abstract, opt_shardings,

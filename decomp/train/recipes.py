@@ -1,5 +1,7 @@
-"""Named configs (``--config NAME``): the playground's, each a function returning a
-:class:`~decomp.train.config.TrainConfig`, in one plain dict.
+"""Named configs (``--config NAME``), each a function returning a
+:class:`~decomp.train.config.TrainConfig`, in one plain dict: the playground's, and recipes for
+real models (``qwen3_reranker_lora``, ``gmr_lora``: they need ``model=DIR data=DIR``), whose
+docstrings give the source of every number.
 
 >>> get_config('playground_quick').model.path
 'random'
@@ -56,7 +58,7 @@ def playground_multimodal() -> TrainConfig:
       data=dict(playground={'tasks': ['t2t', 't2i', 'i2t', 'it2it'], 'num_eval_queries': 1024}))
 
 
-def qwen3_reranker_lora() -> TrainConfig:
+def reranker_lora() -> TrainConfig:
   """LoRA fine-tuning of a Qwen3-Reranker checkpoint (0.6B/4B/8B) on your data, in its own prompt.
 
   Needs ``model=DIR`` (the HF checkpoint directory with its tokenizer) and ``data=DIR`` (MRB-style
@@ -121,7 +123,7 @@ NAMED_CONFIGS: dict[str, Callable[[], TrainConfig]] = {
     'playground': playground,
     'playground_quick': playground_quick,
     'playground_multimodal': playground_multimodal,
-    'qwen3_reranker_lora': qwen3_reranker_lora,
+    'qwen3_reranker_lora': reranker_lora,  # functions name no model family (test_structure)
     'gmr_lora': gmr_lora,
 }
 
