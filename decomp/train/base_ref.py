@@ -67,8 +67,10 @@ def content_hash(directory: str) -> str:
       changed = True
     total.update(f'{relative}\0{digest}\n'.encode())
   if changed:
-    os.makedirs(os.path.dirname(memo_path), exist_ok=True)
-    logs.write_json_atomic(memo_path, memo)
+    try:
+      logs.write_json_atomic(memo_path, memo)
+    except OSError:  # a read-only cache: the next hash reads the files again
+      pass
   return total.hexdigest()
 
 
