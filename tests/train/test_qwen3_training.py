@@ -44,6 +44,12 @@ def lora_run(qwen3_dir, tmp_path_factory):
   return cfg, workdir, train(cfg, workdir)
 
 
+@pytest.fixture(scope='module')
+def opened(lora_run):
+  """The finished LoRA run opened (its frozen weights read from the base)."""
+  return Run.open(lora_run[1])
+
+
 def test_a_qwen3_checkpoint_trains_and_resumes(lora_run, assert_resumes_exactly):
   cfg, reference, results = lora_run
   assert state_lib.data_shapes(cfg, state_lib.resolve_tokenizer(cfg)).vision is None
@@ -80,11 +86,11 @@ def test_a_lora_checkpoint_holds_the_adapters_and_names_its_base(lora_run, qwen3
   assert _size(os.path.join(workdir, 'checkpoints', '6')) < _size(qwen3_dir)
 
 
-def test_open_evaluate_and_save_pretrained_read_the_base(lora_run, tmp_path):
+def test_open_evaluate_and_save_pretrained_read_the_base(lora_run, opened, tmp_path):
   cfg, workdir, results = lora_run
   again = evaluate_workdir(workdir)
   assert again['ndcg@10'] == results['test']['ndcg@10']
-  run = Run.open(workdir)
+  run = opened
   exported = str(tmp_path / 'merged')
   run.save_pretrained(exported)
   merged = Run.from_model_dir(exported, max_length=cfg.data.max_length)
@@ -114,12 +120,12 @@ def test_a_moved_base_opens_and_a_changed_one_is_refused(lora_run, qwen3_dir, tm
     Run.open(workdir, base_directory=str(tmp_path / 'nowhere'))
 
 
-def test_a_checkpoint_that_holds_the_frozen_weights_still_restores(lora_run, monkeypatch,
+def test_a_checkpoint_that_holds_the_frozen_weights_still_restores(lora_run, opened, monkeypatch,
                                                                    tmp_path):
   """Checkpoints written before adapters were saved alone hold ``frozen``: they restore from it
   without looking for the base."""
   _, workdir, _ = lora_run
-  run = Run.open(workdir)
+  run = opened
   _, meta = ckpt_lib.load_state(workdir)
   old = str(tmp_path / 'old')
   os.makedirs(old)
