@@ -288,4 +288,3 @@ def columns(records: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     else:
       out[k] = np.asarray(values, dtype=object)
   return out
-
