@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--workdir', required=True, help='run directory (created; resumed if it '
                       'holds checkpoints)')
   parser.add_argument('--config', default='playground',
-                      help='preset name (playground, playground_quick) or a .py/.json file')
+                      help='a named config (playground, playground_quick, '
+                      'playground_multimodal, qwen3_reranker_lora, gmr_lora) or a .py/.json file')
   parser.add_argument('--set', dest='overrides', action='append', default=[], nargs='+',
                       metavar='KEY=VALUE', help='override config keys, e.g. --set steps=100 '
                       'weight=cl mesh.data=4')

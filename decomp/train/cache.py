@@ -36,12 +36,17 @@ def _digests(directory: str) -> dict[str, str]:
       relative = os.path.relpath(file, directory)
       if relative == MANIFEST:
         continue
-      digest = hashlib.sha256()
-      with open(file, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-          digest.update(block)
-      out[relative] = digest.hexdigest()
+      out[relative] = file_sha256(file)
   return out
+
+
+def file_sha256(path: str) -> str:
+  """The SHA-256 of one file's contents (hex), read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def entry_problem(path: str, check: Callable[[str], Any] | None = None) -> str | None:

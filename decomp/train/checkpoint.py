@@ -3,6 +3,8 @@
 A step holds two array items, ``model`` (``params``: trained weights, ``frozen``: the rest) and
 ``optimizer`` (``opt_state``), so the parameters restore alone (:class:`decomp.train.Run` never
 builds an optimizer); checkpoints of earlier versions hold one item ``state`` with all three.
+A run of adapters or a head saves no ``frozen``: its meta records the base instead
+(:mod:`decomp.train.base_ref`), and a restore returns only the keys the step holds.
 ``meta`` is a small JSON dict (``step``, ``data_index``: the next training group to
 read, and anything else the loop needs to continue exactly). Orbax writes each step to a
 temporary directory and renames it when complete, so a run killed while saving leaves the
@@ -80,12 +82,12 @@ class Checkpoints:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Saves ``state`` (``{'params', 'frozen', 'opt_state'}`` of jax arrays) as the items
+    """Saves ``state`` (``{'params'[, 'frozen'], 'opt_state'}`` of jax arrays) as the items
     ``model`` and ``optimizer``, and ``meta`` (JSON-able dict), as ``step``."""
     meta = dict(meta, step=int(step))
     self._manager.wait_until_finished()  # what save() does first anyway: the last step is done
     self._write_checksums()
-    items = {item: ocp.args.StandardSave({k: state[k] for k in keys})
+    items = {item: ocp.args.StandardSave({k: state[k] for k in keys if k in state})
              for item, keys in ITEMS.items()}
     self._manager.save(int(step), args=ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta)),
                        force=True)
@@ -114,7 +116,8 @@ class Checkpoints:
     Args:
       abstract_state: ``{'params', 'frozen'[, 'opt_state']}`` of :class:`jax.ShapeDtypeStruct`
         with ``sharding`` set: the arrays come back with those shardings (so a run may resume
-        on another mesh); without ``opt_state`` the optimizer item is not read.
+        on another mesh); without ``opt_state`` the optimizer item is not read. A key the step
+        does not hold (``frozen`` of a run of adapters or a head) is left out of the result.
       step: the step to read; a corrupt one raises :class:`CorruptCheckpointError`. With None,
         corrupt steps are reported (one warning line each) and skipped (``self.skipped``).
 
@@ -158,6 +161,9 @@ class Checkpoints:
     except Exception as e:  # empty or missing _METADATA, an emptied step directory, ...
       raise CorruptCheckpointError(f'checkpoint {path} is corrupt or incomplete: unreadable '
                                    f'metadata ({_one_line(e)})') from e
+    if 'model' in targets and metadata['model'] is not None:  # 'frozen' may not be saved
+      saved = getattr(metadata['model'], 'tree', metadata['model'])
+      targets['model'] = {k: v for k, v in targets['model'].items() if k in saved}
     for item, target in targets.items():
       _check_matches(path, metadata[item], target)
     failure = None
@@ -360,8 +366,8 @@ def _restore_targets(path: str, abstract_state: Any) -> dict[str, Any]:
       raise ValueError(f'checkpoint {path} predates separate model and optimizer items: it '
                        f'restores only whole (with {missing})')
     return {LEGACY_ITEM: abstract_state}
-  return {item: {k: abstract_state[k] for k in keys} for item, keys in ITEMS.items()
-          if all(k in abstract_state for k in keys)}
+  return {item: {k: abstract_state[k] for k in keys if k in abstract_state}
+          for item, keys in ITEMS.items() if any(k in abstract_state for k in keys)}
 
 
 def _key_name(path) -> str:
@@ -399,8 +405,9 @@ def load_state(workdir: str, step: int | None = None) -> tuple[dict, dict]:
   """Reads a checkpoint of ``workdir`` onto one device, without the run's config or mesh.
 
   Returns:
-    ``(state, meta)``: ``state`` is the saved tree (``params``, ``frozen``, ``opt_state``,
-    ``rng``) with numpy arrays; ``meta`` holds ``step`` and ``data_index``.
+    ``(state, meta)``: ``state`` is the saved tree (``params``, ``opt_state`` and, unless the
+    run trained adapters or a head, ``frozen``) with numpy arrays; ``meta`` holds ``step``,
+    ``data_index`` and the ``base`` reference.
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)

@@ -32,3 +32,8 @@ class WorkdirLockedError(RunError):
 
 class CorruptCheckpointError(RunError, ValueError):
   """A checkpoint step is corrupt or incomplete (checksum, metadata, read or finiteness)."""
+
+
+class BaseChangedError(RunError, ValueError):
+  """A checkpoint that holds only what trained (adapters, a head) cannot find the base it was
+  trained on: the base directory moved, was deleted, or its files changed since."""

@@ -85,12 +85,19 @@ class Evaluator:
       self._batches[key] = batches
     return self._batches[key]
 
-  def scores(self, split: str, params, frozen, count: int) -> dict[str, Any]:
-    """``{score: [Q, n] for each ranking score, 'labels', 'where', 'tasks', 'modalities'}``."""
+  def scores(self, split: str, params, frozen, count: int, *,
+             progress: bool = False) -> dict[str, Any]:
+    """``{score: [Q, n] for each ranking score, 'labels', 'where', 'tasks', 'modalities'}``;
+    ``progress``: a bar over the evaluation batches (on stderr)."""
     groups = self._groups_of(split, count)
     procs = jax.process_count()
     out = {**{k: [] for k in RANK_SCORES}, 'labels': [], 'where': []}
-    for real, arrays in self._batches_of(split, count):
+    batches = self._batches_of(split, count)
+    if progress:
+      from tqdm.auto import tqdm
+      batches = tqdm(batches, desc=f'evaluate {split} ({len(groups)} queries)', unit='batch',
+                     dynamic_ncols=True)
+    for real, arrays in batches:
       batch = {k: jax.make_array_from_process_local_data(
           mesh_lib.batch_sharding(self.mesh, v.ndim), v) for k, v in arrays.items()}
       scores = self._eval(params, frozen, batch)
@@ -110,9 +117,10 @@ class Evaluator:
     result['modalities'] = [g.modality for g in groups]
     return result
 
-  def run(self, split: str, params, frozen, count: int) -> dict[str, Any]:
+  def run(self, split: str, params, frozen, count: int, *,
+          progress: bool = False) -> dict[str, Any]:
     """Metrics of every ranking score; top-level keys are those of the run's own score."""
-    s = self.scores(split, params, frozen, count)
+    s = self.scores(split, params, frozen, count, progress=progress)
     results: dict[str, Any] = {'split': split, 'num_queries': len(s['tasks']),
                                'score': self.score}
     for score in RANK_SCORES:

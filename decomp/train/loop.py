@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from decomp import _lists
+from decomp.train import base_ref
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import evaluate as evaluate_lib
@@ -38,39 +39,20 @@ from decomp.train import mesh as mesh_lib
 from decomp.train import nonfinite
 from decomp.train import overrides as overrides_lib
 from decomp.train import preflight
+from decomp.train import progress as progress_lib
 from decomp.train import data as data_lib
 from decomp.train import recipes
 from decomp.train import run as run_lib
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 from decomp.train import workdir as workdir_lib
-from decomp.train.errors import NonFiniteError
+from decomp.train.errors import BaseChangedError, NonFiniteError
 
 
 def _shard_batch(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """This process's rows of a batch -> global arrays split over the data axes."""
   return {k: jax.make_array_from_process_local_data(mesh_lib.batch_sharding(mesh, v.ndim), v)
           for k, v in arrays.items()}
-
-
-class _Progress:
-  """tqdm bar with loss, examples/s and ETA (a no-op in quiet mode / non-primary processes)."""
-
-  def __init__(self, enabled: bool, total: int, initial: int):
-    self._bar = None
-    if enabled:
-      from tqdm.auto import tqdm
-      self._bar = tqdm(total=total, initial=initial, desc='train', dynamic_ncols=True)
-
-  def update(self, record: Mapping[str, Any]) -> None:
-    if self._bar is not None:
-      self._bar.set_postfix(loss=f'{record["loss"]:.4f}',
-                            ex_s=f'{record.get("examples_per_s", 0.0):.0f}', refresh=False)
-      self._bar.update(1)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
 
 
 def _per_example_columns(step: int, per_doc: Mapping[str, np.ndarray],
@@ -129,6 +111,7 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
   """
   cfg = recipes.get_config(config) if isinstance(config, str) else config
   cfg = overrides_lib.apply_overrides(cfg, overrides)
+  recipes.check_inputs(cfg)
   primary = jax.process_index() == 0
   objective = config_lib.make_objective(cfg)
   # The model's shapes and tokenizer come from JSON alone: a playground base is built only once
@@ -156,20 +139,29 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
 def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, objective,
                   primary: bool, directory: str | None) -> dict:
   """``train`` once the config and data are checked and the workdir is locked."""
+  say = progress_lib.announcer(primary and not cfg.eval_log.quiet)
   mesh = run_lib.make_mesh(cfg)
+  say(f'mesh: {" x ".join(f"{k}={v}" for k, v in mesh.shape.items())} over {mesh.size} '
+      f'{mesh.devices.flat[0].platform} device(s), layout={cfg.parallel.layout}')
   run = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
   tx, schedule = step_lib.optimizer_for(cfg)
 
   abstract, opt_shardings = abstract_state(run, tx, mesh)
   replicated = mesh_lib.replicated(mesh)
 
+  # Adapters and heads are saved without the frozen base, which they name instead.
+  saved_keys = ('params', 'frozen', 'opt_state') if base_ref.saves_frozen(cfg) else (
+      'params', 'opt_state')
+  base = None if base_ref.saves_frozen(cfg) else base_ref.reference(directory)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=cfg.eval_log.keep_checkpoints)
+  loading = time.perf_counter()
   try:
     state, start, skipped_steps = _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
-                                                 opt_shardings)
+                                                 opt_shardings, directory)
   except BaseException:
     checkpoints.close()
     raise
+  say(progress_lib.model_line(cfg, state, directory, start, time.perf_counter() - loading))
   if primary:  # the run can start: record its config, drop what a killed run logged after its
     # last checkpoint
     logs.write_json_atomic(os.path.join(workdir, logs.CONFIG_FILE), config_lib.to_dict(cfg))
@@ -208,7 +200,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   step_log = logs.JsonLinesLogger(os.path.join(workdir, logs.STEPS_FILE), enabled=primary)
   eval_log = logs.JsonLinesLogger(os.path.join(workdir, logs.EVAL_FILE), enabled=primary)
   example_log = logs.ExampleLogger(workdir, process_index=jax.process_index())
-  progress = _Progress(primary and not cfg.eval_log.quiet, cfg.optim.steps, start)
+  progress = progress_lib.Progress(primary and not cfg.eval_log.quiet, cfg.optim.steps, start)
   params, frozen, opt_state = state['params'], state['frozen'], state['opt_state']
   last_record: dict = {}
   validation: dict = {}
@@ -261,8 +253,13 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       if features is not None:
         arrays = features.replace(arrays)
       batch = _shard_batch(arrays, mesh)
+      if step == start + 1:
+        say('compiling the training step ...')
+        compiling = time.perf_counter()
       params, opt_state, metrics = train_steps[norms_due(step)](
           params, frozen, opt_state, jnp.asarray(step - 1, jnp.int32), batch)
+      if step == start + 1:
+        say(f'compiling the training step: done in {time.perf_counter() - compiling:.1f} s')
       if pending is not None:
         finish(pending)
       checkpoints.poll()
@@ -277,8 +274,10 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
         if pending is not None:
           finish(pending)
           pending = None
-        checkpoints.save(step, {'params': params, 'frozen': frozen, 'opt_state': opt_state},
-                         {'data_index': step * cfg.data.batch_size, 'skipped_steps': skipped_steps})
+        current = {'params': params, 'frozen': frozen, 'opt_state': opt_state}
+        checkpoints.save(step, {k: current[k] for k in saved_keys},
+                         {'data_index': step * cfg.data.batch_size, 'skipped_steps': skipped_steps,
+                          **({'base': base} if base else {})})
         last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
@@ -286,12 +285,15 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     checkpoints.wait()
     if features is not None:
       features.flush()
+    final_progress = primary and not cfg.eval_log.quiet
     if cfg.eval_log.eval_every:
-      validation = {'step': cfg.optim.steps, **evaluator.run('val', params, frozen, cfg.eval_log.eval_groups)}
+      validation = {'step': cfg.optim.steps, **evaluator.run(
+          'val', params, frozen, cfg.eval_log.eval_groups, progress=final_progress)}
       # A finished run started again re-evaluates but logs the final validation only once.
       if primary and not any(e.get('step') == cfg.optim.steps for e in logs.read_evals(workdir)):
         eval_log.log(validation)
-    test = evaluator.run('test', params, frozen, cfg.eval_log.test_groups) if cfg.eval_log.final_eval else {}
+    test = (evaluator.run('test', params, frozen, cfg.eval_log.test_groups,
+                          progress=final_progress) if cfg.eval_log.final_eval else {})
     if features is not None:
       features.flush()
     if not last_record and primary:
@@ -309,10 +311,12 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
     checkpoints.close()
 
 
-def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
-                   opt_shardings) -> tuple[dict, int, int]:
+def _initial_state(cfg, workdir, run, tx, checkpoints, abstract, opt_shardings,
+                   directory: str | None) -> tuple[dict, int, int]:
   """``(state, start step, skipped steps)``: the newest intact checkpoint (corrupt newer steps
-  are reported, then moved aside so the run can redo them), else a fresh sharded state."""
+  are reported, then moved aside so the run can redo them), else a fresh sharded state. A
+  checkpoint without the frozen weights reads them from its base ``directory``, checked against
+  the checkpoint's reference."""
   if checkpoints.latest_step() is None:  # a fresh run: create the state directly sharded
     params, frozen = run.initialize()
     return {'params': params, 'frozen': frozen,
@@ -321,6 +325,9 @@ def _initial_state(cfg, workdir, run, tx, checkpoints, abstract,
   state, meta = checkpoints.restore(abstract)
   if checkpoints.skipped:
     checkpoints.set_aside(checkpoints.skipped)
+  if 'frozen' not in state:
+    base_ref.check(meta.get('base'), directory)
+    state['frozen'] = run.initialize()[1]
   start = int(meta['step'])
   if start > cfg.optim.steps:
     raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond steps={cfg.optim.steps}')
@@ -369,7 +376,16 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
                              or output in ('.', '..')):
     raise ValueError(f'output {output!r}: give a plain file name, written inside the workdir')
   try:
-    run = run_lib.Run.open(workdir, step, overrides=overrides, allow_code=allow_code)
+    trained, base_directory = run_lib.read_config(workdir, allow_code=allow_code), None
+    if trained.model.path == 'playground' and not base_ref.saves_frozen(trained):
+      # Adapters or a head read their frozen weights from the base: rebuilt if the cache lost
+      # it (the same key builds the same base).
+      from decomp.playground.base import model_directory
+      base_directory = model_directory(trained)
+    run = run_lib.Run.open(workdir, step, overrides=overrides, allow_code=allow_code,
+                           base_directory=base_directory)
+  except BaseChangedError:
+    raise
   except ValueError as e:
     raise ValueError(f'evaluate_workdir: {e}') from None
   cfg = run.config
@@ -377,7 +393,8 @@ def evaluate_workdir(workdir: str, *, split: str = 'test', step: int | None = No
   count = cfg.eval_log.test_groups if split == 'test' else cfg.eval_log.eval_groups
   results = {'step': run.step, 'overrides': list(overrides),
              **evaluate_lib.Evaluator(cfg, run.model, data, run.mesh, run.objective).run(
-                 split, run.params, run.frozen, count)}
+                 split, run.params, run.frozen, count,
+                 progress=jax.process_index() == 0 and not cfg.eval_log.quiet)}
   if output and jax.process_index() == 0:
     logs.write_json_atomic(os.path.join(run.workdir, output), results)
   return results

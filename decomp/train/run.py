@@ -3,8 +3,10 @@
 The sequence config -> objective -> tokenizer -> shapes -> mesh -> model definition -> restore is
 written here once; training's resume (:mod:`decomp.train.loop`), ``evaluate_workdir``,
 ``decomp.rerank`` and the figures start from it. Opening reads the model item of a checkpoint
-(parameters and frozen weights) and never builds an optimizer, a data source or a playground
-base (its shape is the config's; the checkpoint holds every weight).
+and never builds an optimizer, a data source or a playground base. A run of adapters or a head
+saved only what trained: its frozen weights are read from the base the checkpoint names, checked
+by content hash (:mod:`decomp.train.base_ref`). :meth:`Run.save_pretrained` writes the trained
+model back in HF layout, LoRA folded in.
 
 >>> run = Run.open('runs/probe/sft/seed0')                              # doctest: +SKIP
 >>> scores = run.scores_fn()(run.params, run.frozen, run.encoder.encode(groups, 1))  # doctest: +SKIP
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 import jax
 
 from decomp.objectives import Objective
+from decomp.train import base_ref
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import data as data_lib
@@ -59,7 +62,7 @@ class Run:
 
   @classmethod
   def open(cls, workdir: str, step: int | None = None, *, overrides: Sequence[str] = (),
-           mesh=None, allow_code: bool = False) -> 'Run':
+           mesh=None, allow_code: bool = False, base_directory: str | None = None) -> 'Run':
     """Opens ``workdir`` at checkpoint ``step`` (default: the newest intact one).
 
     Args:
@@ -68,10 +71,13 @@ class Run:
       mesh: a device mesh (default: the config's mesh on the available devices).
       allow_code: resolve objective parts named by import paths outside the installed packages
         (a received workdir's config.json can name code that runs on import: docs/trust.md).
+      base_directory: where the base of a run of adapters or a head is now (default: the path
+        its checkpoint recorded); its content must be the one trained on.
 
     Raises:
       FileNotFoundError: no ``config.json`` or no checkpoint; CorruptCheckpointError; ValueError
-        (an override that changes what was trained).
+        (an override that changes what was trained); BaseChangedError (the checkpoint holds no
+        frozen weights and its base is gone or changed).
     """
     workdir = os.path.abspath(workdir)
     cfg = read_config(workdir, allow_code=allow_code)
@@ -85,6 +91,12 @@ class Run:
       target['opt_state'] = abstract_opt_state(tx, model, mesh)
     with ckpt_lib.Checkpoints(workdir, read_only=True) as checkpoints:
       state, meta = checkpoints.restore(target, step)
+    if 'frozen' not in state:  # adapters or a head: the frozen weights are the base's
+      directory = base_ref.check(meta.get('base'), base_directory)
+      built_from = model.spec.checkpoint and os.path.abspath(model.spec.checkpoint)
+      if directory != built_from:  # a playground base (shapes were the config's), or moved
+        model = state_lib.build_model_state(cfg, mesh, tokenizer, objective, directory)
+      state['frozen'] = model.initialize()[1]
     from decomp.train.evaluate import primary_score
     return cls(workdir=workdir, config=cfg, objective=objective, tokenizer=tokenizer,
                encoder=encoder, model=model, mesh=mesh, params=state['params'],
@@ -118,6 +130,35 @@ class Run:
   def scores_fn(self):
     """``arrays -> {score name: [B, n]}``: the jitted evaluation forward pass."""
     return jax.jit(step_lib.make_eval_step(self.model.graphdef))
+
+  def save_pretrained(self, directory: str, *, max_shard_size: int | str | None = None) -> None:
+    """Writes the trained reranker's language model in HF layout (config.json + safetensors,
+    LoRA adapters folded in) with its tokenizer, and a LLaVA ViT + projector beside it
+    (``multimodal.*``): a directory ``model=DIR`` and transformers read back. The reranker's
+    readout (label words, prompt preset) is the config's, not written.
+
+    Raises:
+      ValueError: the run scores with weights an HF model has no place for (a random label
+        head, a projection direction) or its image tower is a family's own (not exported).
+    """
+    from flax import nnx
+
+    from decomp.models import save_pretrained
+    from decomp.models.build import save_multimodal
+    spec = self.model.spec
+    if spec.label_head == 'random' or spec.projection:
+      raise ValueError(f'{self.workdir}: the run scores with a '
+                       f'{"random label head" if spec.label_head == "random" else "projection direction"}'
+                       ', which an HF causal LM cannot hold; save_pretrained writes only runs '
+                       'that read the LM head')
+    if spec.family_config is not None and self.encoder.vision is not None:
+      raise ValueError(f'{self.workdir}: exporting a model with its own image tower is not '
+                       'supported (only text decoders and a LLaVA ViT + projector)')
+    model = nnx.merge(self.model.graphdef, self.params, self.frozen)
+    save_pretrained(model.decoder, directory, max_shard_size=max_shard_size)
+    self.tokenizer.save_pretrained(directory)
+    if spec.vision is not None:
+      save_multimodal(directory, model.vision, model.projector, spec.image_token_id)
 
 
 def _model(cfg: config_lib.TrainConfig, directory: str | None, mesh):

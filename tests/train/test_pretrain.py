@@ -60,13 +60,18 @@ def test_base_checkpoint_is_cached_deterministic_and_used(tmp_path, monkeypatch)
   workdir = str(tmp_path / 'run')
   train(overrides_lib.apply_overrides(cfg, ['steps=2', 'finetune=lora', 'eval_every=0',
                                           'final_eval=false', 'example_log_every=0']), workdir)
+  from flax import nnx
+
   from decomp.train.checkpoint import load_state
-  state, _ = load_state(workdir)
+  from decomp.train.run import Run
+  state, meta = load_state(workdir)
+  assert 'frozen' not in state and meta['base']['path'] == again  # the adapters name their base
+  frozen = nnx.to_pure_dict(Run.open(workdir).frozen)  # read from the base again
   saved = load_file(os.path.join(again, 'model.safetensors'))
-  embed = state['frozen']['decoder']['embed_tokens']['value']
-  np.testing.assert_array_equal(embed, saved['model.embed_tokens.weight'])
+  np.testing.assert_array_equal(frozen['decoder']['embed_tokens'],
+                                saved['model.embed_tokens.weight'])
   mm = load_file(os.path.join(again, 'multimodal.safetensors'))
-  np.testing.assert_array_equal(state['frozen']['projector']['linear_1']['kernel']['value'],
+  np.testing.assert_array_equal(frozen['projector']['linear_1']['kernel'],
                                 mm['projector.linear_1.kernel'])
   assert 'lora_a' in json.dumps(list(_paths(state['params'])))
 

@@ -61,6 +61,10 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(text_checkpoint, tmp_path):
       os.remove(bare / name)
   with pytest.raises(FileNotFoundError, match='holds no tokenizer'):
     state_lib.resolve_tokenizer(_cfg(str(bare)))
+  from decomp.train.loop import train  # training refuses it before touching the workdir
+  with pytest.raises(FileNotFoundError, match=r'bare holds no tokenizer .*set model.tokenizer=DIR'):
+    train(_cfg(str(bare), 'finetune=lora'), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
   assert len(state_lib.resolve_tokenizer(_cfg(str(bare), f'tokenizer={text_checkpoint}')))
 
 

@@ -34,13 +34,36 @@ def quick(*overrides):
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
-  """One short multimodal run with every log on (shared by several tests)."""
+  """One short multimodal run with every log on (shared by several tests); what it said on
+  stderr is kept in ``quick_run_stderr``."""
+  import contextlib
+  import io
   workdir = str(tmp_path_factory.mktemp('quick'))
   cfg = quick('steps=12', 'eval_every=6', 'example_log_every=4', 'checkpoint_every=6',
-              'eval_groups=12', 'test_groups=24', 'learning_rate=5e-3')
+              'eval_groups=12', 'test_groups=24', 'learning_rate=5e-3', 'quiet=false')
   start = time.perf_counter()
-  results = train(cfg, workdir)
+  stderr = io.StringIO()
+  with contextlib.redirect_stderr(stderr):
+    results = train(cfg, workdir)
+  QUICK_RUN_STDERR.append(stderr.getvalue())
   return workdir, cfg, results, time.perf_counter() - start
+
+
+QUICK_RUN_STDERR = []
+
+
+def test_the_run_says_what_it_is_doing(quick_run):
+  """One line per phase before the first step, step time and tokens/s in the bar, a bar for
+  the final evaluation (and nothing with quiet=true: test_steps_between_log_lines...)."""
+  said = QUICK_RUN_STDERR[0]
+  lines = [l for l in said.replace('\r', '\n').splitlines() if l.startswith('decomp: ')]
+  assert [l.split(':')[1].strip(' .') for l in lines] == [
+      'mesh', 'model loaded', 'compiling the training step', 'compiling the training step'], lines
+  assert lines[0].startswith('decomp: mesh: data=8 x model=1 over 8 cpu device(s)'), lines[0]
+  assert ' parameters (' in lines[1] and 'float32 weights' in lines[1], lines[1]
+  assert lines[3].startswith('decomp: compiling the training step: done in '), lines[3]
+  assert 's_step=' in said and 'tok_s=' in said
+  assert 'evaluate test (24 queries)' in said and 'evaluate val (12 queries)' in said
 
 
 def test_workdir_layout_and_step_log(quick_run):
@@ -235,11 +258,13 @@ def test_sharded_matches_single_device(tmp_path):
   assert losses['single']['update_norm'][-1] > 0
 
 
-def test_steps_between_log_lines_skip_the_global_norms(tmp_path):
+def test_steps_between_log_lines_skip_the_global_norms(tmp_path, capfd):
   """With log_every=2 the loop runs the step without the three global norms on odd steps
   (a second compiled step); every written line still holds them, finite."""
   workdir = str(tmp_path / 'sparse_log')
+  capfd.readouterr()
   train(quick(*LEAN, 'steps=5', 'log_every=2', 'checkpoint_every=0'), workdir)
+  assert 'decomp: ' not in capfd.readouterr().err  # quiet=true: no phase lines, no bar
   records = logs.read_steps(workdir)
   assert [r['step'] for r in records] == [2, 4, 5]
   for r in records:
