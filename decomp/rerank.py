@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -68,85 +68,172 @@ def _pair_groups(instructions, queries, documents) -> list[Group]:
 
 
 @dataclasses.dataclass
-class PairScorer:
-  """A jitted scorer: ``encode(groups) -> arrays [B, 1, ...]`` then ``score_fn(arrays) -> [B, 1]``.
+class ScoredBatch:
+  """One batch of :meth:`PairScorer.batches`: the pairs' positions in the call, their scores,
+  their tokens (padding excluded) and how many of them were cut to ``max_length``."""
+  indices: np.ndarray
+  scores: np.ndarray
+  tokens: int = 0
+  truncated: int = 0
 
-  Every batch is padded to ``batch_size`` pairs (and the encoders pad tokens to a fixed length),
-  so one program is compiled once and reused.
+
+def plan_batches(lengths: Sequence[int], *, max_length: int, batch_size: int,
+                 multiple: int = 1) -> list[tuple[np.ndarray, int, int]]:
+  """Batches of pairs sorted by prompt length: ``[(indices, T, rows)]``, longest first.
+
+  Each batch pads its prompts to ``T``, the smallest rung of
+  :func:`~decomp.models.prompt.length_ladder` that holds them (a prompt longer than
+  ``max_length`` is cut to it), and holds as many as ``batch_size * max_length`` tokens allow
+  (``batch_size`` pairs at ``max_length``; more when they are shorter). ``rows`` (what the
+  batch is padded to, a multiple of ``multiple``: the data-parallel devices) is the batch's
+  capacity, halved while the pairs still fit: a few compiled shapes, little padding.
+
+  >>> [(list(i), t, rows) for i, t, rows in plan_batches([20, 500, 30, 90], max_length=512,
+  ...                                                    batch_size=2)]
+  [([1], 512, 1), ([3], 128, 1), ([2, 0], 64, 2)]
+  """
+  from decomp.models.prompt import length_ladder
+  ladder = np.asarray(length_ladder(max_length))
+  clipped = np.minimum(np.asarray(lengths, np.int64), max_length)
+  rung = np.searchsorted(ladder, clipped)
+  order = np.argsort(-clipped, kind='stable')
+  budget = batch_size * max_length
+  plan, i = [], 0
+  while i < len(order):
+    r = rung[order[i]]
+    t = int(ladder[r])
+    capacity = max(multiple, budget // t // multiple * multiple)
+    j = i
+    while j < len(order) and j - i < capacity and rung[order[j]] == r:
+      j += 1
+    rows = capacity
+    while rows % 2 == 0 and (rows // 2) % multiple == 0 and rows // 2 >= j - i:
+      rows //= 2
+    plan.append((order[i:j], t, rows))
+    i = j
+  return plan
+
+
+@dataclasses.dataclass
+class PairScorer:
+  """A jitted scorer: ``encode(groups, lengths) -> arrays [B, 1, T]`` then
+  ``score_fn(arrays) -> [B, 1]``.
+
+  With ``prompt_lengths`` (the untruncated length of each pair's prompt) the pairs are sorted by
+  length and batched by :func:`plan_batches` (``lengths`` is then ``(T,)``); without it every
+  batch holds ``batch_size`` pairs at the encoder's own length (``lengths`` None).
   """
 
-  encode: Callable[[list[Group]], Mapping[str, np.ndarray]]
+  encode: Callable[[list[Group], Sequence[int] | None], Mapping[str, np.ndarray]]
   score_fn: Callable[[Mapping[str, np.ndarray]], Any]
   batch_size: int = 32
   image_size: int | None = None
   description: str = ""
+  max_length: int = 512
+  prompt_lengths: Callable[[list[Group]], Sequence[int]] | None = None
+  rows_multiple: int = 1  # batches split over this many devices
+  step: int | None = None  # the checkpoint step scored with (a workdir's)
 
-  def score(self, instructions, queries, documents) -> np.ndarray:
+  def batches(self, instructions, queries, documents) -> Iterator[ScoredBatch]:
+    """Scores the pairs batch by batch (see the class docstring), longest prompts first."""
     if not len(instructions) == len(queries) == len(documents):
       raise ValueError(f"score: {len(instructions)} instructions, {len(queries)} queries and "
                        f"{len(documents)} documents")
     groups = _pair_groups(instructions, queries, documents)
-    out = []
-    for start in range(0, len(groups), self.batch_size):
-      chunk = groups[start:start + self.batch_size]
-      real = len(chunk)
-      chunk += [chunk[-1]] * (self.batch_size - real)
-      arrays = self.encode(chunk)
-      out.append(np.asarray(self.score_fn(arrays), np.float32).reshape(-1)[:real])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    if self.prompt_lengths is None or not groups:
+      lengths = None
+      plan = [(np.arange(s, min(s + self.batch_size, len(groups))), None, self.batch_size)
+              for s in range(0, len(groups), self.batch_size)]
+    else:
+      lengths = np.asarray(self.prompt_lengths(groups), np.int64)
+      plan = plan_batches(lengths, max_length=self.max_length, batch_size=self.batch_size,
+                          multiple=self.rows_multiple)
+    for indices, length, rows in plan:
+      chunk = [groups[i] for i in indices]
+      chunk += [chunk[-1]] * (rows - len(chunk))
+      arrays = self.encode(chunk, None if length is None else (length,))
+      scores = np.asarray(self.score_fn(arrays), np.float32).reshape(-1)[:len(indices)]
+      if lengths is None:
+        yield ScoredBatch(indices, scores)
+      else:
+        mine = lengths[indices]
+        yield ScoredBatch(indices, scores, int(np.minimum(mine, self.max_length).sum()),
+                          int((mine > self.max_length).sum()))
+
+  def score(self, instructions, queries, documents) -> np.ndarray:
+    out = np.zeros((len(documents),), np.float32)
+    for batch in self.batches(instructions, queries, documents):
+      out[batch.indices] = batch.scores
+    return out
 
 
 # --- model loading: the one place that knows how a model is built -------------------------------
 
 
-def _is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
-      os.path.join(path, "checkpoints"))
+def _check_batch_size(batch_size) -> None:
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer (pairs per batch at max_length), "
+                     f"got {batch_size!r}")
 
 
 def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
                 score: str | None = None, step: int | None = None,
-                max_length: int = 512, allow_code: bool = False) -> PairScorer:
+                max_length: int = 512, allow_code: bool = False, dtype: str = "float32",
+                image_size: int | None = None) -> PairScorer:
   """A :class:`Scorer` for a training workdir or a Hugging Face / base-checkpoint directory.
 
   Both open as a :class:`decomp.train.Run` (``Run.open`` / ``Run.from_model_dir``): the same
-  prompt encoder and forward pass as training's evaluation.
+  prompt encoder and forward pass as training's evaluation, on every local device (the data
+  axis of the mesh).
 
   Args:
-    path: a decomp workdir (its latest checkpoint, or ``step``) or a model directory
+    path: a decomp workdir (its latest intact checkpoint, or ``step``) or a model directory
       (``config.json`` + safetensors + tokenizer).
     preset: a prompt preset of :data:`decomp.models.presets.PRESETS` for a model directory
       (None: decomp's own template); a workdir carries its own.
-    batch_size: pairs per jitted call.
+    batch_size: pairs per batch at ``max_length`` (batches of shorter prompts hold more:
+      :func:`plan_batches`).
     score: ``'sft'`` ranks by ``z_y - z_n`` (P(yes)'s logit), ``'cl'`` by ``z_y``; default the
       workdir's evaluation score, ``'sft'`` for a model directory.
-    max_length: tokens per prompt of a model directory (a workdir uses its own).
+    max_length: tokens per prompt of a model directory (a workdir uses its own); longer prompts
+      lose document text from the end (then query text; never the template's tail).
     allow_code: run objective code a workdir's config names outside the installed packages
       (docs/trust.md).
+    dtype: activation dtype (``'bfloat16'``: faster where the device has bf16 units).
+    image_size: the side images are read at by a model with a vision tower (a multiple of its
+      patch x merge size; None: a workdir's own, 32 for a model directory).
   """
-  from decomp.models.presets import PRESETS
+  import jax
+
+  from decomp import rerank_inputs
+  from decomp.train import mesh as mesh_lib
   from decomp.train.run import Run
 
-  if preset is not None and preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"model {path!r}: not a directory (a decomp workdir or a model dir)")
+  _check_batch_size(batch_size)
   if score not in (None, "sft", "cl"):
     raise ValueError(f"score must be 'sft' or 'cl', got {score!r}")
-  if _is_workdir(path):
-    if preset is not None:
-      raise ValueError(f"--preset {preset!r}: the workdir {path} reads its own prompt preset")
-    run = Run.open(path, step, overrides=("mesh.data=1", "num_devices=1"), allow_code=allow_code)
+  rerank_inputs.check_model_path(path, preset, step)
+  if rerank_inputs.is_workdir(path):
+    overrides = ["mesh.data=-1", "num_devices=0", f"model.dtype={dtype}"]
+    if image_size is not None:
+      overrides.append(f"model.image_size={image_size}")
+    run = Run.open(path, step, overrides=overrides, allow_code=allow_code)
     description = f"{path} (step {run.step}, score {score or run.score})"
   else:
-    run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score)
+    run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score,
+                             dtype=dtype, image_size=image_size)
     description = f"{path} (preset {preset or 'decomp'}, score {run.score})"
   score = score or run.score
   scores = run.scores_fn()
+  mesh = run.mesh
+  put = lambda arrays: {k: jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim))
+                        for k, v in arrays.items()}
   return PairScorer(
-      encode=lambda groups: run.encoder.encode(groups, 1),
+      encode=lambda groups, lengths: put(run.encoder.encode(groups, 1, lengths=lengths)),
       score_fn=lambda arrays: scores(run.params, run.frozen, arrays)[score],
-      batch_size=batch_size, image_size=run.image_size, description=description)
+      batch_size=batch_size, image_size=run.image_size, description=description,
+      max_length=run.config.data.max_length, prompt_lengths=run.encoder.prompt_lengths,
+      rows_multiple=mesh_lib.data_parallel_size(mesh), step=run.step if run.workdir else None)
 
 
 # --- the notebook call ---------------------------------------------------------------------------
@@ -162,8 +249,11 @@ def rerank(model, query, documents: Sequence[Any], *, instruction: str = "",
     model: a :class:`Scorer` (e.g. from :func:`load_scorer`) or a path (loaded once, cached).
     query, documents: strings, ``[H, W, 3]`` uint8 images or :class:`~decomp.data.Item` s
       (images are read when the model has a vision tower).
-    instruction: the task instruction of the prompt.
+    instruction: the task instruction of the prompt ('' : the preset's default one).
+    batch_size: pairs per batch at the model's ``max_length`` (see :func:`load_scorer`).
+    preset: the prompt preset of a model directory (:data:`decomp.models.presets.PRESETS`).
   """
+  _check_batch_size(batch_size)
   if isinstance(model, (str, os.PathLike)):
     key = (os.path.abspath(model), preset, batch_size)
     if key not in _SCORERS:
@@ -177,29 +267,51 @@ def rerank(model, query, documents: Sequence[Any], *, instruction: str = "",
 # --- reranking a collection, resumable -----------------------------------------------------------
 
 
+def _partial_header(path: str) -> tuple[dict | None, bytes]:
+  """The header of a partial file (None when there is none or it is empty) and its bytes."""
+  if not os.path.exists(path):
+    return None, b""
+  with open(path, "rb") as f:
+    data = f.read()
+  first = data[:data.find(b"\n")] if b"\n" in data else b""
+  if not first:
+    return None, data
+  try:
+    return json.loads(first.decode("utf-8"))["rerank"], data
+  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    raise ValueError(f"{path}:1: not a decomp rerank partial file; remove it") from None
+
+
+def check_partial(path: str, header: dict) -> None:
+  """Refuses a partial file written by another rerank: the keys of ``header`` (a subset of
+  what it records is enough, e.g. before the model has loaded) must match; the refusal names
+  what differs (the weights, the checkpoint step, an edited input file, an argument)."""
+  from decomp import rerank_inputs
+  found, _ = _partial_header(path)
+  if found is None:
+    return
+  differs = rerank_inputs.mismatch({k: found.get(k) for k in header}, header)
+  if differs:
+    raise ValueError(f"{path} holds the scores of another rerank: {'; '.join(differs)} differ; "
+                     "remove it to score again from the start")
+
+
 def _read_partial(path: str, header: dict) -> dict[tuple[str, str], float]:
   """Scores already written by an interrupted rerank with the same ``header``; drops a torn
   last line (a kill mid-write) from the file."""
-  if not os.path.exists(path):
-    return {}
-  with open(path, "rb") as f:
-    data = f.read()
+  found, data = _partial_header(path)
   complete = data[:data.rfind(b"\n") + 1]
   if len(complete) != len(data):
     with open(path, "r+b") as f:
       f.truncate(len(complete))
-  lines = complete.decode("utf-8").splitlines()
-  if not lines:
+  if found is None:
     return {}
-  try:
-    found = json.loads(lines[0])["rerank"]
-  except (json.JSONDecodeError, KeyError, TypeError):
-    raise ValueError(f"{path}:1: not a decomp rerank partial file; remove it") from None
-  if found != header:
-    raise ValueError(f"{path} holds the scores of another rerank ({found}), not of {header}; "
-                     "remove it or rerun with the same arguments")
+  check_partial(path, header)
+  if set(found) != set(header):
+    raise ValueError(f"{path} was written by another version of decomp.rerank (header keys "
+                     f"{sorted(found)}); remove it to score again from the start")
   done = {}
-  for line_no, line in enumerate(lines[1:], start=2):
+  for line_no, line in enumerate(complete.decode("utf-8", "replace").splitlines()[1:], start=2):
     try:
       qid, docid, value = json.loads(line)
       done[str(qid), str(docid)] = float(value)
@@ -209,16 +321,24 @@ def _read_partial(path: str, header: dict) -> dict[tuple[str, str], float]:
 
 
 class _Progress:
+  """A tqdm bar counting documents (its rate: documents/s) with tokens/s beside it."""
+
   def __init__(self, enabled: bool, total: int, initial: int, desc: str):
     self.bar = None
+    self.tokens = 0
+    self.start = time.perf_counter()
     if enabled:
       from tqdm.auto import tqdm
       self.bar = tqdm(total=total, initial=initial, desc=desc, unit="doc", dynamic_ncols=True,
                       file=sys.stderr)
 
-  def update(self, n: int) -> None:
+  def update(self, docs: int, tokens: int) -> None:
+    self.tokens += tokens
     if self.bar is not None:
-      self.bar.update(n)
+      self.bar.update(docs)
+      if self.tokens:
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
 
   def close(self) -> None:
     if self.bar is not None:
@@ -227,14 +347,18 @@ class _Progress:
 
 def rerank_groups(scorer: Scorer, groups: Sequence[Group], out: str, *, header: dict,
                   batch_size: int = 32, tag: str = "decomp", progress: bool = True,
-                  desc: str = "rerank") -> dict[str, dict[str, float]]:
+                  desc: str = "rerank", report: dict | None = None
+                  ) -> dict[str, dict[str, float]]:
   """Scores every candidate of ``groups``; writes the TREC run ``out``; returns the run.
 
   Resumable through ``out + '.partial'`` (see the module docstring); ``header`` identifies the
-  rerank (model, data, run, top-k) so that a partial file of another one is refused.
+  rerank (model, weights, data, run, top-k, ...) so that a partial file of another one is
+  refused by :func:`check_partial`. ``report`` (a dict) receives ``documents``, ``seconds``,
+  ``tokens`` and ``truncated`` (pairs whose prompt was cut to the model's ``max_length``).
   """
   from decomp.data.trec import write_run
 
+  _check_batch_size(batch_size)
   partial = out + PARTIAL_SUFFIX
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   done = _read_partial(partial, header)
@@ -242,29 +366,41 @@ def rerank_groups(scorer: Scorer, groups: Sequence[Group], out: str, *, header: 
           if (g.query_id, g.doc_ids[i]) not in done]
   total = sum(len(g.docs) for g in groups)
   bar = _Progress(progress, total, total - len(todo), desc)
+  args = ([g.instruction for g, _ in todo], [g.query for g, _ in todo],
+          [g.docs[i] for g, i in todo])
+  if hasattr(scorer, "batches"):
+    batches = scorer.batches(*args)
+  else:  # any Scorer: fixed batches in data order
+    batches = (ScoredBatch(np.arange(s, min(s + batch_size, len(todo))), np.asarray(
+        scorer.score(*(a[s:s + batch_size] for a in args))).reshape(-1))
+               for s in range(0, len(todo), batch_size))
+  counts = {"documents": len(todo), "tokens": 0, "truncated": 0}
   start = time.perf_counter()
   try:
     with open(partial, "a", encoding="utf-8") as f:
       if f.tell() == 0:
         f.write(json.dumps({"rerank": header}) + "\n")
-      for begin in range(0, len(todo), batch_size):
-        chunk = todo[begin:begin + batch_size]
-        scores = scorer.score([g.instruction for g, _ in chunk], [g.query for g, _ in chunk],
-                              [g.docs[i] for g, i in chunk])
+      for batch in batches:
         lines = []
-        for (g, i), s in zip(chunk, np.asarray(scores).reshape(-1).tolist()):
-          done[g.query_id, g.doc_ids[i]] = s
-          lines.append(json.dumps([g.query_id, g.doc_ids[i], s]) + "\n")
+        for i, s in zip(batch.indices.tolist(), batch.scores.tolist()):
+          g, d = todo[i]
+          done[g.query_id, g.doc_ids[d]] = s
+          lines.append(json.dumps([g.query_id, g.doc_ids[d], s]) + "\n")
         f.write("".join(lines))
         f.flush()
         os.fsync(f.fileno())
-        bar.update(len(chunk))
+        counts["tokens"] += batch.tokens
+        counts["truncated"] += batch.truncated
+        bar.update(len(batch.indices), batch.tokens)
   finally:
     bar.close()
-  seconds = time.perf_counter() - start
+  counts["seconds"] = time.perf_counter() - start
   if todo and progress:
-    print(f"{desc}: {len(todo)} documents in {seconds:.1f} s ({len(todo) / seconds:.1f} docs/s)",
-          file=sys.stderr)
+    seconds = counts["seconds"]
+    print(f"{desc}: {len(todo)} documents in {seconds:.1f} s ({len(todo) / seconds:.1f} docs/s, "
+          f"{counts['tokens'] / seconds:,.0f} tokens/s)", file=sys.stderr)
+  if report is not None:
+    report.update(counts)
   run = {g.query_id: {d: done[g.query_id, d] for d in g.doc_ids} for g in groups}
   write_run(out, run, tag=tag)
   os.remove(partial)
@@ -295,7 +431,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--out", required=True, help="the output run (a directory for several "
                       "collections)")
   parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
-  parser.add_argument("--batch-size", type=int, default=32, help="pairs per jitted call")
+  parser.add_argument("--batch-size", type=int, default=32,
+                      help="pairs per batch at --max-length (shorter prompts: more per batch)")
+  parser.add_argument("--max-length", type=int, default=512,
+                      help="tokens per prompt of a model directory (longer: the document text "
+                      "is cut; a workdir uses its own)")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="side images are read at by a VL model (a multiple of its patch x "
+                      "merge size, e.g. 448 for Qwen2-VL; default a workdir's own, else 32)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="activation dtype of the scoring forward pass")
   parser.add_argument("--split", default="test", help="qrels split (qrels/<split>.tsv)")
   parser.add_argument("--score", choices=("sft", "cl"), default=None,
                       help="z_y - z_n or z_y (default: the model's)")
@@ -306,6 +451,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--strict", action="store_true",
                       help="data problems (duplicate ids, unknown documents, ...) are errors")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  parser.add_argument("--debug", action="store_true",
+                      help="show the traceback of a refusal (default: one 'error:' line)")
   parser.add_argument("--allow-outside-paths", action="store_true",
                       help="image paths of the collection may leave its folder")
   parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
@@ -317,43 +464,110 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+  """The command: 0 when every collection is written; a refusal is one ``error:`` line on
+  stderr and exit status 2 (``--debug`` raises it with its traceback)."""
+  from decomp.train.errors import report_error, user_errors
   args = parse_args(argv)
-  from decomp import metrics
-  from decomp.data import beir
+  try:
+    return _main(args)
+  except (*user_errors(), OSError) as e:
+    if args.debug:
+      raise
+    return report_error(e)
 
+
+@dataclasses.dataclass
+class _Job:
+  """One collection to rerank, checked before the model loads."""
+  data_dir: str
+  run_path: str
+  collection: Any  # read without images (every row, qrel and run line checked)
+  out: str
+  header: dict
+
+
+def _plan(args: argparse.Namespace) -> list[_Job]:
+  """Everything the command can check without the model: arguments, model path, preset, every
+  collection (files, rows, run), output paths and names, and the partial files' headers."""
+  from decomp import rerank_inputs
+  from decomp.data import beir
   if len(args.run) not in (1, len(args.data)):
-    print(f"error: {len(args.run)} runs for {len(args.data)} collections (give one, or one "
-          "per collection)", file=sys.stderr)
-    return 2
-  if args.top_k < 1 or args.batch_size < 1:
-    print("error: --top-k and --batch-size must be positive", file=sys.stderr)
-    return 2
-  runs = args.run * len(args.data) if len(args.run) == 1 else args.run
+    raise ValueError(f"{len(args.run)} runs for {len(args.data)} collections (give one, or one "
+                     "per collection)")
+  for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size),
+                      ("--max-length", args.max_length), ("--image-size", args.image_size)):
+    if value is not None and value < 1:
+      raise ValueError(f"{flag} must be a positive integer, got {value}")
+  if args.max_image_pixels < 0:
+    raise ValueError(f"--max-image-pixels must be >= 0, got {args.max_image_pixels}")
+  rerank_inputs.check_tag(args.tag)
+  rerank_inputs.check_model_path(args.model, args.preset, args.step)
   several = len(args.data) > 1
-  scorer = load_scorer(args.model, args.preset, batch_size=args.batch_size, score=args.score,
-                       step=args.step, allow_code=args.allow_code)
-  print(f"model: {scorer.description}", file=sys.stderr)
-  cutoffs = sorted({10, args.top_k})
-  note = metrics.convention_note("trec_eval")
-  summary, per_query, tasks, names = {}, {}, [], []
+  rerank_inputs.check_output(args.out, directory=several)
+  runs = args.run * len(args.data) if len(args.run) == 1 else args.run
+  jobs: list[_Job] = []
   for data_dir, run_path in zip(args.data, runs):
+    files = rerank_inputs.collection_files(data_dir, args.split)
+    if not os.path.isfile(run_path):
+      raise FileNotFoundError(f"--run {run_path}: no such file")
+    files["run"] = run_path
     collection = beir.load_beir(data_dir, split=args.split, run=run_path, top_k=args.top_k,
-                                errors=args.errors, strict=args.strict,
-                                load_images=scorer.image_size is not None,
-                                image_size=scorer.image_size,
+                                errors=args.errors, strict=args.strict, load_images=False,
                                 allow_outside_paths=args.allow_outside_paths,
                                 max_image_pixels=args.max_image_pixels or None)
+    same = [j.data_dir for j in jobs if j.collection.name == collection.name]
+    if same:
+      raise ValueError(f"two collections are named {collection.name!r} ({same[0]} and "
+                       f"{data_dir}): their runs would be one file; name one in its "
+                       "collection.json")
+    out = os.path.join(args.out, f"{collection.name}.trec") if several else args.out
+    if several:
+      rerank_inputs.check_output(out, directory=False)
+    inputs = rerank_inputs.fingerprint(args.model, args.step, files)
+    header = {"model": os.path.abspath(args.model), "preset": args.preset,
+              "score": args.score, "dtype": args.dtype, "max_length": args.max_length,
+              "image_size": args.image_size, "data": os.path.abspath(data_dir),
+              "run": os.path.abspath(run_path), "split": args.split, "top_k": args.top_k,
+              "inputs": inputs["inputs"]}
+    if not rerank_inputs.is_workdir(args.model) or args.step is not None:
+      header.update(step=inputs["step"], weights=inputs["weights"])
+    check_partial(out + PARTIAL_SUFFIX, header)
+    jobs.append(_Job(data_dir, run_path, collection, out, header))
+  return jobs
+
+
+def _main(args: argparse.Namespace) -> int:
+  from decomp import metrics, rerank_inputs
+  from decomp.data import beir
+
+  jobs = _plan(args)
+  scorer = load_scorer(args.model, args.preset, batch_size=args.batch_size, score=args.score,
+                       step=args.step, allow_code=args.allow_code, max_length=args.max_length,
+                       dtype=args.dtype, image_size=args.image_size)
+  print(f"model: {scorer.description}", file=sys.stderr)
+  weights = rerank_inputs.weights_fingerprint(args.model, scorer.step)
+  cutoffs = sorted({10, args.top_k})
+  note = metrics.convention_note("trec_eval")
+  several = len(jobs) > 1
+  summary, per_query, tasks, names = {}, {}, [], []
+  for job in jobs:
+    collection = job.collection
+    if scorer.image_size is not None:  # the model reads the images: decode them now
+      collection = beir.load_beir(job.data_dir, split=args.split, run=job.run_path,
+                                  top_k=args.top_k, errors=args.errors, strict=args.strict,
+                                  image_size=scorer.image_size,
+                                  allow_outside_paths=args.allow_outside_paths,
+                                  max_image_pixels=args.max_image_pixels or None)
     groups = beir.rerank_groups(collection)
     name = collection.name
-    if name in summary:
-      print(f"error: two collections are named {name!r}", file=sys.stderr)
-      return 2
-    out = os.path.join(args.out, f"{name}.trec") if several else args.out
-    header = {"model": os.path.abspath(args.model), "preset": args.preset,
-              "score": args.score, "step": args.step, "data": os.path.abspath(data_dir),
-              "run": os.path.abspath(run_path), "split": args.split, "top_k": args.top_k}
-    run = rerank_groups(scorer, groups, out, header=header, batch_size=args.batch_size,
-                        tag=args.tag, progress=not args.quiet, desc=name)
+    header = dict(job.header, step=scorer.step, weights=weights)
+    counts: dict = {}
+    run = rerank_groups(scorer, groups, job.out, header=header, batch_size=args.batch_size,
+                        tag=args.tag, progress=not args.quiet, desc=name, report=counts)
+    if counts.get("truncated"):
+      print(f"{name}: {counts['truncated']} of {counts['documents']} prompts were longer than "
+            f"max_length={scorer.max_length} tokens: their document text was cut from the end",
+            file=sys.stderr)
     result = metrics.evaluate_run(collection.qrels, run, cutoffs=cutoffs)
     problems = collection.stats.problems
     skipped = {p: s.skipped for p, s in collection.stats.files.items() if s.skipped}
@@ -367,9 +581,10 @@ def main(argv=None) -> int:
     print(f"{name} ({note}; {result['num_queries']} queries, "
           f"{len(result['queries_not_in_run'])} judged queries not in the run)")
     print(_table([(name, shown)], names))
-    summary[name] = {"out": os.path.abspath(out), "task": collection.task,
+    summary[name] = {"out": os.path.abspath(job.out), "task": collection.task,
                      "num_queries": result["num_queries"], "convention": "trec_eval",
                      **{k: v for k, v in result["mean"].items()},
+                     "truncated_pairs": counts.get("truncated", 0),
                      "data_problems": dict(problems.counts), "skipped_rows": skipped}
     for qid, values in result["per_query"].items():
       for key, value in values.items():

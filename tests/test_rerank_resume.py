@@ -71,13 +71,35 @@ def test_notebook_call_with_a_scorer():
 def test_pair_scorer_pads_batches_to_one_shape():
   shapes = []
 
-  def encode(groups):
-    shapes.append(len(groups))
+  def encode(groups, lengths):
+    shapes.append((len(groups), lengths))
     return {"x": np.array([len(g.docs[0].text) for g in groups], np.float32)}
 
   scorer = rerank_lib.PairScorer(encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=4)
   got = scorer.score([""] * 6, ["q"] * 6, ["a", "bb", "ccc", "d", "ee", "fff"])
   np.testing.assert_array_equal(got, [1, 2, 3, 1, 2, 3])
-  assert shapes == [4, 4]
+  assert shapes == [(4, None), (4, None)]
   with pytest.raises(TypeError, match="must be a str"):
     scorer.score([""], ["q"], [3])
+
+
+def test_pairs_sorted_by_length_fill_token_sized_batches():
+  """With prompt lengths: longest first, each batch padded to a ladder length and holding
+  batch_size * max_length tokens, rows halved to fit a short last batch; scores come back in
+  the caller's order and truncated pairs are counted."""
+  calls = []
+
+  def encode(groups, lengths):
+    calls.append((len(groups), lengths))
+    return {"x": np.array([len(g.docs[0].text) for g in groups], np.float32)}
+
+  docs = ["x" * n for n in (30, 200, 20, 600, 64, 10, 120)]
+  scorer = rerank_lib.PairScorer(
+      encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=2, max_length=512,
+      prompt_lengths=lambda groups: [len(g.docs[0].text) for g in groups], rows_multiple=2)
+  batches = list(scorer.batches([""] * 7, ["q"] * 7, docs))
+  assert calls == [(2, (512,)), (2, (256,)), (2, (128,)), (4, (64,))]
+  assert [b.indices.tolist() for b in batches] == [[3], [1], [6], [4, 0, 2, 5]]
+  assert [b.truncated for b in batches] == [1, 0, 0, 0]
+  assert batches[0].tokens == 512 and batches[3].tokens == 64 + 30 + 20 + 10
+  np.testing.assert_array_equal(scorer.score([""] * 7, ["q"] * 7, docs), [len(d) for d in docs])

@@ -398,6 +398,35 @@ def bucket_length(length: int, multiple: int = 16) -> int:
   return max(multiple, -(-length // multiple) * multiple)
 
 
+LADDER_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)
+
+
+def length_ladder(max_length: int, multiple: int = 16) -> tuple[int, ...]:
+  """The lengths prompts are padded to when batches are sorted by length: ``max_length`` times
+  1/8, 1/4, 1/2, 3/4 and 1, rounded up to ``multiple`` (at most 5 compiled lengths; a batch of
+  short prompts is not padded to ``max_length``).
+
+  >>> length_ladder(512)
+  (64, 128, 256, 384, 512)
+  """
+  rungs = {min(bucket_length(int(max_length * f), multiple), max_length) for f in
+           LADDER_FRACTIONS}
+  return tuple(sorted(rungs | {max_length}))
+
+
+def prompt_lengths(tokenizer, instructions: Sequence[str], queries: Sequence[Any],
+                   docs: Sequence[Any], *, image_tokens: int = 0, image_token: str | None = None,
+                   image_wrap: tuple[str, str] | None = None, preset: str | None = None,
+                   system_suffix: str = DEFAULT_SYSTEM_SUFFIX) -> list[int]:
+  """The untruncated token count of each prompt (image placeholders included), as
+  :func:`encode_groups` builds it with the same arguments: a prompt longer than ``max_length``
+  is one whose text :func:`encode_groups` cuts."""
+  prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
+                       image_wrap=image_wrap, system_suffix=system_suffix, preset=preset)
+  encoded = prompt.encode_pairs(instructions, queries, docs, max_length=1 << 30)
+  return [len(ids) for ids in encoded]
+
+
 def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_length: int,
                   image_tokens: int = 0, image_size: int | None = None,
                   padding_side: str = "left", image_mean: Sequence[float] = (0.5, 0.5, 0.5),

@@ -58,7 +58,7 @@ class ModelConfig(Section):
   # Read images with a ViT + projector: 'auto' = yes for 'playground'/'random' models and for
   # checkpoints that carry a vision tower, no for text checkpoints; true adds a fresh one.
   vision: Any = knob('auto', choices=('auto', True, False))
-  dtype: str = knob('float32', choices=DTYPES)  # activation dtype
+  dtype: str = knob('float32', choices=DTYPES, evaluate=True)  # activation dtype
   param_dtype: str = knob('float32', choices=DTYPES)
   # The shape of a 'random' / 'playground' model (a checkpoint directory has its own).
   hidden_size: int = knob(128, min=1, shape=True)
