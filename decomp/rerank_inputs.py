@@ -54,11 +54,8 @@ def check_model_path(path: str, preset: str | None, step: int | None) -> None:
   if not os.path.isfile(config):
     raise FileNotFoundError(f'model {path}: no config.json (neither a decomp workdir nor a '
                             'model directory)')
-  try:
-    with open(config, encoding='utf-8') as f:
-      json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ValueError(f'model {path}: config.json is not JSON ({e})') from None
+  from decomp.models.families import read_checkpoint
+  read_checkpoint(path)  # an unsupported architecture or a broken config.json, by name
   names = os.listdir(path)
   if not any(n.endswith('.safetensors') for n in names):
     raise FileNotFoundError(f'model {path}: no *.safetensors weights (a half-written copy?)')
