@@ -27,7 +27,9 @@ CARD_PREFIX = ('<|im_start|>system\nJudge whether the Document meets the require
 CARD_SUFFIX = '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n'
 CARD_INSTRUCTION = 'Given a web search query, retrieve relevant passages that answer the query'
 DOCS = ['cats purr with their larynx', 'dogs bark at night', 'the sun is a star',
-        'a cat sleeps most of the day', 'stars burn hydrogen', 'night falls early in winter']
+        'a cat sleeps most of the day', 'stars burn hydrogen', 'night falls early in winter',
+        # longer than --max-length 128 with the prompt: its end is cut, as the card cuts it
+        ' '.join(['a long story about cats and the stars they watch at night'] * 12)]
 QUERIES = {'q0': 'how do cats purr', 'q1': 'what is a star'}
 
 
@@ -68,7 +70,7 @@ def qwen3_reranker_dir(tmp_path_factory):
   return path
 
 
-def _card_scores(path, pairs):
+def _card_scores(path, pairs, max_length=512):
   """The model card's recipe: P(yes) from the yes/no logits at the last position."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,9 +80,9 @@ def _card_scores(path, pairs):
   suffix = tokenizer.encode(CARD_SUFFIX, add_special_tokens=False)
   texts = [f'<Instruct>: {CARD_INSTRUCTION}\n<Query>: {q}\n<Document>: {d}' for q, d in pairs]
   inputs = tokenizer(texts, padding=False, truncation='longest_first',
-                     return_attention_mask=False, max_length=512 - len(prefix) - len(suffix))
+                     return_attention_mask=False, max_length=max_length - len(prefix) - len(suffix))
   inputs['input_ids'] = [prefix + ids + suffix for ids in inputs['input_ids']]
-  inputs = tokenizer.pad(inputs, padding=True, return_tensors='pt', max_length=512)
+  inputs = tokenizer.pad(inputs, padding=True, return_tensors='pt', max_length=max_length)
   yes, no = tokenizer.convert_tokens_to_ids('yes'), tokenizer.convert_tokens_to_ids('no')
   with torch.no_grad():
     logits = model(**inputs).logits[:, -1, :]
@@ -104,14 +106,16 @@ def test_rerank_a_qwen3_directory_with_the_qwen3_reranker_preset(qwen3_reranker_
   with contextlib.redirect_stdout(stdout):
     assert rerank_lib.main(['--model', qwen3_reranker_dir, '--preset', 'qwen3-reranker',
                             '--data', str(coll), '--run', str(run), '--out', str(out),
-                            '--top-k', '6', '--quiet']) == 0
+                            '--top-k', '7', '--quiet', '--max-length', '128']) == 0
   written = {}
   for line in out.read_text().splitlines():
     qid, _, docid, _, score, _ = line.split()
     written[qid, docid] = float(score)
   pairs = [(QUERIES[q], DOCS[i]) for q in QUERIES for i in range(len(DOCS))]
-  card = _card_scores(qwen3_reranker_dir, pairs)
+  card = _card_scores(qwen3_reranker_dir, pairs, max_length=128)
   ours = np.array([written[q, f'd{i}'] for q in QUERIES for i in range(len(DOCS))])
   # decomp ranks by z_y - z_n, the logit of the card's P(yes).
   np.testing.assert_allclose(1 / (1 + np.exp(-ours)), card, rtol=1e-4, atol=1e-6)
   assert len(set(np.round(ours, 5))) == len(ours)
+  summary = json.loads(stdout.getvalue().strip().splitlines()[-1])['toy']
+  assert summary['truncated_pairs'] == len(QUERIES)  # the long document, once per query
