@@ -8,6 +8,7 @@
   a fingerprint of the weights (each file's size and modification time and a SHA-256 of its first
   and last MiB; a training checkpoint's own ``decomp_checksums.json`` when it has one) and the
   SHA-256 of every input file (corpus, queries, qrels, run). Images read by path are not hashed.
+  :func:`check_partial` / :func:`read_partial` compare a ``.partial`` file's header with them.
 """
 
 from __future__ import annotations
@@ -186,3 +187,55 @@ def mismatch(found: dict, header: dict) -> list[str]:
     elif found.get(key) != header.get(key):
       names.append(f'{key} ({found.get(key)!r} -> {header.get(key)!r})')
   return names
+
+
+def _partial_header(path: str) -> tuple[dict | None, bytes]:
+  """The header of a partial file (None when there is none or it is empty) and its bytes."""
+  if not os.path.exists(path):
+    return None, b""
+  with open(path, "rb") as f:
+    data = f.read()
+  first = data[:data.find(b"\n")] if b"\n" in data else b""
+  if not first:
+    return None, data
+  try:
+    return json.loads(first.decode("utf-8"))["rerank"], data
+  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    raise ValueError(f"{path}:1: not a decomp rerank partial file; remove it") from None
+
+
+def check_partial(path: str, header: dict) -> None:
+  """Refuses a partial file written by another rerank: the keys of ``header`` (a subset of
+  what it records is enough, e.g. before the model has loaded) must match; the refusal names
+  what differs (the weights, the checkpoint step, an edited input file, an argument)."""
+  found, _ = _partial_header(path)
+  if found is None:
+    return
+  differs = mismatch({k: found.get(k) for k in header}, header)
+  if differs:
+    raise ValueError(f"{path} holds the scores of another rerank: {'; '.join(differs)} differ; "
+                     "remove it to score again from the start")
+
+
+def read_partial(path: str, header: dict) -> dict[tuple[str, str], float]:
+  """Scores already written by an interrupted rerank with the same ``header``; drops a torn
+  last line (a kill mid-write) from the file."""
+  found, data = _partial_header(path)
+  complete = data[:data.rfind(b"\n") + 1]
+  if len(complete) != len(data):
+    with open(path, "r+b") as f:
+      f.truncate(len(complete))
+  if found is None:
+    return {}
+  check_partial(path, header)
+  if set(found) != set(header):
+    raise ValueError(f"{path} was written by another version of decomp.rerank (header keys "
+                     f"{sorted(found)}); remove it to score again from the start")
+  done = {}
+  for line_no, line in enumerate(complete.decode("utf-8", "replace").splitlines()[1:], start=2):
+    try:
+      qid, docid, value = json.loads(line)
+      done[str(qid), str(docid)] = float(value)
+    except (json.JSONDecodeError, ValueError, TypeError):
+      raise ValueError(f"{path}:{line_no}: corrupt partial score line; remove the file") from None
+  return done
