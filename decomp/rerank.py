@@ -203,8 +203,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--image-size", type=int, default=None,
                       help="side images are read at by a VL model (a multiple of its patch x "
                       "merge size, e.g. 448 for Qwen2-VL; default a workdir's own, else 32)")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="activation dtype of the scoring forward pass")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="activation dtype of the forward pass (default: a workdir's own, "
+                      "float32 for a model dir)")
   parser.add_argument("--split", default="test", help="qrels split (qrels/<split>.tsv)")
   parser.add_argument("--score", choices=("sft", "cl"), default=None,
                       help="z_y - z_n or z_y (default: the model's)")

@@ -151,7 +151,7 @@ def check_batch_size(batch_size) -> None:
 
 def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
                 score: str | None = None, step: int | None = None,
-                max_length: int = 512, allow_code: bool = False, dtype: str = "float32",
+                max_length: int = 512, allow_code: bool = False, dtype: str | None = None,
                 image_size: int | None = None) -> PairScorer:
   """A :class:`Scorer` for a training workdir or a Hugging Face / base-checkpoint directory.
 
@@ -172,7 +172,8 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
       lose document text from the end (then query text; never the template's tail).
     allow_code: run objective code a workdir's config names outside the installed packages
       (docs/trust.md).
-    dtype: activation dtype (``'bfloat16'``: faster where the device has bf16 units).
+    dtype: activation dtype (``'bfloat16'``: faster where the device has bf16 units); None: a
+      workdir's own, ``'float32'`` for a model directory.
     image_size: the side images are read at by a model with a vision tower (a multiple of its
       patch x merge size; None: a workdir's own, 32 for a model directory).
   """
@@ -187,14 +188,14 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
     raise ValueError(f"score must be 'sft' or 'cl', got {score!r}")
   rerank_inputs.check_model_path(path, preset, step)
   if rerank_inputs.is_workdir(path):
-    overrides = ["mesh.data=-1", "num_devices=0", f"model.dtype={dtype}"]
+    overrides = ["mesh.data=-1", "num_devices=0"] + ([f"model.dtype={dtype}"] if dtype else [])
     if image_size is not None:
       overrides.append(f"model.image_size={image_size}")
     run = Run.open(path, step, overrides=overrides, allow_code=allow_code)
     description = f"{path} (step {run.step}, score {score or run.score})"
   else:
     run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score,
-                             dtype=dtype, image_size=image_size)
+                             dtype=dtype or "float32", image_size=image_size)
     description = f"{path} (preset {preset or 'decomp'}, score {run.score})"
   score = score or run.score
   scores = run.scores_fn()
