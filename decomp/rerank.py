@@ -15,7 +15,7 @@ scores every (query, candidate) pair of the run's top-k, writes a TREC run (atom
 prints NDCG@10, MRR@10 and Recall@k per collection (trec_eval's convention; with several
 collections, an MRB-style table per task family and overall).
 Pairs are sorted by prompt length into token-sized batches padded to a short ladder of lengths
-(:func:`~decomp.rerank_scorer.plan_batches`) on every local device. Refusals are one ``error:``
+(:func:`~decomp.batching.plan_batches`) on every local device. Refusals are one ``error:``
 line, exit status 2, found before the model loads (:mod:`decomp.rerank_inputs`).
 
 Resuming: scores go to ``OUT.partial`` as they are computed (one JSON line per pair, fsynced per

@@ -1,7 +1,8 @@
 """Scoring (instruction, query, document) pairs with a model: :func:`load_scorer` opens a training
 workdir or a model directory as a :class:`PairScorer`, which sorts pairs by prompt length into
-token-sized batches padded to a short ladder of lengths (:func:`plan_batches`) on every local
-device. :mod:`decomp.rerank` re-exports all of it.
+token-sized batches padded to a short ladder of lengths
+(:func:`~decomp.batching.plan_batches`) on every local device. :mod:`decomp.rerank` re-exports
+all of it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from decomp.batching import plan_batches
 from decomp.data.types import Group, Item
 
 
@@ -53,51 +55,15 @@ class ScoredBatch:
   truncated: int = 0
 
 
-def plan_batches(lengths: Sequence[int], *, max_length: int, batch_size: int,
-                 multiple: int = 1) -> list[tuple[np.ndarray, int, int]]:
-  """Batches of pairs sorted by prompt length: ``[(indices, T, rows)]``, longest first.
-
-  Each batch pads its prompts to ``T``, the smallest rung of
-  :func:`~decomp.models.prompt.length_ladder` that holds them (a prompt longer than
-  ``max_length`` is cut to it), and holds as many as ``batch_size * max_length`` tokens allow
-  (``batch_size`` pairs at ``max_length``; more when they are shorter). ``rows`` (what the
-  batch is padded to, a multiple of ``multiple``: the data-parallel devices) is the batch's
-  capacity, halved while the pairs still fit: a few compiled shapes, little padding.
-
-  >>> [(i.tolist(), t, rows) for i, t, rows in plan_batches([20, 500, 30, 90], max_length=512,
-  ...                                                    batch_size=2)]
-  [([1], 512, 1), ([3], 128, 1), ([2, 0], 64, 2)]
-  """
-  from decomp.models.prompt import length_ladder
-  ladder = np.asarray(length_ladder(max_length))
-  clipped = np.minimum(np.asarray(lengths, np.int64), max_length)
-  rung = np.searchsorted(ladder, clipped)
-  order = np.argsort(-clipped, kind='stable')
-  budget = batch_size * max_length
-  plan, i = [], 0
-  while i < len(order):
-    r = rung[order[i]]
-    t = int(ladder[r])
-    capacity = max(multiple, budget // t // multiple * multiple)
-    j = i
-    while j < len(order) and j - i < capacity and rung[order[j]] == r:
-      j += 1
-    rows = capacity
-    while rows % 2 == 0 and (rows // 2) % multiple == 0 and rows // 2 >= j - i:
-      rows //= 2
-    plan.append((order[i:j], t, rows))
-    i = j
-  return plan
-
-
 @dataclasses.dataclass
 class PairScorer:
   """A jitted scorer: ``encode(groups, lengths) -> arrays [B, 1, T]`` then
   ``score_fn(arrays) -> [B, 1]``.
 
   With ``prompt_lengths`` (the untruncated length of each pair's prompt) the pairs are sorted by
-  length and batched by :func:`plan_batches` (``lengths`` is then ``(T,)``); without it every
-  batch holds ``batch_size`` pairs at the encoder's own length (``lengths`` None).
+  length and batched by :func:`~decomp.batching.plan_batches` (``lengths`` is then ``(T,)``);
+  without it every batch holds ``batch_size`` pairs at the encoder's own length (``lengths``
+  None).
   """
 
   encode: Callable[[list[Group], Sequence[int] | None], Mapping[str, np.ndarray]]
@@ -165,7 +131,7 @@ def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
     preset: a prompt preset of :data:`decomp.models.presets.PRESETS` for a model directory
       (None: decomp's own template); a workdir carries its own.
     batch_size: pairs per batch at ``max_length`` (batches of shorter prompts hold more:
-      :func:`plan_batches`).
+      :func:`~decomp.batching.plan_batches`).
     score: ``'sft'`` ranks by ``z_y - z_n`` (P(yes)'s logit), ``'cl'`` by ``z_y``; default the
       workdir's evaluation score, ``'sft'`` for a model directory.
     max_length: tokens per prompt of a model directory (a workdir uses its own); longer prompts

@@ -398,22 +398,6 @@ def bucket_length(length: int, multiple: int = 16) -> int:
   return max(multiple, -(-length // multiple) * multiple)
 
 
-LADDER_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)
-
-
-def length_ladder(max_length: int, multiple: int = 16) -> tuple[int, ...]:
-  """The lengths prompts are padded to when batches are sorted by length: ``max_length`` times
-  1/8, 1/4, 1/2, 3/4 and 1, rounded up to ``multiple`` (at most 5 compiled lengths; a batch of
-  short prompts is not padded to ``max_length``).
-
-  >>> length_ladder(512)
-  (64, 128, 256, 384, 512)
-  """
-  rungs = {min(bucket_length(int(max_length * f), multiple), max_length) for f in
-           LADDER_FRACTIONS}
-  return tuple(sorted(rungs | {max_length}))
-
-
 def prompt_lengths(tokenizer, instructions: Sequence[str], queries: Sequence[Any],
                    docs: Sequence[Any], *, image_tokens: int = 0, image_token: str | None = None,
                    image_wrap: tuple[str, str] | None = None, preset: str | None = None,

@@ -296,7 +296,8 @@ class EvalLogConfig(Section):
   eval_groups: int = knob(256, min=0, resume=True, evaluate=True)  # 0 = the whole split
   test_groups: int = knob(0, min=0, resume=True, evaluate=True)  # 0 = the whole split
   eval_list_size: int = knob(0, min=0, evaluate=True)  # candidates per query (0 = all)
-  eval_batch_size: int = knob(16, min=1, evaluate=True)  # groups per evaluation forward pass
+  # Evaluation batches hold eval_batch_size groups at max_length (more when prompts are shorter).
+  eval_batch_size: int = knob(16, min=1, evaluate=True)
   checkpoint_every: int = knob(100, min=0, resume=True)  # 0 = only the last step
   keep_checkpoints: int = knob(2, min=1, resume=True)
   quiet: bool = knob(False, resume=True, evaluate=True)  # no progress bar

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from decomp.data.playground import analysis
 from decomp.metrics import aggregate, ap, mrr, ndcg, recall
-from decomp.models.prompt import length_ladder
+from decomp.batching import plan_batches
 from decomp.objectives import RANK_SCORES, Objective
 from decomp.train import config as config_lib
 from decomp.train import mesh as mesh_lib
@@ -32,14 +32,13 @@ METRICS = {
 }
 
 
-def _longest_first(lengths, groups) -> np.ndarray:
-  """Group indices by their longest prompt, longest first (ties in split order); ``lengths``:
-  one per (group, document), in order."""
+def _longest(lengths, groups) -> list[int]:
+  """Each group's longest prompt; ``lengths``: one per (group, document), in order."""
   longest, i = [], 0
   for g in groups:
-    longest.append(max(lengths[i:i + len(g.docs)], default=0))
+    longest.append(max(lengths[i:i + len(g.docs)], default=1))
     i += len(g.docs)
-  return np.argsort(-np.asarray(longest, np.int64), kind='stable')
+  return longest
 
 
 def primary_score(cfg: config_lib.TrainConfig, objective: Objective) -> str:
@@ -80,29 +79,31 @@ class Evaluator:
   def _batches_of(self, split: str, count: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """``(group indices, this process's encoded arrays)`` per evaluation batch, encoded once.
 
-    Groups are sorted by their longest prompt (longest first) and each batch pads its prompts
-    to the smallest length of ``data.length_buckets`` (default :func:`length_ladder` of
-    ``max_length``) that holds them: a handful of compiled shapes, little padding. A batch holds
-    at most ``eval_batch_size`` groups and no more than the split needs (rounded up to the
-    data-parallel devices); only that remainder is padded, with copies of a real group.
+    Groups are sorted by their longest prompt (longest first) into batches of
+    ``eval_batch_size`` groups' worth of tokens at ``max_length`` (more groups when their
+    prompts are shorter), each padded to the smallest of ``data.length_buckets`` (default
+    :func:`~decomp.batching.length_ladder`) that holds it (:func:`~decomp.batching.plan_batches`):
+    a handful of compiled shapes, little padding. A batch is padded (with copies of a real
+    group) only to the smallest of its halved sizes that holds its groups, a multiple of the
+    data-parallel devices.
     """
     key = (split, count)
     if key not in self._batches:
       groups = self._groups_of(split, count)
-      ladder = self.cfg.data.length_buckets or length_ladder(self.cfg.data.max_length)
-      parallel = mesh_lib.data_parallel_size(self.mesh)
-      size = min(self.cfg.eval_log.eval_batch_size,
-                 -(-len(groups) // parallel) * parallel)
+      cfg = self.cfg
       procs, rank = jax.process_count(), jax.process_index()
       n = self.data.eval_list_size(groups)
-      order = _longest_first(self.data.encoder.prompt_lengths(groups), groups)
+      plan = plan_batches(_longest(self.data.encoder.prompt_lengths(groups), groups),
+                          max_length=cfg.data.max_length,
+                          batch_size=cfg.eval_log.eval_batch_size,
+                          multiple=mesh_lib.data_parallel_size(self.mesh),
+                          lengths_ladder=cfg.data.length_buckets or None)
       batches = []
-      for start in range(0, len(groups), size):
-        indices = order[start:start + size]
+      for indices, length, rows in plan:
         chunk = [groups[i] for i in indices]
-        chunk += [chunk[-1]] * (size - len(chunk))  # the last batch: its real rows + copies
-        local = size // procs
-        arrays = self.data.encode(chunk[rank * local:(rank + 1) * local], n, lengths=ladder)
+        chunk += [chunk[-1]] * (rows - len(chunk))
+        local = rows // procs
+        arrays = self.data.encode(chunk[rank * local:(rank + 1) * local], n, lengths=(length,))
         batches.append((indices, self.transform(arrays) if self.transform else arrays))
       self._batches[key] = batches
     return self._batches[key]

@@ -70,8 +70,9 @@ def test_bad_bucket_lists_are_named(override, message):
 
 
 def test_evaluation_sorted_by_length_equals_one_group_at_a_time():
-  """Evaluation sorts groups by length, pads each batch to a rung of the length ladder and
-  pads no batch beyond the split: the same scores as one group per batch at max_length."""
+  """Evaluation sorts groups by length into token-sized batches, each padded to a rung of the
+  length ladder and to fewer than twice its groups: the same scores as one group per batch at
+  max_length."""
   import jax
   from decomp.train import data as data_lib
   from decomp.train import evaluate as evaluate_lib
@@ -91,7 +92,9 @@ def test_evaluation_sorted_by_length_equals_one_group_at_a_time():
   ref = one_by_one.scores('val', params, frozen, 6)
   for key in ('sft', 'cl', 'labels', 'where'):
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
-  (indices, arrays), = sorted_eval._batches_of('val', 6)
-  assert len(indices) == 6 and arrays['input_ids'].shape[0] == 6  # not padded to 8 groups
-  assert arrays['input_ids'].shape[-1] < 96
-  assert list(indices) != sorted(indices)  # the longest group first: the order was undone
+  batches = sorted_eval._batches_of('val', 6)
+  order = np.concatenate([indices for indices, _ in batches]).tolist()
+  assert sorted(order) == list(range(6)) and order != list(range(6))  # longest first, undone
+  for indices, arrays in batches:  # padded to a rung below max_length, rows < 2x the groups
+    rows, _, length = arrays['input_ids'].shape
+    assert len(indices) <= rows < 2 * len(indices) and length < 96
