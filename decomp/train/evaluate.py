@@ -84,8 +84,7 @@ class Evaluator:
     prompts are shorter), each padded to the smallest of ``data.length_buckets`` (default
     :func:`~decomp.batching.length_ladder`) that holds it (:func:`~decomp.batching.plan_batches`):
     a handful of compiled shapes, little padding. A batch is padded (with copies of a real
-    group) only to the smallest of its halved sizes that holds its groups, a multiple of the
-    data-parallel devices.
+    group) only to the fewest of (data-parallel devices) x 2^k rows that hold its groups.
     """
     key = (split, count)
     if key not in self._batches:
