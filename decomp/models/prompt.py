@@ -398,6 +398,19 @@ def bucket_length(length: int, multiple: int = 16) -> int:
   return max(multiple, -(-length // multiple) * multiple)
 
 
+def prompt_lengths(tokenizer, instructions: Sequence[str], queries: Sequence[Any],
+                   docs: Sequence[Any], *, image_tokens: int = 0, image_token: str | None = None,
+                   image_wrap: tuple[str, str] | None = None, preset: str | None = None,
+                   system_suffix: str = DEFAULT_SYSTEM_SUFFIX) -> list[int]:
+  """The untruncated token count of each prompt (image placeholders included), as
+  :func:`encode_groups` builds it with the same arguments: a prompt longer than ``max_length``
+  is one whose text :func:`encode_groups` cuts."""
+  prompt = _prompt_for(tokenizer, image_tokens=image_tokens, image_token=image_token,
+                       image_wrap=image_wrap, system_suffix=system_suffix, preset=preset)
+  encoded = prompt.encode_pairs(instructions, queries, docs, max_length=1 << 30)
+  return [len(ids) for ids in encoded]
+
+
 def encode_groups(groups: Sequence[Any], tokenizer, *, list_size: int, max_length: int,
                   image_tokens: int = 0, image_size: int | None = None,
                   padding_side: str = "left", image_mean: Sequence[float] = (0.5, 0.5, 0.5),

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from decomp.train.errors import report_error, user_errors
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m decomp.train',
@@ -41,26 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-  """Exceptions whose message names a problem of the run's input, not a bug of decomp."""
-  from decomp.train.errors import RunError
-  return (RunError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
-def _report(error: BaseException) -> int:
-  message = error.args[0] if isinstance(error, KeyError) and error.args else error
-  print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
-  return 2
-
-
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     return _main(args)
-  except _user_errors() as e:
+  except user_errors() as e:
     if args.debug:
       raise
-    return _report(e)
+    return report_error(e)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -90,7 +80,7 @@ def _main(args: argparse.Namespace) -> int:
   except TypeError as e:  # e.g. a config file whose get_config() returns something else
     if args.debug:
       raise
-    return _report(e)
+    return report_error(e)
   results = train(cfg, args.workdir)
   if jax.process_index() == 0:
     summary = {'workdir': os.path.abspath(args.workdir), 'steps': results['steps'],

@@ -58,7 +58,7 @@ class ModelConfig(Section):
   # Read images with a ViT + projector: 'auto' = yes for 'playground'/'random' models and for
   # checkpoints that carry a vision tower, no for text checkpoints; true adds a fresh one.
   vision: Any = knob('auto', choices=('auto', True, False))
-  dtype: str = knob('float32', choices=DTYPES)  # activation dtype
+  dtype: str = knob('float32', choices=DTYPES, evaluate=True)  # activation dtype
   param_dtype: str = knob('float32', choices=DTYPES)
   # The shape of a 'random' / 'playground' model (a checkpoint directory has its own).
   hidden_size: int = knob(128, min=1, shape=True)
@@ -296,7 +296,8 @@ class EvalLogConfig(Section):
   eval_groups: int = knob(256, min=0, resume=True, evaluate=True)  # 0 = the whole split
   test_groups: int = knob(0, min=0, resume=True, evaluate=True)  # 0 = the whole split
   eval_list_size: int = knob(0, min=0, evaluate=True)  # candidates per query (0 = all)
-  eval_batch_size: int = knob(16, min=1, evaluate=True)  # groups per evaluation forward pass
+  # Evaluation batches hold eval_batch_size groups at max_length (more when prompts are shorter).
+  eval_batch_size: int = knob(16, min=1, evaluate=True)
   checkpoint_every: int = knob(100, min=0, resume=True)  # 0 = only the last step
   keep_checkpoints: int = knob(2, min=1, resume=True)
   quiet: bool = knob(False, resume=True, evaluate=True)  # no progress bar

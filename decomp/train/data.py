@@ -18,7 +18,7 @@ import numpy as np
 from decomp.data import types as data_types
 from decomp.data.sources import is_flag_directory, teacher_scores_array
 from decomp.models.backbone import ImageAdapter
-from decomp.models.prompt import encode_groups
+from decomp.models.prompt import encode_groups, prompt_lengths
 from decomp.models.vision import VisionConfig
 from decomp.train import config as config_lib
 
@@ -219,29 +219,36 @@ class Encoder:
     else:
       self.image_tokens = vision.num_patches if vision is not None else 0
 
-  def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
+  def _image_kwargs(self) -> dict:
+    """How images enter the prompt and the batch (:func:`encode_groups`' image arguments)."""
+    cfg = self.cfg
+    if self.adapter is not None and self.has_images:
+      size, adapter = cfg.model.image_size, self.adapter
+      return dict(image_tokens=self.image_tokens, image_size=size,
+                  image_token=adapter.image_token, image_wrap=adapter.image_wrap,
+                  image_processor=lambda images: adapter.patches(images, size))
+    if self.vision is not None and self.has_images:
+      return dict(image_tokens=self.image_tokens, image_size=cfg.model.image_size,
+                  image_mean=self.vision.image_mean, image_std=self.vision.image_std)
+    return {}
+
+  def encode(self, groups: Sequence[data_types.Group], list_size: int, *,
+             lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Numpy model inputs ``[B, n, ...]``: ``T = max_length`` (one compiled shape), or the
-    smallest of ``length_buckets`` that holds the batch (a handful of shapes).
+    smallest of ``lengths`` (default ``length_buckets``) that holds the batch (a handful of
+    shapes).
 
     Pixel arrays only when the source has images at all: a text-only source (the T->T
     playground) never runs the vision tower on empty image slots.
     """
     cfg = self.cfg
-    kwargs = {}
-    if self.adapter is not None and self.has_images:
-      size, adapter = cfg.model.image_size, self.adapter
-      kwargs = dict(image_tokens=self.image_tokens, image_size=size,
-                    image_token=adapter.image_token, image_wrap=adapter.image_wrap,
-                    image_processor=lambda images: adapter.patches(images, size))
-    elif self.vision is not None and self.has_images:
-      kwargs = dict(image_tokens=self.image_tokens, image_size=cfg.model.image_size,
-                    image_mean=self.vision.image_mean, image_std=self.vision.image_std)
-    else:
+    kwargs = self._image_kwargs()
+    if not kwargs:
       groups = [_drop_images(g) for g in groups]
     arrays = encode_groups(groups, self.tokenizer, list_size=list_size,
                            max_length=cfg.data.max_length, padding_side='left',
                            pad_multiple=cfg.data.max_length,
-                           lengths=cfg.data.length_buckets or None,
+                           lengths=lengths or cfg.data.length_buckets or None,
                            preset=cfg.readout.preset or None, **kwargs)
     if self.adapter is not None and 'pixel_values' in arrays:
       positions = self.adapter.positions(arrays['input_ids'], arrays['attention_mask'],
@@ -253,6 +260,17 @@ class Encoder:
     if teacher is not None:  # distillation reads them (readout.extra_scores['teacher'])
       arrays['teacher'] = teacher
     return arrays
+
+  def prompt_lengths(self, groups: Sequence[data_types.Group]) -> list[int]:
+    """The untruncated prompt length of every (group, document), in order: longer than
+    ``data.max_length`` means :meth:`encode` cuts its text."""
+    kwargs = {k: v for k, v in self._image_kwargs().items()
+              if k in ('image_tokens', 'image_token', 'image_wrap')}
+    if not kwargs:
+      groups = [_drop_images(g) for g in groups]
+    pairs = [(g.instruction, g.query, d) for g in groups for d in g.docs]
+    return prompt_lengths(self.tokenizer, *zip(*pairs), preset=self.cfg.readout.preset or None,
+                          **kwargs) if pairs else []
 
 
 class GroupData:
@@ -271,8 +289,9 @@ class GroupData:
     self.vision = vision
     self.encoder = Encoder(cfg, tokenizer, vision, has_images=source.has_images)
 
-  def encode(self, groups: Sequence[data_types.Group], list_size: int) -> dict[str, np.ndarray]:
-    return self.encoder.encode(groups, list_size)
+  def encode(self, groups: Sequence[data_types.Group], list_size: int, *,
+             lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    return self.encoder.encode(groups, list_size, lengths=lengths)
 
   def train_batch(self, start: int, count: int, process_index: int = 0,
                   process_count: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

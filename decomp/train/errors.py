@@ -37,3 +37,18 @@ class CorruptCheckpointError(RunError, ValueError):
 class BaseChangedError(RunError, ValueError):
   """A checkpoint that holds only what trained (adapters, a head) cannot find the base it was
   trained on: the base directory moved, was deleted, or its files changed since."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions whose message names a problem of the input, not a bug of decomp: a command
+  prints them as one ``error: <message>`` line (:func:`report_error`)."""
+  return (RunError, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+          IsADirectoryError, PermissionError)
+
+
+def report_error(error: BaseException) -> int:
+  """Prints ``error`` as one ``error: <message>`` line on stderr; returns the exit status 2."""
+  import sys
+  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+  print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
+  return 2

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from decomp.data.playground import analysis
 from decomp.metrics import aggregate, ap, mrr, ndcg, recall
+from decomp.batching import plan_batches
 from decomp.objectives import RANK_SCORES, Objective
 from decomp.train import config as config_lib
 from decomp.train import mesh as mesh_lib
@@ -29,6 +30,15 @@ METRICS = {
     'recall@1': lambda s, l, w: recall(s, l, where=w, topn=1, reduce_fn=None),
     'ap': lambda s, l, w: ap(s, l, where=w, reduce_fn=None),
 }
+
+
+def _longest(lengths, groups) -> list[int]:
+  """Each group's longest prompt; ``lengths``: one per (group, document), in order."""
+  longest, i = [], 0
+  for g in groups:
+    longest.append(max(lengths[i:i + len(g.docs)], default=1))
+    i += len(g.docs)
+  return longest
 
 
 def primary_score(cfg: config_lib.TrainConfig, objective: Objective) -> str:
@@ -66,38 +76,54 @@ class Evaluator:
       self._plans[key] = self.data.eval_plans(split, count)
     return self._plans[key]
 
-  def _batches_of(self, split: str, count: int) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """``(real rows, this process's encoded arrays)`` per evaluation batch, encoded once."""
+  def _batches_of(self, split: str, count: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """``(group indices, this process's encoded arrays)`` per evaluation batch, encoded once.
+
+    Groups are sorted by their longest prompt (longest first) into batches of
+    ``eval_batch_size`` groups' worth of tokens at ``max_length`` (more groups when their
+    prompts are shorter), each padded to the smallest of ``data.length_buckets`` (default
+    :func:`~decomp.batching.length_ladder`) that holds it (:func:`~decomp.batching.plan_batches`):
+    a handful of compiled shapes, little padding. A batch is padded (with copies of a real
+    group) only to the fewest of (data-parallel devices) x 2^k rows that hold its groups.
+    """
     key = (split, count)
     if key not in self._batches:
       groups = self._groups_of(split, count)
-      size = self.cfg.eval_log.eval_batch_size
+      cfg = self.cfg
       procs, rank = jax.process_count(), jax.process_index()
       n = self.data.eval_list_size(groups)
+      plan = plan_batches(_longest(self.data.encoder.prompt_lengths(groups), groups),
+                          max_length=cfg.data.max_length,
+                          batch_size=cfg.eval_log.eval_batch_size,
+                          multiple=mesh_lib.data_parallel_size(self.mesh),
+                          lengths_ladder=cfg.data.length_buckets or None)
       batches = []
-      for start in range(0, len(groups), size):
-        chunk = list(groups[start:start + size])
-        real = len(chunk)
-        chunk += [chunk[-1]] * (size - real)  # pad the last batch to the compiled shape
-        local = size // procs
-        arrays = self.data.encode(chunk[rank * local:(rank + 1) * local], n)
-        batches.append((real, self.transform(arrays) if self.transform else arrays))
+      for indices, length, rows in plan:
+        chunk = [groups[i] for i in indices]
+        chunk += [chunk[-1]] * (rows - len(chunk))
+        local = rows // procs
+        arrays = self.data.encode(chunk[rank * local:(rank + 1) * local], n, lengths=(length,))
+        batches.append((indices, self.transform(arrays) if self.transform else arrays))
       self._batches[key] = batches
     return self._batches[key]
 
   def scores(self, split: str, params, frozen, count: int, *,
              progress: bool = False) -> dict[str, Any]:
-    """``{score: [Q, n] for each ranking score, 'labels', 'where', 'tasks', 'modalities'}``;
-    ``progress``: a bar over the evaluation batches (on stderr)."""
+    """``{score: [Q, n] for each ranking score, 'labels', 'where', 'tasks', 'modalities'}``
+    (rows in the split's group order); ``progress``: a bar over the evaluation batches (on
+    stderr)."""
     groups = self._groups_of(split, count)
     procs = jax.process_count()
     out = {**{k: [] for k in RANK_SCORES}, 'labels': [], 'where': []}
+    order = []
     batches = self._batches_of(split, count)
     if progress:
       from tqdm.auto import tqdm
       batches = tqdm(batches, desc=f'evaluate {split} ({len(groups)} queries)', unit='batch',
                      dynamic_ncols=True)
-    for real, arrays in batches:
+    for indices, arrays in batches:
+      real = len(indices)
+      order.append(indices)
       batch = {k: jax.make_array_from_process_local_data(
           mesh_lib.batch_sharding(self.mesh, v.ndim), v) for k, v in arrays.items()}
       scores = self._eval(params, frozen, batch)
@@ -112,7 +138,8 @@ class Evaluator:
         out[k].append(np.asarray(scores[k])[:real])
       out['labels'].append(np.asarray(labels)[:real])
       out['where'].append(np.asarray(where)[:real])
-    result = {k: np.concatenate(v) for k, v in out.items()}
+    inverse = np.argsort(np.concatenate(order)) if order else np.zeros((0,), int)
+    result = {k: np.concatenate(v)[inverse] for k, v in out.items()}
     result['tasks'] = [g.task for g in groups]
     result['modalities'] = [g.modality for g in groups]
     return result

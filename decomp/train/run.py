@@ -105,14 +105,18 @@ class Run:
 
   @classmethod
   def from_model_dir(cls, directory: str, *, preset: str = '', max_length: int = 512,
-                     dtype: str = 'float32', score: str | None = None, mesh=None) -> 'Run':
+                     dtype: str = 'float32', score: str | None = None, mesh=None,
+                     image_size: int | None = None) -> 'Run':
     """A model directory (HF layout: config.json + safetensors + tokenizer) as an untrained run:
     the same engine, prompt encoder and scoring as a trained run, its weights loaded as they
     are. ``preset`` names a :data:`decomp.models.presets.PRESETS` prompt ('' = decomp's own
-    template); ``score`` defaults to ``'sft'`` (``z_y - z_n``, the logit of P(yes))."""
+    template); ``score`` defaults to ``'sft'`` (``z_y - z_n``, the logit of P(yes));
+    ``image_size``: the square side a vision tower reads images at (None: the config's)."""
+    model_fields = {'path': os.path.abspath(directory), 'dtype': dtype}
+    if image_size is not None:
+      model_fields['image_size'] = image_size
     cfg = config_lib.replace(
-        config_lib.TrainConfig(name='model_dir'),
-        model={'path': os.path.abspath(directory), 'dtype': dtype},
+        config_lib.TrainConfig(name='model_dir'), model=model_fields,
         readout={'preset': preset}, data={'max_length': max_length, 'playground': {}},
         parallel={'mesh': {'data': -1, 'model': 1}})
     objective, tokenizer, encoder, mesh, model = _model(

@@ -15,6 +15,7 @@ do not use these fixtures do not pay for it.
 from __future__ import annotations
 
 import os
+import types
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -166,3 +167,79 @@ def causal_parity() -> CausalParity:
       np.testing.assert_allclose(ours[i][mask[i] == 1], ref, atol=tol, rtol=0)
 
   return CausalParity(_left_padded, logits, check)
+
+
+# --- Qwen chat prompts: special tokens, the chat templates, Qwen2VLProcessor's outputs ------------
+
+SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>',
+           '<|image_pad|>', '<|video_pad|>']
+ADDED = ['<think>', '</think>']  # Qwen3: added (not special) tokens
+
+# Qwen3's chat template, reduced to the system/user turns and the generation prompt it renders
+# for a reranker (the enable_thinking=False tail is verbatim).
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}\n{%- endif %}")
+# Qwen2-VL's (and Qwen2.5-VL's) chat template.
+QWEN2VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _bpe_tokenizer(corpus, *, vocab_size: int = 400, extra_tokens=()):
+  """A small byte-level BPE trained on ``corpus`` with Qwen's special tokens (offline); the
+  ``extra_tokens`` (e.g. label words) are added whole, as single tokens."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(list(corpus) * 3, trainers.BpeTrainer(
+      vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      special_tokens=SPECIAL))
+  tok.add_tokens(ADDED + list(extra_tokens))
+  return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
+                                 pad_token='<|endoftext|>')
+
+
+def _processor_output(tokenizer, text, images, image_processor=None):
+  """What Qwen2VLProcessor returns for one prompt: its image processor's outputs, and the text
+  with the i-th <|image_pad|> repeated grid_i.prod() // merge**2 times, then tokenized.
+  (Qwen2VLProcessor itself cannot be built here: it insists on a video processor, which needs
+  torchvision.)"""
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+  if not images:
+    return {'input_ids': tokenizer(text, add_special_tokens=False)['input_ids']}
+  out = (image_processor or Qwen2VLImageProcessorPil())(images, return_tensors='np')
+  pieces = text.split('<|image_pad|>')
+  assert len(pieces) == len(images) + 1
+  expanded = pieces[0]
+  for grid, piece in zip(out['image_grid_thw'], pieces[1:]):
+    merge = getattr(image_processor, 'merge_size', 2)
+    expanded += '<|image_pad|>' * int(grid.prod() // merge ** 2) + piece
+  return {'input_ids': tokenizer(expanded, add_special_tokens=False)['input_ids'],
+          'pixel_values': out['pixel_values'], 'image_grid_thw': out['image_grid_thw']}
+
+
+@pytest.fixture(scope='session')
+def qwen_chat():
+  """SPECIAL, ADDED, QWEN3_TEMPLATE, QWEN2VL_TEMPLATE, ``bpe_tokenizer(corpus, ...)`` and
+  ``processor_output(tokenizer, text, images, image_processor=None)``."""
+  return types.SimpleNamespace(SPECIAL=SPECIAL, ADDED=ADDED, QWEN3_TEMPLATE=QWEN3_TEMPLATE,
+                               QWEN2VL_TEMPLATE=QWEN2VL_TEMPLATE, bpe_tokenizer=_bpe_tokenizer,
+                               processor_output=_processor_output)

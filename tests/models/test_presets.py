@@ -8,58 +8,17 @@ from PIL import Image
 from decomp.models.presets import PRESETS, collate, get_preset
 from decomp.models.qwen_vl.image import QwenImageProcessor
 
-SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>',
-           '<|image_pad|>', '<|video_pad|>']
-ADDED = ['<think>', '</think>']  # Qwen3: added (not special) tokens
-
-# Qwen3's chat template, reduced to the system/user turns and the generation prompt it renders
-# for a reranker (the enable_thinking=False tail is verbatim).
-QWEN3_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n"
-    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
-    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}\n{%- endif %}")
-# Qwen2-VL's (and Qwen2.5-VL's) chat template.
-QWEN2VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
-    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
-    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
 
 @pytest.fixture(scope='module')
-def tokenizer():
+def tokenizer(qwen_chat):
   """A small byte-level BPE with Qwen's special tokens (trained here, offline)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  corpus = [JUDGE for JUDGE in (
+  return qwen_chat.bpe_tokenizer([
       'Judge whether the Document meets the requirements based on the Query and the Instruct '
       'provided. Note that the answer can only be "yes" or "no".',
       'Assert the relevance of the previous image document to the following query, answer True '
       'or False. The query is: what is a cat? You are a helpful assistant.',
       '<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n'
-      '<Query>: how do cats purr?\n<Document>: Cats purr with their larynx.') for _ in range(3)]
-  tok.train_from_iterator(corpus, trainers.BpeTrainer(
-      vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      special_tokens=SPECIAL))
-  tok.add_tokens(ADDED)
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
-                                 pad_token='<|endoftext|>')
-  return fast
+      '<Query>: how do cats purr?\n<Document>: Cats purr with their larynx.'])
 
 
 def _images():
@@ -68,13 +27,13 @@ def _images():
           rng.integers(0, 256, (120, 50, 3), dtype=np.uint8)]
 
 
-def test_qwen3_reranker_equals_chat_template(tokenizer):
+def test_qwen3_reranker_equals_chat_template(tokenizer, qwen_chat):
   preset = get_preset('qwen3-reranker')
   for instruction in (None, 'Find the passage that answers the question'):
     ids = preset.encode(tokenizer, instruction, 'how do cats purr?', 'Cats purr.').input_ids
     theirs = tokenizer.apply_chat_template(
         preset.messages(instruction, 'how do cats purr?', 'Cats purr.'),
-        chat_template=QWEN3_TEMPLATE, add_generation_prompt=True, enable_thinking=False,
+        chat_template=qwen_chat.QWEN3_TEMPLATE, add_generation_prompt=True, enable_thinking=False,
         tokenize=True, return_dict=False)
     assert ids == list(theirs)
   text = preset.render(None, 'q', 'd')
@@ -87,24 +46,6 @@ def test_qwen3_reranker_equals_chat_template(tokenizer):
     preset.encode(tokenizer, None, 'q', _images()[0])
 
 
-def _processor_output(tokenizer, text, images):
-  """What Qwen2VLProcessor returns for one prompt: its image processor's outputs, and the text
-  with the i-th <|image_pad|> repeated grid_i.prod() // merge**2 times, then tokenized.
-  (Qwen2VLProcessor itself cannot be built here: it insists on a video processor, which needs
-  torchvision.)"""
-  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-  if not images:
-    return {'input_ids': tokenizer(text, add_special_tokens=False)['input_ids']}
-  out = Qwen2VLImageProcessorPil()(images, return_tensors='np')
-  pieces = text.split('<|image_pad|>')
-  assert len(pieces) == len(images) + 1
-  expanded = pieces[0]
-  for grid, piece in zip(out['image_grid_thw'], pieces[1:]):
-    expanded += '<|image_pad|>' * int(grid.prod() // 4) + piece
-  return {'input_ids': tokenizer(expanded, add_special_tokens=False)['input_ids'],
-          'pixel_values': out['pixel_values'], 'image_grid_thw': out['image_grid_thw']}
-
-
 @pytest.mark.parametrize('name,query,document', [
     ('monoqwen2-vl', 'what is a cat?', 'IMG0'),
     ('monoqwen2-vl', 'what is a cat?', ['IMG0', 'IMG1']),
@@ -112,7 +53,7 @@ def _processor_output(tokenizer, text, images):
     ('gmr', ['IMG0', 'which animal is this?'], ['A cat.', 'IMG1']),
     ('gmr', 'what is a cat?', 'A small domesticated feline.'),
 ])
-def test_vl_presets_equal_qwen2vl_processor(tokenizer, name, query, document):
+def test_vl_presets_equal_qwen2vl_processor(tokenizer, qwen_chat, name, query, document):
   images = _images()
   image_or_text = lambda p: images[int(p[3:])] if p.startswith('IMG') else p
   resolve = lambda item: ([image_or_text(p) for p in item] if isinstance(item, list)
@@ -123,11 +64,11 @@ def test_vl_presets_equal_qwen2vl_processor(tokenizer, name, query, document):
   ours = preset.encode(tokenizer, instruction, query, document,
                        image_processor=QwenImageProcessor())
   text = tokenizer.apply_chat_template(preset.messages(instruction, query, document),
-                                       chat_template=QWEN2VL_TEMPLATE,
+                                       chat_template=qwen_chat.QWEN2VL_TEMPLATE,
                                        add_generation_prompt=True, tokenize=False)
   assert text == preset.render(instruction, query, document)
   prompt_images = preset.images(query, document)
-  theirs = _processor_output(tokenizer, text, prompt_images)
+  theirs = qwen_chat.processor_output(tokenizer, text, prompt_images)
   assert ours.input_ids == list(theirs['input_ids'])
   if prompt_images:
     np.testing.assert_array_equal(ours.image_grid_thw, theirs['image_grid_thw'])

