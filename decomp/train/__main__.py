@@ -4,8 +4,9 @@ Runs (or resumes) ``decomp.train.train``. Multi-host: start one process per host
 ``--coordinator HOST:PORT --num-processes N --process-id I`` (``jax.distributed``).
 
 A named error (a bad config, missing data, a diverged run, a locked workdir, a corrupt
-checkpoint, ...) prints one ``error: <message>`` line and exits with status 2; a traceback means
-a bug (``--debug`` shows the traceback of named errors too).
+checkpoint, a full disk, ...) prints one ``error: <message>`` line and exits with status 2; a
+traceback means a bug (``--debug`` shows the traceback of named errors too). Ctrl-C at any moment
+prints one ``interrupted: ...`` line and exits with status 130; the same command resumes.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    return _main(args)
-  except user_errors() as e:
-    if args.debug:
-      raise
-    return report_error(e)
+  from decomp.train import interrupt
+  with interrupt.handling_sigint():
+    try:
+      return _main(args)
+    except user_errors() as e:
+      if args.debug:
+        raise
+      return report_error(e)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -91,4 +94,9 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    status = main()
+  except KeyboardInterrupt as e:  # Ctrl-C: one line, exit 130 (decomp.train.interrupt)
+    from decomp.train import interrupt
+    interrupt.exit_interrupted(e)
+  sys.exit(status)
