@@ -12,6 +12,7 @@ prints one ``interrupted: ...`` line and exits with status 130; the same command
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -44,6 +45,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+# A write failed for want of room or permission: the user's to fix (the run resumes once fixed).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def _report_disk(error: OSError) -> int:
+  where = f'could not write {error.filename}' if error.filename else 'a write failed'
+  print(f'error: {where}: {error.strerror}. Is the disk full, the workdir unwritable or a '
+        'file-size limit (ulimit -f) reached? The last checkpoint is kept: rerun the same '
+        'command to resume', file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   from decomp.train import interrupt
@@ -54,6 +67,10 @@ def main(argv=None) -> int:
       if args.debug:
         raise
       return report_error(e)
+    except OSError as e:
+      if args.debug or e.errno not in _DISK_ERRNOS:
+        raise
+      return _report_disk(e)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Nothing silent, round two (issue 28): a full disk and Ctrl-C each end a run with one line,
 no thread tracebacks, no crash, and a workdir the same command resumes."""
 
+import errno
 import os
 import resource
 import signal
@@ -90,6 +91,33 @@ def test_a_full_disk_is_one_error_line_and_the_workdir_resumes(tmp_path):
 
   assert train(quick(*RUN), workdir)['final']['step'] == 4
   assert ckpt_lib.Checkpoints(workdir).all_steps() == [2, 4]
+
+
+def test_a_failed_log_write_names_its_file_and_is_one_error_line(tmp_path, monkeypatch,
+                                                                   capsys):
+  path = str(tmp_path / 'steps.jsonl')
+  logger = logs.JsonLinesLogger(path)
+  logger.log({'step': 1})
+  limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+  handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 10, limit[1]))
+  try:
+    with pytest.raises(OSError) as failed:
+      logger.log({'step': 2, 'loss': 1.0})
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    signal.signal(signal.SIGXFSZ, handler)
+  assert (failed.value.errno, failed.value.filename) == (errno.EFBIG, path)
+  logger.close()  # nothing is left buffered to fail again
+  assert logs.read_jsonl(path) == [{'step': 1}]  # the torn line is skipped
+
+  from decomp.train import __main__ as cli
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+  monkeypatch.setattr('decomp.train.loop.train', full_disk)
+  assert cli.main(['--workdir', str(tmp_path / 'run'), '--config', 'playground_quick']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f'error: could not write {path}: No space left'), err
 
 
 # The CLI, with Ctrl-C pressed while XLA compiles the first program of the run (before the
