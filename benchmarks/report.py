@@ -150,10 +150,12 @@ def markdown(r: dict) -> str:
                  f'{f.get("affine_r2", float("nan")):.3f} |')
     out += ['', 'All points of a sweep are compiled first and timed in rounds (one call of each '
             'point per round).', '']
-  notes_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'NOTES.md')
-  if os.path.exists(notes_path):
-    with open(notes_path) as f:
-      out += [f.read().rstrip(), '']
+  # Hand-written notes, then the soak test's section (written by benchmarks/soak.py).
+  for name in ('NOTES.md', 'SOAK.md'):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    if os.path.exists(path):
+      with open(path) as f:
+        out += [f.read().rstrip(), '']
   return '\n'.join(out)
 
 

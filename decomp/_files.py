@@ -41,8 +41,10 @@ def write_atomic(path: str, write: Callable[[Any], None], *, binary: bool = Fals
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename is None:  # a failed write (a full disk): say where
+      raise OSError(e.errno, e.strerror, path) from e
     raise
   fsync_dir(directory)

@@ -4,13 +4,15 @@ Runs (or resumes) ``decomp.train.train``. Multi-host: start one process per host
 ``--coordinator HOST:PORT --num-processes N --process-id I`` (``jax.distributed``).
 
 A named error (a bad config, missing data, a diverged run, a locked workdir, a corrupt
-checkpoint, ...) prints one ``error: <message>`` line and exits with status 2; a traceback means
-a bug (``--debug`` shows the traceback of named errors too).
+checkpoint, a full disk, ...) prints one ``error: <message>`` line and exits with status 2; a
+traceback means a bug (``--debug`` shows the traceback of named errors too). Ctrl-C at any moment
+prints one ``interrupted: ...`` line and exits with status 130; the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -43,14 +45,32 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+# A write failed for want of room or permission: the user's to fix (the run resumes once fixed).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def _report_disk(error: OSError) -> int:
+  where = f'could not write {error.filename}' if error.filename else 'a write failed'
+  print(f'error: {where}: {error.strerror}. Is the disk full, the workdir unwritable or a '
+        'file-size limit (ulimit -f) reached? The last checkpoint is kept: rerun the same '
+        'command to resume', file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    return _main(args)
-  except user_errors() as e:
-    if args.debug:
-      raise
-    return report_error(e)
+  from decomp.train import interrupt
+  with interrupt.handling_sigint():
+    try:
+      return _main(args)
+    except user_errors() as e:
+      if args.debug:
+        raise
+      return report_error(e)
+    except OSError as e:
+      if args.debug or e.errno not in _DISK_ERRNOS:
+        raise
+      return _report_disk(e)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -91,4 +111,9 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    status = main()
+  except KeyboardInterrupt as e:  # Ctrl-C: one line, exit 130 (decomp.train.interrupt)
+    from decomp.train import interrupt
+    interrupt.exit_interrupted(e)
+  sys.exit(status)

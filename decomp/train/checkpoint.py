@@ -27,6 +27,7 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -38,7 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from decomp.train import logs
-from decomp.train.errors import CorruptCheckpointError
+from decomp.train.errors import CheckpointSaveError, CorruptCheckpointError
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints_corrupt'  # where a training run moves the corrupt steps it skipped
@@ -68,10 +69,15 @@ class Checkpoints:
           max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
           # A killed run can leave a half-written step directory behind; remove it on start.
           cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_handlers=_handlers())
+    _quiet_closed_event_loop()
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_handlers=_handlers())
+    except OSError as e:  # e.g. an unwritable workdir: the directory cannot be created
+      raise CheckpointSaveError(f'cannot create {self.directory}: {e.strerror}') from e
     self._read_only = read_only
     self._unverified: list[int] = []  # saved steps whose checksums are not written yet
+    self._last_save: int | None = None  # the step of the latest save() (it may still run)
     self.skipped: list[int] = []  # corrupt steps the last restore() fell back from
 
   def latest_step(self) -> int | None:
@@ -85,13 +91,16 @@ class Checkpoints:
     """Saves ``state`` (``{'params'[, 'frozen'], 'opt_state'}`` of jax arrays) as the items
     ``model`` and ``optimizer``, and ``meta`` (JSON-able dict), as ``step``."""
     meta = dict(meta, step=int(step))
-    self._manager.wait_until_finished()  # what save() does first anyway: the last step is done
-    self._write_checksums()
+    self.wait()  # what save() does first anyway: the last step is done
     items = {item: ocp.args.StandardSave({k: state[k] for k in keys if k in state})
              for item, keys in ITEMS.items()}
-    self._manager.save(int(step), args=ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta)),
-                       force=True)
     self._unverified.append(int(step))
+    self._last_save = int(step)
+    try:
+      self._manager.save(int(step), args=ocp.args.Composite(
+          **items, meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:
+      raise self._save_failed(e) from e
     self.poll()
 
   def poll(self) -> None:
@@ -208,13 +217,37 @@ class Checkpoints:
     return moved
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk (and their checksums written)."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk (and their checksums written).
+
+    Raises:
+      CheckpointSaveError: a save failed (one line: the step, the cause, the last good step).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # raised again by every later wait: report the failed save once
+      raise self._save_failed(e) from e
     self._write_checksums()
 
+  def _save_failed(self, error: BaseException) -> CheckpointSaveError:
+    """The named error of a failed save; the failed (unfinished) steps are forgotten."""
+    self._unverified = []
+    code = re.search(r"os_error_code='?(\d+)", str(error))  # TensorStore's errno of a failed write
+    cause = (f'{os.strerror(int(code.group(1)))} (errno {code.group(1)})' if code
+             else getattr(error, 'strerror', None) or _one_line(error))
+    complete = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit()) \
+        if os.path.isdir(self.directory) else []
+    kept = (f'the last good checkpoint is step {complete[-1]} (a rerun resumes from it)'
+            if complete else 'no checkpoint was saved before')
+    return CheckpointSaveError(
+        f'could not save checkpoint step {self._last_save} in {self.directory}: '
+        f'{cause}. Is the disk full, the workdir unwritable or a file-size limit (ulimit -f) '
+        f'reached? {kept}')
+
   def close(self) -> None:
-    self.wait()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self):
     return self
@@ -323,18 +356,32 @@ def _is_orbax_read_noise(value=None, obj=None) -> bool:
 
 
 class _AbandonedReadFilter(logging.Filter):
-  """Drops asyncio's 'exception was never retrieved' records of Orbax's failed reads."""
+  """Drops asyncio's 'exception was never retrieved' records of Orbax's failed reads and
+  writes (the coroutines of the other arrays of a failed save)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
+    text = str(error or record.getMessage())
     return not ('never retrieved' in str(record.msg)
-                and 'Encountered error while reading' in str(error or record.getMessage()))
+                and ('Encountered error while reading' in text or 'Error writing' in text
+                     or f'{os.sep}orbax{os.sep}' in record.getMessage()))
+
+
+class _BackgroundSaveFilter(logging.Filter):
+  """Drops the tracebacks Orbax's save threads log when a write fails (a full disk: one per
+  thread, each with the whole TensorStore spec); the same error reaches the training loop,
+  which names it in one line (:class:`CheckpointSaveError`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.exc_info
+                and f'{os.sep}orbax{os.sep}' in record.pathname)
 
 
 def _quiet_closed_event_loop() -> None:
-  """Drops the tracebacks Orbax's abandoned reads print after it gave up on a corrupt
-  checkpoint ('RuntimeError: Event loop is closed' from TensorStore callbacks in their threads;
-  never-awaited read coroutines): hundreds of lines that bury the one-line error. Installed
+  """Drops the tracebacks Orbax's abandoned reads and writes print after it gave up on a
+  corrupt checkpoint or a failed save ('RuntimeError: Event loop is closed' from TensorStore
+  callbacks in their threads; never-awaited coroutines; its save threads' logged errors):
+  hundreds of lines that bury the one-line error. Installed
   once, on the thread and unraisable hooks only (the main thread's ``sys.excepthook`` is left
   alone); every other exception goes to the previous hooks."""
   global _QUIET_INSTALLED
@@ -346,6 +393,7 @@ def _quiet_closed_event_loop() -> None:
                                   else old_unraisable(u))
   threading.excepthook = lambda a: None if _is_orbax_read_noise(a.exc_value) else old_thread(a)
   logging.getLogger('asyncio').addFilter(_AbandonedReadFilter())
+  logging.getLogger('absl').addFilter(_BackgroundSaveFilter())
 
 
 # The array items of a step and the state keys each holds.

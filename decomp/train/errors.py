@@ -39,6 +39,11 @@ class BaseChangedError(RunError, ValueError):
   trained on: the base directory moved, was deleted, or its files changed since."""
 
 
+class CheckpointSaveError(RunError):
+  """A checkpoint could not be written (a full disk, an unwritable workdir, a file-size limit);
+  the checkpoints saved before it are intact."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
   """Exceptions whose message names a problem of the input, not a bug of decomp: a command
   prints them as one ``error: <message>`` line (:func:`report_error`)."""

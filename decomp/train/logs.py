@@ -122,14 +122,19 @@ class JsonLinesLogger:
     if enabled:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       _drop_torn_tail(path)
-      self._file = open(path, 'a')
+      # Unbuffered: a write that fails (a full disk) leaves nothing for close() to fail on again.
+      self._file = open(path, 'ab', buffering=0)
 
   def log(self, record: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    self._file.write(json.dumps(_jsonable(record), sort_keys=False) + '\n')
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    line = memoryview((json.dumps(_jsonable(record), sort_keys=False) + '\n').encode())
+    try:
+      while line:  # a short write (the disk just filled) is followed by one that fails
+        line = line[self._file.write(line):]
+      os.fsync(self._file.fileno())
+    except OSError as e:  # a torn line is dropped by the readers and by the next run
+      raise OSError(e.errno, e.strerror, self.path) from e
 
   def close(self) -> None:
     if self._file is not None:

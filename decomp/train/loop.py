@@ -34,6 +34,7 @@ from decomp.train import base_ref
 from decomp.train import checkpoint as ckpt_lib
 from decomp.train import config as config_lib
 from decomp.train import evaluate as evaluate_lib
+from decomp.train import interrupt
 from decomp.train import logs
 from decomp.train import mesh as mesh_lib
 from decomp.train import nonfinite
@@ -242,8 +243,10 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       example_log.write(step, _per_example_columns(step, per_doc, meta))
     progress.update(record)
 
+  interrupt.defer(True)  # a Ctrl-C stops between steps (decomp.train.interrupt)
   try:
     for step in range(start + 1, cfg.optim.steps + 1):
+      interrupt.check(step - 1, checkpoints.latest_step())
       arrays, meta = data.train_batch((step - 1) * cfg.data.batch_size, cfg.data.batch_size,
                                       jax.process_index(), jax.process_count())
       # Under jit the losses cannot check label values: the host does, on every batch.
@@ -281,6 +284,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
         last_time = time.perf_counter()
     if pending is not None:
       finish(pending)
+    interrupt.defer(False)
+    interrupt.check(cfg.optim.steps, checkpoints.latest_step())
     progress.close()
     checkpoints.wait()
     if features is not None:
@@ -305,6 +310,7 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
       logs.write_json_atomic(os.path.join(workdir, logs.RESULTS_FILE), results)
     return results
   finally:
+    interrupt.defer(False)
     progress.close()
     step_log.close()
     eval_log.close()
