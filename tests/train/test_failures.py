@@ -473,14 +473,11 @@ CTRL_C_WHILE_COMPILING = textwrap.dedent('''
 
 
 @pytest.mark.filterwarnings(r'ignore:os.fork\(\) was called:RuntimeWarning')
-def test_ctrl_c_while_compiling_exits_130_with_one_line(tmp_path):
+def test_ctrl_c_while_compiling_exits_130_with_one_line(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'compiling')
-  env_cache = os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)  # compile for real
-  try:
-    proc = _cli(workdir, script=CTRL_C_WHILE_COMPILING)
-  finally:
-    if env_cache is not None:
-      os.environ['JAX_COMPILATION_CACHE_DIR'] = env_cache
+  for cache in ('JAX_COMPILATION_CACHE_DIR', 'DECOMP_COMPILATION_CACHE'):  # compile for real
+    monkeypatch.delenv(cache, raising=False)
+  proc = _cli(workdir, script=CTRL_C_WHILE_COMPILING)
   assert proc.returncode == interrupt.EXIT_STATUS, proc.stderr[-3000:]
   assert proc.stderr.strip().splitlines() == [
       'interrupted: stopped before the run finished; rerun the same command to resume']
