@@ -231,14 +231,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   """The command: 0 when every collection is written; a refusal is one ``error:`` line on
   stderr and exit status 2 (``--debug`` raises it with its traceback)."""
+  from decomp.train import interrupt
   from decomp.train.errors import report_error, user_errors
   args = parse_args(argv)
   try:
-    return _main(args)
+    # Ctrl-C: one 'interrupted:' line and exit 130; the scores fsynced to OUT.partial so far are
+    # kept, and the same command resumes from them (decomp.train.interrupt says why os._exit).
+    with interrupt.handling_sigint():
+      return _main(args)
   except (*user_errors(), OSError) as e:
     if args.debug:
       raise
     return report_error(e)
+  except KeyboardInterrupt as e:
+    if args.debug:
+      raise
+    interrupt.exit_interrupted(e)
 
 
 @dataclasses.dataclass

@@ -169,3 +169,24 @@ def test_a_resume_never_mixes_checkpoints_or_data(tmp_path, monkeypatch, capsys)
   scorer["next"] = lambda step: resumed
   assert rerank_lib.main(argv + ["--step", "3"]) == 0
   assert len(resumed.scored) == 4 and out.exists() and not os.path.exists(partial)
+
+
+def test_ctrl_c_of_the_command_is_one_line_and_exit_130(monkeypatch, capsys):
+  """Ctrl-C while scoring: one 'interrupted:' line, status 130 (the .partial file keeps what was
+  scored; test_killed_rerank_resumes_without_rescoring covers the resume)."""
+  import decomp.rerank as rerank_lib
+  from decomp.train import interrupt
+
+  def scoring(args):
+    raise KeyboardInterrupt
+
+  def leave(status):
+    raise SystemExit(status)
+
+  monkeypatch.setattr(rerank_lib, "_main", scoring)
+  monkeypatch.setattr(interrupt.os, "_exit", leave)
+  with pytest.raises(SystemExit) as left:
+    rerank_lib.main(["--model", "m", "--data", "d", "--run", "r", "--out", "o"])
+  assert left.value.code == interrupt.EXIT_STATUS
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "interrupted: stopped before the run finished; rerun the same command to resume"]
