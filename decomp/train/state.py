@@ -165,7 +165,7 @@ def reranker_spec(cfg: config_lib.TrainConfig, tokenizer, shapes: ModelShapes,
       checkpoint=directory, vision_pretrained=shapes.vision_pretrained and directory is not None,
       label_pooling=cfg.readout.label_pooling, label_head=cfg.readout.label_head,
       projection='projection' in objective.needs, lora=lora, dtype=cfg.model.dtype,
-      param_dtype=cfg.model.param_dtype)
+      param_dtype=cfg.model.param_dtype, remat=cfg.parallel.remat)
 
 
 def rules_for(layout: str) -> Mapping[str, Any]:
