@@ -50,4 +50,6 @@ def rematerialized(fn: Callable, remat: str | bool) -> Callable:
   name = remat_name(remat)
   if name == 'none':
     return fn
-  return nnx.remat(fn, policy=REMAT_POLICIES[name])
+  # No graph updates: the frozen weights of a functional step come from jit's trace, not
+  # the gradient's, and nothing in a block mutates its module.
+  return nnx.remat(fn, policy=REMAT_POLICIES[name], graph_updates=False)
