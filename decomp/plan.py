@@ -116,9 +116,20 @@ def _tokenizer(cfg, directory):
     return None
 
 
-def plan_step(cfg) -> MemoryPlan:
-  """Compiles the training step of ``cfg`` on abstract shapes (no weight is allocated) and
-  reads its memory per device. The mesh is ``cfg.parallel`` over ``jax.devices()``."""
+@dataclasses.dataclass
+class CompiledStep:
+  """The training step of a config compiled on abstract shapes, with what it takes."""
+  compiled: Any  # (params, frozen, opt_state, step, batch) -> (params, opt_state, metrics)
+  model: Any  # decomp.train.state.ModelState (abstract params / frozen, ``initialize``)
+  tx: Any
+  opt_state: Any  # abstract, sharded
+  batch: dict[str, Any]  # abstract, sharded
+  mesh: Any
+
+
+def compile_step(cfg) -> CompiledStep:
+  """Compiles the training step of ``cfg`` on abstract shapes (no weight is allocated), on the
+  mesh of ``cfg.parallel`` over ``jax.devices()``."""
   import jax
   import jax.numpy as jnp
   from decomp.train import config as config_lib
@@ -142,15 +153,27 @@ def plan_step(cfg) -> MemoryPlan:
   batch = batch_shapes(cfg, mesh)
   counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
   compiled = step.lower(model.params, model.frozen, opt_state, counter, batch).compile()
-  memory = compiled.memory_analysis()
+  return CompiledStep(compiled, model, tx, opt_state, batch, mesh)
+
+
+def memory_plan(step: CompiledStep) -> MemoryPlan:
+  """Per-device memory of a compiled step: the arrays' shards and XLA's memory analysis."""
+  import jax
+  memory = step.compiled.memory_analysis()
+  model = step.model
   trained = device_bytes(model.params)
   num_params = sum(math.prod(a.shape) for a in jax.tree.leaves((model.params, model.frozen)))
   return MemoryPlan(params=trained, frozen=device_bytes(model.frozen),
-                    opt_state=device_bytes(opt_state), gradients=trained,
-                    batch=device_bytes(batch), temp=memory.temp_size_in_bytes,
+                    opt_state=device_bytes(step.opt_state), gradients=trained,
+                    batch=device_bytes(step.batch), temp=memory.temp_size_in_bytes,
                     arguments=memory.argument_size_in_bytes,
                     outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
                     num_params=num_params)
+
+
+def plan_step(cfg) -> MemoryPlan:
+  """The per-device memory of ``cfg``'s training step (:func:`compile_step`, :func:`memory_plan`)."""
+  return memory_plan(compile_step(cfg))
 
 
 def _with(cfg, **fields):
