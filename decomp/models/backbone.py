@@ -103,7 +103,8 @@ class Family:
     name: a short name for messages and docs.
     read_config: ``config.json`` dict -> the family's config (raises ValueError for what it
       does not implement). The config has ``hf_architecture`` (the table key it was read for).
-    create: ``(config, *, dtype, param_dtype, rngs)`` -> the randomly initialised model.
+    create: ``(config, *, dtype, param_dtype, remat, rngs)`` -> the randomly initialised model
+      (``remat``: a :data:`decomp.models.remat.REMAT_POLICIES` name).
     load: ``(directory, *, dtype, param_dtype, mesh, rules, remat)`` -> the model with the
       checkpoint's weights.
     save: ``(model, directory, **kwargs)``: writes what transformers loads back as the same

@@ -62,6 +62,8 @@ class RerankerSpec:
     projection: add the learnable projection direction ``r``.
     lora: LoRA adapters on the decoder (None: none).
     dtype, param_dtype: names in :data:`DTYPES`.
+    remat: what each decoder layer and vision block keeps for the backward pass
+      (:data:`decomp.models.remat.REMAT_POLICIES`); the same values and gradients under each.
     family_config: the checkpoint family's config when it holds more than the decoder (a model
       with its own image tower): ``decoder`` must be its text config, and the reranker reads
       images with that tower (no projector). None: ``decoder`` is the whole model.
@@ -80,6 +82,7 @@ class RerankerSpec:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   family_config: Any = None
+  remat: str = 'none'
 
   def __post_init__(self):
     if self.family_config is not None and (
@@ -123,7 +126,8 @@ def make_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base: Mapping[str, Any] | 
   """
   dtype, param_dtype = DTYPES[spec.dtype], DTYPES[spec.param_dtype]
   family = spec.family
-  whole = family.create(spec.config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  whole = family.create(spec.config, dtype=dtype, param_dtype=param_dtype, remat=spec.remat,
+                        rngs=rngs)
   if base is not None:
     nnx.update(whole, base['model'])
   decoder, tower = family.backbone(whole), family.tower(whole)
@@ -131,7 +135,8 @@ def make_reranker(spec: RerankerSpec, rngs: nnx.Rngs, base: Mapping[str, Any] | 
   if tower is not None:
     image_id = family.images(spec.config).image_token_id
   elif spec.vision is not None:
-    vision = VisionEncoder(spec.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    vision = VisionEncoder(spec.vision, dtype=dtype, param_dtype=param_dtype, remat=spec.remat,
+                           rngs=rngs)
     projector = Projector(spec.vision.hidden_size, decoder.config.hidden_size, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
     if base is not None and base.get('multimodal') is not None:

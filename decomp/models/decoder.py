@@ -25,6 +25,7 @@ from flax import nnx
 from decomp.models.blocks import (_param, check_at_index, embedded_inputs, head_log_normalizer,
                                   head_rows, token_matrix)
 from decomp.models.config import DecoderConfig, mrope_streams, rope_inv_freq
+from decomp.models.remat import remat_name, rematerialized
 
 __all__ = ['Decoder', 'DecoderLayer', 'Attention', 'MLP', 'Linear', 'RMSNorm', 'rope_cos_sin',
            'rotate_half', 'padding_positions']
@@ -212,9 +213,6 @@ def _run_layer_at_index(layer: DecoderLayer, x, index, cos, sin, mask):
   return layer.at_index(x, index, cos, sin, mask)
 
 
-_run_layer_remat = nnx.remat(_run_layer)
-_run_layer_at_index_remat = nnx.remat(_run_layer_at_index)
-
 
 class Decoder(nnx.Module):
   """Decoder-only LM. Params: embed_tokens [V, d], layers[i].*, norm, lm_head [V, d] or None (tied).
@@ -224,7 +222,8 @@ class Decoder(nnx.Module):
     dtype: compute dtype of activations (float32 or bfloat16); softmax, RMSNorm statistics,
       RoPE tables and `log_normalizer` stay float32.
     param_dtype: storage dtype of the parameters.
-    remat: rematerialise each layer in the backward pass (`nnx.remat`).
+    remat: what each layer keeps for the backward pass: 'none', 'block' or 'dots'
+      (:mod:`decomp.models.remat`; True / False mean 'block' / 'none').
     rngs: initialisation randomness (normal(0.02), like HF).
 
   The LM-head parameter (the embedding when tied) carries Variable metadata `lm_head=True`; the
@@ -232,12 +231,12 @@ class Decoder(nnx.Module):
   """
 
   def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: str | bool = 'none', rngs: nnx.Rngs):
     if not isinstance(config, DecoderConfig):
       raise TypeError(f'config must be a DecoderConfig, got {type(config).__name__}')
     self.config = config
     self.dtype = dtype
-    self.remat = remat
+    self.remat = remat_name(remat)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Drawn in this order (embedding, layers, norm, head): a seed's random init stays the same.
     self.embed_tokens = token_matrix(config, rngs, param_dtype, head=False)
@@ -292,14 +291,14 @@ class Decoder(nnx.Module):
     cos, sin = rope_cos_sin(self.config, positions, self.dtype)
     causal = jnp.tril(jnp.ones((t, t), bool))
     mask = causal[None] & valid[:, None, :]
-    run = _run_layer_remat if self.remat else _run_layer
+    run = rematerialized(_run_layer, self.remat)
     if len(layer_residuals) > len(self.layers):
       raise ValueError(f'{len(layer_residuals)} layer_residuals for {len(self.layers)} layers')
     at_index = check_at_index(at_index, b)
     last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
       if at_index is not None and i == last:
-        run_at = _run_layer_at_index_remat if self.remat else _run_layer_at_index
+        run_at = rematerialized(_run_layer_at_index, self.remat)
         x = run_at(layer, x, at_index, cos, sin, mask)
         if i < len(layer_residuals):
           residual = jnp.take_along_axis(layer_residuals[i], at_index[:, None, None], axis=1)

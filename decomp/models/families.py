@@ -25,7 +25,7 @@ __all__ = ['FAMILIES', 'SUPPORTED_ARCHITECTURES', 'family_for', 'family_of', 'lo
            'read_checkpoint', 'save_pretrained']
 
 
-def _create_decoder(config: DecoderConfig, *, dtype, param_dtype, rngs, remat: bool = False):
+def _create_decoder(config: DecoderConfig, *, dtype, param_dtype, rngs, remat: str | bool = 'none'):
   return Decoder(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
 
 

@@ -137,7 +137,7 @@ class TensorSource:
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
                     mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None,
-                    remat: bool = False) -> Decoder:
+                    remat: str | bool = 'none') -> Decoder:
   """A Decoder with weights read from a local HF directory.
 
   Args:

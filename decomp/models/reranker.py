@@ -273,7 +273,7 @@ def load_reranker(path: str, tokenizer_path: str | None = None, *, dtype=jnp.flo
                   feature_layer: int | None = -2, label_words: Sequence[str] = ("yes", "no"),
                   label_pooling: str = "first", label_head: str = "lm_head",
                   image_token: str | None = None, projection_direction: bool = False,
-                  mesh: jax.sharding.Mesh | None = None, rules=None, remat: bool = False,
+                  mesh: jax.sharding.Mesh | None = None, rules=None, remat: str | bool = "none",
                   seed: int = 0):
   """The one-call user path: a text checkpoint dir of any family in
   :data:`decomp.models.families.FAMILIES` (+ optional SigLIP/CLIP dir) -> ``(reranker,

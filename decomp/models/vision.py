@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from decomp.models.remat import remat_name, rematerialized
 from decomp.models.sharding import Rules, shard_model
 
 Array = jax.Array
@@ -282,6 +283,10 @@ class _EncoderLayer(nnx.Module):
     return x + self.fc2(_ACTIVATIONS[self.act](self.fc1(self.layer_norm2(x))))
 
 
+def _run_layer(layer: _EncoderLayer, x: Array) -> Array:
+  return layer(x)
+
+
 class VisionEncoder(nnx.Module):
   """SigLIP / CLIP ViT: ``pixel_values [N, H, W, 3]`` (normalised) -> ``[N, num_patches, d_v]``.
 
@@ -291,7 +296,7 @@ class VisionEncoder(nnx.Module):
 
   def __init__(self, config: VisionConfig, *, feature_layer: int | None = None,
                keep_cls: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: str | bool = "none", rngs: nnx.Rngs):
     if feature_layer is not None and not -config.num_layers - 1 <= feature_layer <= config.num_layers:
       raise ValueError(f"feature_layer {feature_layer} is outside the encoder's "
                        f"{config.num_layers + 1} hidden states")
@@ -299,6 +304,7 @@ class VisionEncoder(nnx.Module):
     self.feature_layer = feature_layer
     self.keep_cls = keep_cls and config.family == "clip"
     self.dtype = dtype
+    self.remat = remat_name(remat)  # per layer (decomp.models.remat)
     self.hidden_size = config.hidden_size
     self.num_patches = config.num_patches + (1 if self.keep_cls else 0)
     d, p = config.hidden_size, config.patch_size
@@ -354,8 +360,9 @@ class VisionEncoder(nnx.Module):
       x = self.pre_layrnorm(x)
     num_layers = len(self.layers)
     stop = num_layers if feature_layer is None else feature_layer % (num_layers + 1)
+    run = rematerialized(_run_layer, self.remat)
     for layer in self.layers[:stop]:
-      x = layer(x)
+      x = run(layer, x)
     if feature_layer is None and self.class_embedding is None:
       x = self.post_layernorm(x)
     if self.class_embedding is not None and not keep_cls:

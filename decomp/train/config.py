@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from decomp import _params
 from decomp import objectives as objectives_lib
+from decomp.models.remat import REMAT_POLICIES
 from decomp.readout import LABEL_HEADS, LABEL_POOLINGS
 from decomp.train.knobs import (ConfigError, Section, bad_value, check_playground_options, defaults,
                                 knob)
@@ -269,6 +270,10 @@ class ParallelConfig(Section):
   doc_chunk: int = knob(0, min=0)
   # Micro-batches per step, gradients accumulated with the whole batch's list normaliser.
   accumulate_steps: int = knob(1, min=1)
+  # What each decoder layer / vision block keeps for the backward pass: 'none' (all), 'block'
+  # (its input only: one more forward, least memory), 'dots' (its projections' outputs too).
+  # Same values and gradients under each (decomp.models.remat; cost in docs/config.md).
+  remat: str = knob('none', choices=tuple(REMAT_POLICIES), resume=True, evaluate=True)
 
   def _check(self):
     for name, axes in self.axis_rules.items():

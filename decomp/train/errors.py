@@ -57,3 +57,25 @@ def report_error(error: BaseException) -> int:
   message = error.args[0] if isinstance(error, KeyError) and error.args else error
   print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
   return 2
+
+
+class OutOfMemoryError(RunError):
+  """The training step did not fit in device memory (XLA's ``RESOURCE_EXHAUSTED``, at compile
+  time or in a step)."""
+
+
+def out_of_memory(error: BaseException, cfg) -> OutOfMemoryError | None:
+  """``error`` as an :class:`OutOfMemoryError` naming what to change, or None when it is not
+  XLA running out of memory. ``cfg`` is the run's TrainConfig."""
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' not in text:
+    return None
+  detail = ' '.join(text.split())[:300]
+  p, d = cfg.parallel, cfg.data
+  return OutOfMemoryError(
+      f'the training step does not fit in device memory ({detail}). Set remat=block (now '
+      f'{p.remat}: recomputes each layer in the backward pass), doc_chunk=K (now {p.doc_chunk}: '
+      f'K of the {d.list_size} documents of a list at a time), accumulate_steps, layout=fsdp, or '
+      f'a smaller batch_size={d.batch_size} / negatives={d.negatives} / max_length='
+      f'{d.max_length}; `python -m decomp.plan` with this run\'s --config and --set prints what '
+      'fits. The workdir keeps its last checkpoint: the same command resumes from it')

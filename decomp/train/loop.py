@@ -47,6 +47,7 @@ from decomp.train import run as run_lib
 from decomp.train import state as state_lib
 from decomp.train import step as step_lib
 from decomp.train import workdir as workdir_lib
+from decomp.train import errors
 from decomp.train.errors import BaseChangedError, NonFiniteError
 
 
@@ -132,7 +133,12 @@ def train(config: config_lib.TrainConfig | str, workdir: str, *,
     workdir_lib.check_resumable(workdir, cfg)
     # The entry point resolves model=playground to its base's directory (built once, cached).
     from decomp.playground.base import model_directory
-    return _train_locked(cfg, workdir, data, tokenizer, objective, primary, model_directory(cfg))
+    try:
+      return _train_locked(cfg, workdir, data, tokenizer, objective, primary, model_directory(cfg))
+    except jax.errors.JaxRuntimeError as e:
+      if (oom := errors.out_of_memory(e, cfg)) is None:
+        raise
+      raise oom from e
   finally:
     lock.release()
 
@@ -173,17 +179,8 @@ def _train_locked(cfg: config_lib.TrainConfig, workdir: str, data, tokenizer, ob
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
 
   def jitted_step(global_norms: bool):
-    return jax.jit(
-        nonfinite.guard_step(step_lib.make_train_step(
-            run.graphdef, tx, schedule, objective, cl_temperature=cfg.objective.temperature,
-            example_grad_norms=cfg.eval_log.example_grad_norms, doc_chunk=cfg.parallel.doc_chunk,
-            micro_batches=cfg.parallel.accumulate_steps, global_norms=global_norms),
-            skip=cfg.optim.on_nonfinite == 'skip_step'),
-        in_shardings=(state_shardings['params'], state_shardings['frozen'],
-                      state_shardings['opt_state'], replicated, None),
-        # Metrics are small: replicated, so every process can read them (multi-host).
-        out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
-        donate_argnums=(0, 2))
+    return step_lib.jit_train_step(cfg, run.graphdef, tx, schedule, objective, state_shardings,
+                                   replicated, global_norms=global_norms)
 
   # Two compiled steps, with and without the global norms; the second compiles on first use.
   train_steps = {True: jitted_step(True), False: jitted_step(False)}

@@ -126,7 +126,7 @@ def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
   family, config = read_checkpoint(directory)
   if family.images is not None:
     text = family.text_config(config)
-    if len(tokenizer) > text.vocab_size:
+    if tokenizer is not None and len(tokenizer) > text.vocab_size:
       raise ValueError(f'{directory}: the tokenizer has {len(tokenizer)} tokens but the model '
                        f'only {text.vocab_size} embeddings')
     return ModelShapes(text, None, False, family_config=config,
@@ -137,7 +137,7 @@ def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
     vconfig = None
   elif cfg.model.vision is True and vconfig is None:
     vconfig = vision_config(cfg)  # asked for: a fresh ViT + projector on a text checkpoint
-  if len(tokenizer) > dconfig.vocab_size:
+  if tokenizer is not None and len(tokenizer) > dconfig.vocab_size:
     raise ValueError(f'{directory}: the tokenizer has {len(tokenizer)} tokens but the model '
                      f'only {dconfig.vocab_size} embeddings')
   return ModelShapes(dconfig, vconfig, pretrained)
@@ -145,7 +145,10 @@ def model_shapes(cfg: config_lib.TrainConfig, tokenizer,
 
 def reranker_spec(cfg: config_lib.TrainConfig, tokenizer, shapes: ModelShapes,
                   objective: Objective, directory: str | None) -> RerankerSpec:
-  """What the config's reranker is: shapes, label tokens, readout options, adapters."""
+  """What the config's reranker is: shapes, label tokens, readout options, adapters.
+
+  ``tokenizer=None`` (a checkpoint directory's shapes alone, for :mod:`decomp.plan`): the label
+  words and image placeholder take ids 0, 1, ..., unchecked against a vocabulary."""
   vconfig = shapes.vision
   if vconfig is not None and vconfig.image_size != cfg.model.image_size:
     raise ValueError(f'config image_size={cfg.model.image_size} but the checkpoint ViT reads '
@@ -153,19 +156,24 @@ def reranker_spec(cfg: config_lib.TrainConfig, tokenizer, shapes: ModelShapes,
   if cfg.finetune.lora_vision and (shapes.family_config is None or cfg.finetune.mode != 'lora'):
     raise ValueError('config lora_vision=true: vision adapters need finetune=lora and a '
                      f'checkpoint with its own image tower (model={cfg.model.path!r})')
-  if shapes.images is not None:
+  if shapes.images is not None and tokenizer is not None:
     shapes.images.check(tokenizer, cfg.model.image_size)
   lora = (LoraSpec(cfg.finetune.lora_rank, cfg.finetune.lora_alpha,
                    tuple(cfg.finetune.lora_targets), cfg.finetune.lora_vision)
           if cfg.finetune.mode == 'lora' else None)
-  labels = tuple(label_token_ids(tokenizer, config_lib.label_words(cfg)))
+  words = config_lib.label_words(cfg)
+  labels = (tuple(label_token_ids(tokenizer, words)) if tokenizer is not None
+            else tuple(range(len(words))))
+  image_id = None
+  if vconfig is not None:
+    image_id = image_token_id(tokenizer) if tokenizer is not None else len(words)
   return RerankerSpec(
       decoder=shapes.decoder, label_ids=labels, family_config=shapes.family_config,
-      vision=vconfig, image_token_id=image_token_id(tokenizer) if vconfig is not None else None,
+      vision=vconfig, image_token_id=image_id,
       checkpoint=directory, vision_pretrained=shapes.vision_pretrained and directory is not None,
       label_pooling=cfg.readout.label_pooling, label_head=cfg.readout.label_head,
       projection='projection' in objective.needs, lora=lora, dtype=cfg.model.dtype,
-      param_dtype=cfg.model.param_dtype)
+      param_dtype=cfg.model.param_dtype, remat=cfg.parallel.remat)
 
 
 def rules_for(layout: str) -> Mapping[str, Any]:

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from decomp import chunked
+from decomp.train import nonfinite
 from decomp.update_magnitudes import diagnostics as doc_diagnostics
 from decomp.losses import cl_loss, sft_loss
 from decomp.objectives import RANK_SCORES, Objective
@@ -190,6 +191,25 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return new_params, new_opt_state, {'scalars': scalars, 'per_doc': per_doc}
 
   return step_fn
+
+
+def jit_train_step(cfg, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule, objective: Objective, state_shardings, replicated, *,
+                   global_norms: bool):
+  """The jitted, non-finite-guarded update step of a TrainConfig, with the state's shardings
+  (``{'params', 'frozen', 'opt_state'}``) and donated params and optimiser state: what the
+  training loop runs and :mod:`decomp.plan` compiles."""
+  step_fn = make_train_step(
+      graphdef, tx, schedule, objective, cl_temperature=cfg.objective.temperature,
+      example_grad_norms=cfg.eval_log.example_grad_norms, doc_chunk=cfg.parallel.doc_chunk,
+      micro_batches=cfg.parallel.accumulate_steps, global_norms=global_norms)
+  return jax.jit(
+      nonfinite.guard_step(step_fn, skip=cfg.optim.on_nonfinite == 'skip_step'),
+      in_shardings=(state_shardings['params'], state_shardings['frozen'],
+                    state_shardings['opt_state'], replicated, None),
+      # Metrics are small: replicated, so every process can read them (multi-host).
+      out_shardings=(state_shardings['params'], state_shardings['opt_state'], replicated),
+      donate_argnums=(0, 2))
 
 
 def make_eval_step(graphdef: nnx.GraphDef):

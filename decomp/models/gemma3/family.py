@@ -38,7 +38,7 @@ def read_config(path: str | os.PathLike) -> Gemma3TextConfig:
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
                     mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None,
-                    remat: bool = False) -> Gemma3:
+                    remat: str | bool = 'none') -> Gemma3:
   """A Gemma3 with weights read from a local `Gemma3ForCausalLM` directory (arguments and
   errors as :func:`decomp.models.hf.load_pretrained`)."""
   path = os.fspath(path)
@@ -72,7 +72,7 @@ def save_pretrained(model: Gemma3, path: str | os.PathLike, *,
                       max_shard_size=max_shard_size)
 
 
-def _create(config: Gemma3TextConfig, *, dtype, param_dtype, rngs, remat: bool = False):
+def _create(config: Gemma3TextConfig, *, dtype, param_dtype, rngs, remat: str | bool = 'none'):
   return Gemma3(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
 
 

@@ -25,6 +25,7 @@ from flax import nnx
 from decomp.models.blocks import (_param, check_at_index, embedded_inputs, head_log_normalizer,
                                   head_rows, token_matrix)
 from decomp.models.decoder import Linear, padding_positions, rotate_half
+from decomp.models.remat import remat_name, rematerialized
 from decomp.models.gemma3.config import LAYER_TYPES, Gemma3TextConfig, inv_freq
 
 __all__ = ['Gemma3', 'Gemma3RMSNorm']
@@ -117,8 +118,6 @@ def _run_layer(layer: DecoderLayer, x, cos, sin, mask):
   return layer(x, cos, sin, mask)
 
 
-_run_layer_remat = nnx.remat(_run_layer)
-
 
 class Gemma3(nnx.Module):
   """Gemma 3 text decoder LM; a :class:`~decomp.models.backbone.Backbone`.
@@ -128,12 +127,12 @@ class Gemma3(nnx.Module):
   """
 
   def __init__(self, config: Gemma3TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: str | bool = 'none', rngs: nnx.Rngs):
     if not isinstance(config, Gemma3TextConfig):
       raise TypeError(f'config must be a Gemma3TextConfig, got {type(config).__name__}')
     self.config = config
     self.dtype = dtype
-    self.remat = remat
+    self.remat = remat_name(remat)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embed_tokens = token_matrix(config, rngs, param_dtype, head=False)
     self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.num_layers)])
@@ -179,7 +178,7 @@ class Gemma3(nnx.Module):
     rope = {kind: (jnp.cos(jnp.concatenate([a, a], -1)).astype(self.dtype),
                    jnp.sin(jnp.concatenate([a, a], -1)).astype(self.dtype))
             for kind, a in angles.items()}
-    run = _run_layer_remat if self.remat else _run_layer
+    run = rematerialized(_run_layer, self.remat)
     for i, (layer, kind) in enumerate(zip(self.layers, self.config.layer_types)):
       x = run(layer, x, *rope[kind], masks[kind])
       if i < len(layer_residuals):

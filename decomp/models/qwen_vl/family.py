@@ -74,7 +74,7 @@ class QwenVLImages:
     apply_vision_lora(tower, rank=rank, alpha=alpha, rngs=rngs)
 
 
-def _create(config: QwenVLConfig, *, dtype, param_dtype, rngs, remat: bool = False) -> QwenVL:
+def _create(config: QwenVLConfig, *, dtype, param_dtype, rngs, remat: str | bool = 'none') -> QwenVL:
   return QwenVL(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
 
 

@@ -58,7 +58,7 @@ def _prefix(names: set[str], candidates: tuple[str, ...], probe: str) -> str | N
 
 
 def load_vl_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
-                       mesh=None, rules: Rules | None = None, remat: bool = False) -> QwenVL:
+                       mesh=None, rules: Rules | None = None, remat: str | bool = 'none') -> QwenVL:
   """A QwenVL with weights read from a local Qwen2-VL / Qwen2.5-VL directory (any layout).
 
   Raises FileNotFoundError (config, weights), ValueError (config), CheckpointError (missing

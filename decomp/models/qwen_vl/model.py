@@ -234,11 +234,12 @@ class QwenVL(nnx.Module):
   """
 
   def __init__(self, config: QwenVLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: str | bool = 'none', rngs: nnx.Rngs):
     self.config = config
     self.dtype = dtype
     tower = Qwen3VisionTower if config.architecture == 'qwen3_vl' else QwenVisionTower
-    self.visual = tower(config.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.visual = tower(config.vision, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                        rngs=rngs)
     self.decoder = Decoder(config.text, dtype=dtype, param_dtype=param_dtype, remat=remat,
                            rngs=rngs)
 

@@ -34,6 +34,7 @@ from flax import nnx
 
 from decomp.models.decoder import MLP, Linear, RMSNorm, rotate_half
 from decomp.models.qwen_vl.mrope import PatchLayout, patch_layout
+from decomp.models.remat import remat_name, rematerialized
 from decomp.models.vision import _ACTIVATIONS, LayerNorm
 
 __all__ = ['QwenVisionConfig', 'QwenVisionTower', 'VISION_VARIANTS', 'VisionAttention',
@@ -262,6 +263,11 @@ class VisionBlock(nnx.Module):
     return x + self.mlp(self.norm2(x))
 
 
+def run_block(block: VisionBlock, x, cos, sin, segments):
+  """One block as a function of the block (what ``nnx.remat`` wraps)."""
+  return block(x, cos, sin, segments)
+
+
 class PatchMerger(nnx.Module):
   """norm, merge**2 consecutive patches -> one vector, Linear -> GELU -> Linear (HF mlp.0/mlp.2)."""
 
@@ -324,9 +330,10 @@ class QwenVisionTower(nnx.Module):
   """Qwen2-VL / Qwen2.5-VL vision transformer + merger. Parameter names follow HF's `visual.*`."""
 
   def __init__(self, config: QwenVisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: str | bool = 'none', rngs: nnx.Rngs):
     self.config = config
     self.dtype = dtype
+    self.remat = remat_name(remat)  # per block (decomp.models.remat)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_embed = PatchEmbed(config, **kw)
     self.blocks = nnx.List([VisionBlock(config, **kw) for _ in range(config.depth)])
@@ -350,7 +357,7 @@ class QwenVisionTower(nnx.Module):
     frames, windows = jnp.asarray(layout.full), jnp.asarray(layout.window)
     for i, block in enumerate(self.blocks):
       full = c.variant == 'qwen2_vl' or i in c.fullatt_block_indexes
-      x = block(x, cos, sin, frames if full else windows)
+      x = rematerialized(run_block, self.remat)(block, x, cos, sin, frames if full else windows)
     return self.merger(x)
 
   def image_features(self, patches: jax.Array) -> tuple[jax.Array, list[jax.Array]]:

@@ -20,8 +20,9 @@ from flax import nnx
 
 from decomp.models.decoder import Linear, _param
 from decomp.models.qwen_vl.mrope import PatchLayout, position_interpolation
-from decomp.models.qwen_vl.vision import (PatchEmbed, QwenVisionConfig, VisionBlock, square_layout,
-                                         tokens_per_image, vision_rotary)
+from decomp.models.qwen_vl.vision import (PatchEmbed, QwenVisionConfig, VisionBlock, run_block,
+                                         square_layout, tokens_per_image, vision_rotary)
+from decomp.models.remat import remat_name, rematerialized
 from decomp.models.vision import LayerNorm
 
 __all__ = ['Qwen3Merger', 'Qwen3VisionTower']
@@ -53,11 +54,12 @@ class Qwen3VisionTower(nnx.Module):
   """Qwen3-VL vision transformer. Parameter names follow HF's `visual.*`."""
 
   def __init__(self, config: QwenVisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: str | bool = 'none', rngs: nnx.Rngs):
     if config.variant != 'qwen3_vl':
       raise ValueError(f'Qwen3VisionTower needs a qwen3_vl config, got {config.variant}')
     self.config = config
     self.dtype = dtype
+    self.remat = remat_name(remat)  # per block (decomp.models.remat)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_embed = PatchEmbed(config, **kw)
     self.pos_embed = _param(rngs, (config.num_position_embeddings, config.hidden_size),
@@ -87,7 +89,7 @@ class Qwen3VisionTower(nnx.Module):
     frames = jnp.asarray(layout.full)
     deepstack = []
     for i, block in enumerate(self.blocks):
-      x = block(x, cos, sin, frames)
+      x = rematerialized(run_block, self.remat)(block, x, cos, sin, frames)
       if i in c.deepstack_visual_indexes:
         deepstack.append(self.deepstack_merger_list[c.deepstack_visual_indexes.index(i)](x))
     return self.merger(x), deepstack
