@@ -140,8 +140,8 @@ def test_a_resume_never_mixes_checkpoints_or_data(tmp_path, monkeypatch, capsys)
   monkeypatch.setattr(rerank_lib, "load_scorer", lambda *a, step=None, **k: scorer["next"](step))
 
   scorer["next"] = lambda step: StepScorer(3, die_after=2)
-  with pytest.raises(KeyboardInterrupt):
-    rerank_lib.main(argv)
+  with pytest.raises(KeyboardInterrupt):  # --debug: raised, not the command's exit 130
+    rerank_lib.main(argv + ["--debug"])
   partial = str(out) + rerank_lib.PARTIAL_SUFFIX
   header = json.loads(open(partial).readline())["rerank"]
   assert header["step"] == 3 and len(header["inputs"]) == 4 and header["weights"]
