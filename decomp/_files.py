@@ -48,3 +48,14 @@ def write_atomic(path: str, write: Callable[[Any], None], *, binary: bool = Fals
       raise OSError(e.errno, e.strerror, path) from e
     raise
   fsync_dir(directory)
+
+
+def make_writable_dir(path: str, what: str) -> None:
+  """Creates directory ``path`` if needed and checks that files can be written in it, before any
+  work; ValueError ``'<what>: ...'`` naming the reason otherwise."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'{what}: cannot create {path} ({e.strerror})') from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f'{what}: {path} is not writable')

@@ -18,6 +18,8 @@ import json
 import os
 from typing import Iterable
 
+from decomp import _files
+
 HEAD_BYTES = 1 << 20  # bytes of a weight file hashed at each end (a full hash of 15 GB is slow)
 WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.json')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
@@ -110,12 +112,7 @@ def check_output(path: str, *, directory: bool) -> None:
       raise IsADirectoryError(f'--out {path} is a directory; give a run file name (a directory '
                               'is for several collections)')
     folder = os.path.dirname(os.path.abspath(path))
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise PermissionError(f'--out {path}: cannot create {folder} ({e.strerror})') from None
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise PermissionError(f'--out {path}: {folder} is not writable')
+  _files.make_writable_dir(folder, f'--out {path}')
 
 
 def check_tag(tag: str) -> None:

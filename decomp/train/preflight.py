@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from decomp import _files
 from decomp.train import config as config_lib
 from decomp.train import logs
 
@@ -55,10 +56,5 @@ def check_workdir(workdir: str) -> str:
       raise ValueError(f'workdir {workdir} holds a Hugging Face model (its config.json names '
                        f'{data["architectures"]}), not a decomp run: pass it as model=DIR and '
                        'give the run a workdir of its own')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f'workdir {workdir} cannot be created: {e.strerror}') from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f'workdir {workdir} is not writable')
+  _files.make_writable_dir(workdir, 'workdir')
   return workdir
