@@ -103,8 +103,10 @@ def gmr_lora() -> TrainConfig:
   * ``lora_alpha=32``, ``batch_size=8`` groups a step, ``parallel.doc_chunk=4`` (17 documents of
     3,200 tokens go through the model in chunks of 4, exactly: :mod:`decomp.chunked`),
     ``image_size=448`` (as MonoQwen2-VL reads), adapters on the decoder only
-    (``lora_vision=false``), ``steps=2000``, ``warmup_steps=100``: our choices, not published. Whether a step fits a device's memory, and
-    what to change when it does not, is the planner's answer (``python -m decomp.plan``).
+    (``lora_vision=false``), ``steps=2000``, ``warmup_steps=100``: our choices, not published.
+  * ``parallel.remat=block``: at 3,200 tokens the attention scores of every layer dominate memory
+    (docs/models.md's planner table is computed with it). Whether a step fits a device's memory,
+    and what to change when it does not, is the planner's answer (``python -m decomp.plan``).
   """
   return config_lib.replace(
       TrainConfig(name='gmr_lora', model=config_lib.ModelConfig(path='random', dtype='bfloat16',
@@ -114,7 +116,7 @@ def gmr_lora() -> TrainConfig:
       objective=dict(name='sft'),
       data=dict(negatives=16, batch_size=8, max_length=3200),
       optim=dict(steps=2000, learning_rate=1e-4, warmup_steps=100),
-      parallel=dict(doc_chunk=4),
+      parallel=dict(doc_chunk=4, remat='block'),
       eval_log=dict(eval_every=200, checkpoint_every=200, eval_groups=256, test_groups=0,
                     example_log_every=50))
 
