@@ -8,8 +8,9 @@ tokens a step: step time and peak resident memory, each in its own process.
 Random weights of the real shape (benchmarks/shapes/qwen3-reranker-0.6b/config.json: hidden
 1024, 28 layers, 16 heads / 8 KV heads, head_dim 128, intermediate 3072, vocabulary 151,669,
 tied embeddings). 1k tokens = 1 list x 4 documents x 256 tokens, 4k = 2 lists x 4 x 512 (issue
-27). LoRA rank 16, alpha 32 on q/k/v/o/gate/up/down. peft is not installed here: torch's
-adapters are the same math (``W x + alpha/r * B A x``, A random, B zero, the base frozen).
+27). LoRA rank 16, alpha 32 on q/k/v/o/gate/up/down: decomp's ``finetune=lora``, and peft's
+``get_peft_model`` on transformers' Qwen3 (``pip install -e '.[bench]'``; ``make bench-lora-06b``
+installs it), with transformers' gradient checkpointing (non-reentrant) for remat=block.
 """
 
 from __future__ import annotations
@@ -82,25 +83,10 @@ def decomp_row(tokens: int, remat: str, dtype: str) -> dict:
 
 
 def _lora(model, rank=16, alpha=32.0):
-  import torch
-
-  class LoRALinear(torch.nn.Module):
-    def __init__(self, base):
-      super().__init__()
-      self.base = base
-      self.a = torch.nn.Parameter(torch.randn(rank, base.in_features) / rank)
-      self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x):
-      return self.base(x) + (x @ self.a.T.to(x.dtype)) @ self.b.T.to(x.dtype) * (alpha / rank)
-
-  for p in model.parameters():
-    p.requires_grad_(False)
-  for name, module in list(model.named_modules()):
-    for child_name, child in list(module.named_children()):
-      if child_name in TARGETS and isinstance(child, torch.nn.Linear):
-        setattr(module, child_name, LoRALinear(child))
-  return model
+  """peft's LoRA on every linear layer of the decoder (the base frozen, B zero, no dropout)."""
+  from peft import LoraConfig, get_peft_model
+  return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                          target_modules=list(TARGETS), bias='none'))
 
 
 def torch_row(tokens: int, remat: str, dtype: str) -> dict:
@@ -149,6 +135,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument('--one', help='engine:tokens:remat:dtype, in this process (JSON out)')
   parser.add_argument('--rows', default=','.join(ROWS))
+  parser.add_argument('--row-timeout', type=float, default=1500,
+                      help='seconds a row may take (a slower one is reported as unfinished)')
   args = parser.parse_args(argv)
   if args.one:
     print(json.dumps(run_one(args.one)), flush=True)
@@ -156,9 +144,14 @@ def main(argv=None) -> int:
   print('| engine | tokens/step | remat / checkpointing | dtype | step s | peak RSS GB | note |')
   print('|---|---:|---|---|---:|---:|---|')
   for row in args.rows.split(','):
-    proc = subprocess.run([sys.executable, '-m', 'benchmarks.lora_0p6b', '--one', row],
-                          capture_output=True, text=True, cwd=ROOT)
     engine, tokens, remat, dtype = row.split(':')
+    try:
+      proc = subprocess.run([sys.executable, '-m', 'benchmarks.lora_0p6b', '--one', row],
+                            capture_output=True, text=True, cwd=ROOT, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+      print(f'| {engine} | {tokens} | {remat} | {dtype} | - | - | did not finish 3 steps within '
+            f'{args.row_timeout:.0f} s |', flush=True)
+      continue
     lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
     if proc.returncode or not lines:
       tail = ' '.join(proc.stderr.strip().splitlines()[-1:])[:120]

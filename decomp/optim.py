@@ -35,8 +35,12 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
 def make_optimizer(*, peak: float, steps: int, warmup_steps: int, end_factor: float,
                    weight_decay: float, b1: float, b2: float,
-                   clip_norm: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
+                   clip_norm: float,
+                   mu_dtype: str = 'float32') -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with warm-up + cosine schedule, after global-norm clipping (``clip_norm=0``: none).
+
+  ``mu_dtype``: the dtype of Adam's first moment (optax's ``mu_dtype``); the second moment and
+  the update arithmetic stay float32.
 
   The chain takes the gradient's global norm as the extra argument ``grad_norm`` (see
   :func:`clip_by_global_norm`); without it the clip computes the norm itself.
@@ -44,5 +48,6 @@ def make_optimizer(*, peak: float, steps: int, warmup_steps: int, end_factor: fl
   schedule = learning_rate_schedule(peak=peak, steps=steps, warmup_steps=warmup_steps,
                                     end_factor=end_factor)
   parts = [clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
+                           mu_dtype=None if mu_dtype == 'float32' else mu_dtype))
   return optax.chain(*parts), schedule

@@ -85,9 +85,9 @@ def test_pair_scorer_pads_batches_to_one_shape():
 
 
 def test_pairs_sorted_by_length_fill_token_sized_batches():
-  """With prompt lengths: longest first, each batch padded to a ladder length and holding
-  batch_size * max_length tokens, rows halved to fit a short last batch; scores come back in
-  the caller's order and truncated pairs are counted."""
+  """With prompt lengths: longest first, each batch padded to a ladder length and holding at most
+  batch_size * max_length tokens, cut where that pads the fewest token slots; scores come back
+  in the caller's order and truncated pairs are counted."""
   calls = []
 
   def encode(groups, lengths):
@@ -99,11 +99,54 @@ def test_pairs_sorted_by_length_fill_token_sized_batches():
       encode=encode, score_fn=lambda a: a["x"][:, None], batch_size=2, max_length=512,
       prompt_lengths=lambda groups: [len(g.docs[0].text) for g in groups], rows_multiple=2)
   batches = list(scorer.batches([""] * 7, ["q"] * 7, docs))
-  assert calls == [(2, (512,)), (2, (256,)), (2, (128,)), (4, (64,))]
-  assert [b.indices.tolist() for b in batches] == [[3], [1], [6], [4, 0, 2, 5]]
-  assert [b.truncated for b in batches] == [1, 0, 0, 0]
-  assert batches[0].tokens == 512 and batches[3].tokens == 64 + 30 + 20 + 10
+  # 2 x 512 + 2 x 128 + 4 x 64 = 1,536 slots (one batch per rung: 2,048).
+  assert calls == [(2, (512,)), (2, (128,)), (4, (64,))]
+  assert [b.indices.tolist() for b in batches] == [[3, 1], [6, 4], [0, 2, 5]]
+  assert [b.truncated for b in batches] == [1, 0, 0]
+  assert batches[0].tokens == 512 + 200 and batches[2].tokens == 30 + 20 + 10
   np.testing.assert_array_equal(scorer.score([""] * 7, ["q"] * 7, docs), [len(d) for d in docs])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_plan_pads_the_fewest_slots_of_any_cut(seed):
+  """plan_batches against every way of cutting the sorted items into consecutive batches (each
+  padded to its ladder rung and to multiple x 2^k rows or the capacity): the fewest slots."""
+  import itertools
+
+  from decomp.batching import length_ladder, plan_batches
+  rng = np.random.default_rng(seed)
+  n, multiple = int(rng.integers(1, 10)), int(rng.choice([1, 2]))
+  batch_size, max_length = int(rng.integers(1, 4)), int(rng.choice([64, 100, 512]))
+  lengths = rng.integers(1, max_length + 40, size=n)
+  plan = plan_batches(lengths, max_length=max_length, batch_size=batch_size, multiple=multiple)
+  ladder = np.asarray(length_ladder(max_length))
+  clipped = np.minimum(lengths, max_length)
+  flat = np.concatenate([indices for indices, _, _ in plan])
+  assert sorted(flat.tolist()) == list(range(n))
+  assert (np.diff(clipped[flat]) <= 0).all()  # longest first
+  for indices, t, rows in plan:
+    capacity = max(multiple, batch_size * max_length // t // multiple * multiple)
+    assert t == ladder[np.searchsorted(ladder, clipped[indices].max())]
+    assert len(indices) <= rows <= capacity and (rows == capacity or rows % multiple == 0)
+  ordered = np.sort(clipped)[::-1]
+
+  def cost(piece):
+    t = int(ladder[np.searchsorted(ladder, piece.max())])
+    capacity = max(multiple, batch_size * max_length // t // multiple * multiple)
+    if len(piece) > capacity:
+      return None
+    rows = multiple
+    while rows < len(piece):
+      rows *= 2
+    return t * min(rows, capacity)
+
+  best = None
+  for cuts in itertools.product([0, 1], repeat=n - 1):
+    edges = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+    costs = [cost(ordered[a:b]) for a, b in zip(edges, edges[1:])]
+    if None not in costs:
+      best = sum(costs) if best is None else min(best, sum(costs))
+  assert sum(t * rows for _, t, rows in plan) == best
 
 
 class StepScorer(HashScorer):

@@ -250,6 +250,9 @@ class OptimConfig(Section):
   b1: float = knob(0.9, min=0, below=1)
   b2: float = knob(0.999, min=0, below=1)
   clip_norm: float = knob(1.0, min=0)  # global gradient-norm clip (0 = off)
+  # Adam's first moment in bfloat16 (optax's mu_dtype; the second moment stays float32): a third
+  # less optimizer memory and checkpoint; resumes stay bit-exact (the state is saved as it is).
+  mu_dtype: str = knob('float32', choices=('float32', 'bfloat16'))
   # A non-finite loss, gradient or parameter: 'error' stops the run (named error, last good
   # checkpoint kept); 'skip_step' keeps the old state and counts the step.
   on_nonfinite: str = knob('error', choices=NONFINITE_POLICIES, resume=True)

@@ -230,4 +230,4 @@ def optimizer_for(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
   o = cfg.optim
   return make_optimizer(peak=o.learning_rate, steps=o.steps, warmup_steps=o.warmup_steps,
                         end_factor=o.end_learning_rate_factor, weight_decay=o.weight_decay,
-                        b1=o.b1, b2=o.b2, clip_norm=o.clip_norm)
+                        b1=o.b1, b2=o.b2, clip_norm=o.clip_norm, mu_dtype=o.mu_dtype)

@@ -38,7 +38,7 @@ def lora_run(qwen3_dir, tmp_path_factory):
       f'model={qwen3_dir}', 'steps=6', 'batch_size=4', 'eval_batch_size=4', 'num_devices=1',
       'mesh={"data": 1}', 'negatives=3', 'eval_every=0', 'checkpoint_every=3',
       'keep_checkpoints=3', 'test_groups=8', 'eval_groups=8', 'example_log_every=3', 'quiet=true',
-      'finetune=lora', 'lora_rank=4', 'max_length=48',
+      'finetune=lora', 'lora_rank=4', 'max_length=48', 'mu_dtype=bfloat16',
       'playground={"tasks": ["t2t"], "num_eval_queries": 8}'])
   workdir = str(tmp_path_factory.mktemp('qwen3_lora') / 'reference')
   return cfg, workdir, train(cfg, workdir)
@@ -79,10 +79,17 @@ def test_a_lora_checkpoint_holds_the_adapters_and_names_its_base(lora_run, qwen3
   assert meta['base'] == {'path': os.path.abspath(qwen3_dir),
                           'sha256': base_ref.content_hash(qwen3_dir)}
   # Rank 4 on q, k, v, o, gate, up, down of 2 layers: 4 x (in + out) = 4 x (160 + 112 + 112 +
-  # 160 + 3 x 160) per layer; saved with their two Adam moments (+ a step counter).
+  # 160 + 3 x 160) per layer; saved with their two Adam moments (+ a step counter), the first
+  # moment in bfloat16 (mu_dtype).
   assert sum(a.size for a in jax.tree.leaves(state['params'])) == 2 * 4 * 1024
+  moments = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state['opt_state'])[0]:
+    for moment in ('mu', 'nu'):
+      if f"'{moment}'" in jax.tree_util.keystr(path):
+        moments.setdefault(moment, set()).add(leaf.dtype)
+  assert moments == {'mu': {np.dtype('bfloat16')}, 'nu': {np.dtype('float32')}}, moments
   saved = sum(a.nbytes for a in jax.tree.leaves(state))
-  assert saved <= 3 * 2 * 4 * 1024 * 4 + 16, saved
+  assert saved <= 2 * 4 * 1024 * (4 + 2 + 4) + 16, saved
   assert _size(os.path.join(workdir, 'checkpoints', '6')) < _size(qwen3_dir)
 
 
