@@ -150,8 +150,9 @@ def markdown(r: dict) -> str:
                  f'{f.get("affine_r2", float("nan")):.3f} |')
     out += ['', 'All points of a sweep are compiled first and timed in rounds (one call of each '
             'point per round).', '']
-  # Hand-written notes, then the soak test's section (written by benchmarks/soak.py).
-  for name in ('NOTES.md', 'SOAK.md'):
+  # Hand-written notes, the 0.6B-shape sections (hand-written from rerank_06b.py and
+  # lora_0p6b.py), then the soak test's section (written by benchmarks/soak.py).
+  for name in ('NOTES.md', 'SCALE.md', 'SOAK.md'):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if os.path.exists(path):
       with open(path) as f:

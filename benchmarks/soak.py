@@ -14,9 +14,10 @@ killed at random moments ends where an uninterrupted one does.
    parent-death signal stops them) and no workdir may stay locked. At the end the two summaries
    must be equal, and no ``run.lock`` and no process of either sweep may be left.
 
-Writes ``benchmarks/soak.json``, ``benchmarks/soak_memory.png``, ``benchmarks/soak_sweep.png``
-and the section "Soak test" of ``benchmarks/RESULTS.md`` (also kept in ``benchmarks/SOAK.md``,
-which ``benchmarks/report.py`` appends when it rewrites RESULTS.md).
+Writes ``benchmarks/soak.json``, ``benchmarks/soak_memory.png`` (the long run; the killed sweep
+is a table, one row per kill) and the section "Soak test" of ``benchmarks/RESULTS.md`` (also
+kept in ``benchmarks/SOAK.md``, which ``benchmarks/report.py`` appends when it rewrites
+RESULTS.md).
 
 Run: ``make bench-soak`` (under the machine-wide lock; about 25 minutes on a loaded 2-core
 machine) or ``python -m benchmarks.soak --steps 500 --runs 8 --kills 2`` for a short check.
@@ -313,15 +314,17 @@ def section(result: dict) -> str:
 
 
 def write_section(text: str) -> None:
-  """``benchmarks/SOAK.md``, and the same text as the last section of RESULTS.md."""
+  """``benchmarks/SOAK.md``, and the same text as RESULTS.md's section "Soak test" (replaced
+  where it stands, the sections after it kept; appended when there is none)."""
   with open(os.path.join(HERE, 'SOAK.md'), 'w') as f:
     f.write(text)
   path = os.path.join(HERE, 'RESULTS.md')
   with open(path) as f:
     results = f.read()
-  head = results.split('## Soak test')[0].rstrip()
+  head, _, rest = results.partition('## Soak test')
+  tail = rest[rest.index('\n## ') + 1:] if '\n## ' in rest else ''
   with open(path, 'w') as f:
-    f.write(head + '\n\n' + text)
+    f.write(head.rstrip() + '\n\n' + text.rstrip() + '\n' + ('\n' + tail if tail else ''))
 
 
 def main(argv=None) -> int:

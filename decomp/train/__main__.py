@@ -79,7 +79,8 @@ def _main(args: argparse.Namespace) -> int:
     # Runs of a sweep compile the same programs: later runs load them (the same executables, so
     # the same numbers) instead of compiling again.
     jax.config.update('jax_compilation_cache_dir', os.environ['DECOMP_COMPILATION_CACHE'])
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:  # the user's setting wins
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   if args.coordinator:
     if args.cpu_collectives:
       jax.config.update('jax_cpu_collectives_implementation', args.cpu_collectives)

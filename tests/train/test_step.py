@@ -118,7 +118,7 @@ def test_pure_pair_gradient_equals_plain_loss(model_and_batch, pair):
   flat_url, flat_plain = jax.tree.leaves(g_url), jax.tree.leaves(g_plain)
   assert len(flat_url) == len(flat_plain) > 10
   for a, b in zip(flat_url, flat_plain):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
   assert optax.global_norm(g_plain) > 0
 
 
