@@ -1,7 +1,7 @@
 """What a training run's evaluation costs per sequence, against a training step's sequence (issue
 26: evaluation, a forward pass, should be at least 3x cheaper per sequence than a training step).
 
-    python -m benchmarks.eval_cost [--steps 12] [--groups 128]    # ~6 minutes on 2 cores
+    python -m benchmarks.eval_cost [--steps 12] [--groups 128]    # ~5 minutes on 2 cores
 
 A real run of the engine (``decomp.train.loop.train``): a text-only playground reranker (hidden
 512, 8 layers, MLP 1536), every weight trained, lists of 8 documents, ``max_length=256``, 8
