@@ -59,9 +59,12 @@ def plan_batches(lengths: Sequence[int], *, max_length: int, batch_size: int,
   if batch_size < 1 or multiple < 1:
     raise ValueError(f'batch_size and multiple must be >= 1, got {batch_size} and {multiple}')
   ladder = np.asarray(sorted(lengths_ladder) if lengths_ladder else length_ladder(max_length))
+  if ladder[-1] < max_length:
+    raise ValueError(f'the longest length of the ladder {ladder.tolist()} must hold '
+                     f'max_length={max_length}')
   clipped = np.minimum(np.asarray(lengths, np.int64), max_length)
   order = np.argsort(-clipped, kind='stable')
-  rung_length = ladder[np.minimum(np.searchsorted(ladder, clipped[order]), len(ladder) - 1)]
+  rung_length = ladder[np.searchsorted(ladder, clipped[order])]
   budget = batch_size * max_length
   n = len(order)
   # best[i]: (token slots, batches) of the best plan of the items from i on; take[i]: its first
@@ -73,9 +76,7 @@ def plan_batches(lengths: Sequence[int], *, max_length: int, batch_size: int,
     capacity = max(multiple, budget // t // multiple * multiple)
     choice = None
     for rows in _row_levels(multiple, capacity):
-      items = min(rows, n - i)
-      if items < rows and items <= rows // 2 and rows > multiple:
-        continue  # a smaller level holds the last items
+      items = min(rows, n - i)  # the last batch may hold fewer (a smaller level costs less)
       slots, batches = best[i + items]
       cost = (slots + t * rows, batches + 1)
       if choice is None or cost < choice[0]:

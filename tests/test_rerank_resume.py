@@ -147,6 +147,9 @@ def test_batch_plan_pads_the_fewest_slots_of_any_cut(seed):
     if None not in costs:
       best = sum(costs) if best is None else min(best, sum(costs))
   assert sum(t * rows for _, t, rows in plan) == best
+  with pytest.raises(ValueError, match="must hold max_length"):
+    plan_batches(lengths, max_length=max_length, batch_size=batch_size,
+                 lengths_ladder=[max_length // 2])
 
 
 class StepScorer(HashScorer):
