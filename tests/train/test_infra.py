@@ -202,6 +202,36 @@ def test_mesh_shapes():
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
+def test_small_replicated_arrays_are_saved_whole_and_large_ones_in_replica_slices(tmp_path,
+                                                                                  monkeypatch):
+  """Orbax cuts an array replicated over several devices into one slice per replica, each by an
+  eager jax op; below MIN_REPLICA_SLICE_BYTES a slice costs more than it saves, and the
+  checkpoint writes the array whole. Both round-trip."""
+  from orbax.checkpoint._src.serialization import replica_slices
+  sliced = []
+  data = replica_slices.ReplicaSlice.data
+
+  def counting(self):
+    if self.slice_args is not None:
+      sliced.append(self.slice_args)
+    return data(self)
+
+  monkeypatch.setattr(replica_slices.ReplicaSlice, 'data', counting)
+  mesh = mesh_lib.make_mesh({'data': 8})
+  replicated = NamedSharding(mesh, P())
+  small = jax.device_put(jnp.arange(1024.0).reshape(32, 32), replicated)
+  rows = 2 * ckpt_lib.MIN_REPLICA_SLICE_BYTES // 4 // 1024 * 8  # 2x the threshold per slice
+  large = jax.device_put(jnp.ones((rows, 1024)), replicated)
+  for name, array, expect_sliced in (('small', small, False), ('large', large, True)):
+    sliced.clear()
+    with ckpt_lib.Checkpoints(str(tmp_path / name)) as ckpts:
+      ckpts.save(1, {'params': {'w': array}, 'opt_state': {'count': jnp.int32(1)}}, {})
+      ckpts.wait()
+    assert bool(sliced) == expect_sliced, (name, len(sliced))
+    state, _ = ckpt_lib.load_state(str(tmp_path / name))
+    np.testing.assert_array_equal(state['params']['w'], np.asarray(array))
+
+
 def test_checkpoint_round_trip_with_shardings(tmp_path):
   mesh = mesh_lib.make_mesh({'data': 4, 'model': 2})
   w = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, P('data', 'model')))
