@@ -76,7 +76,7 @@ def reranker_lora() -> TrainConfig:
     in three steps (issue 27).
   * ``optim.mu_dtype=bfloat16``: Adam's first moment in bfloat16 (the adapters and the second
     moment stay float32), our choice: a checkpoint holds adapters + moments, and this keeps a
-    0.6B run's under 5% of the base (4.2% of its float32 weights; ``make bench-lora-06b``).
+    0.6B run's under 5% of the base (3.7% of its float32 weights, measured: benchmarks/RESULTS.md).
   """
   return config_lib.replace(
       TrainConfig(name='qwen3_reranker_lora', model=config_lib.ModelConfig(
